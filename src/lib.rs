@@ -1,0 +1,19 @@
+//! painn: PaiNN machine-learned force fields for molecular dynamics, on CUDA GPUs and CPUs.
+//!
+//! One path for every caller (see `README.md`, "Design notes"):
+//!
+//! ```text
+//! System (Z, positions, cell, pbc) -> NeighborList -> Backend (cpu | cuda) runs the Model -> Results
+//! ```
+
+pub mod cell;
+pub mod error;
+pub mod neighbors;
+pub mod structures;
+
+pub use cell::Cell;
+pub use error::{Error, Result};
+pub use neighbors::{NeighborList, NeighborListOptions};
+
+/// Version of this crate, as `major.minor.patch`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

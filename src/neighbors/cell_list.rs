@@ -1,0 +1,670 @@
+//! Cell-list build of the neighbour list.
+//!
+//! 1. Fractional coordinates in a binning basis: the periodic lattice vectors, completed by
+//!    orthonormal directions on open axes. Atoms are wrapped into the cell on periodic axes
+//!    (recording the lattice shift that wrapped them), so unwrapped input costs nothing.
+//! 2. Bins at least one search radius thick (measured perpendicular to their faces): a
+//!    search sphere spans `reach` bins on each side, one in the common case and several when
+//!    the cell is thinner than the radius (then several images of one atom appear). Dense
+//!    bins when their number is O(n), hashed otherwise (sparse or huge open systems).
+//! 3. For each receiver, the atoms of the neighbouring bins are filtered by distance
+//!    ([`super::filter`]), in parallel over chunks of bins, giving unsorted rows.
+//! 4. Rows are transposed into CSR by receiver. Because the list is symmetric, walking
+//!    the unsorted rows in increasing atom index and appending `(j <- i, -n)` to row `j`
+//!    leaves every row sorted by source, so no per-row sort is needed.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::filter;
+use super::{MINIMUM_DISTANCE_ANGSTROM, edge_vector};
+use crate::cell::{Cell, inverse, norm};
+use crate::error::{Error, Result};
+
+/// Largest number of cell images one search may span (product over axes); beyond this the
+/// cell is absurdly small for the cutoff.
+const MAX_IMAGE_BOXES: i64 = 10_000_000;
+
+/// Atoms farther outside the cell than this many lattice vectors cannot be represented.
+const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
+
+/// Buffers reused from one build to the next.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Workspace {
+    chunks: Vec<Chunk>,
+    /// Where each atom's unsorted row lives: (chunk, start, length).
+    row_location: Vec<(u32, usize, usize)>,
+}
+
+/// Unsorted rows found by one task.
+#[derive(Clone, Debug, Default)]
+struct Chunk {
+    sources: Vec<u32>,
+    shifts: Vec<[i32; 3]>,
+    /// (receiver, start, length) into `sources`/`shifts`.
+    rows: Vec<(u32, usize, usize)>,
+    /// The first (by receiver, source, image) pair closer than the minimum distance.
+    too_close: Option<(u32, u32, [i32; 3])>,
+    /// Filter output, reused.
+    hits: Vec<u32>,
+    candidates: Candidates,
+}
+
+/// Atoms sorted by bin: wrapped Cartesian positions (structure of arrays, for the
+/// vectorised filter), original indices, and the lattice shift that wrapped each.
+struct BinnedAtoms {
+    x: Vec<f64>,
+    y: Vec<f64>,
+    z: Vec<f64>,
+    atom: Vec<u32>,
+    wrap: Vec<[i32; 3]>,
+}
+
+struct Grid {
+    bins_per_axis: [i64; 3],
+    periodic: [bool; 3],
+    /// Bins to search on each side, per axis.
+    reach: [i64; 3],
+    /// Occupied bins in sorted order with their slot ranges in `BinnedAtoms`.
+    occupied: Vec<([i64; 3], Range<usize>)>,
+    lookup: BinLookup,
+}
+
+enum BinLookup {
+    /// Linear bin index -> index into `occupied` (u32::MAX when empty).
+    Dense(Vec<u32>),
+    /// Bin coordinates -> index into `occupied`.
+    Sparse(HashMap<[i64; 3], u32>),
+}
+
+impl Grid {
+    fn linear(&self, bin: [i64; 3]) -> usize {
+        ((bin[2] * self.bins_per_axis[1] + bin[1]) * self.bins_per_axis[0] + bin[0]) as usize
+    }
+
+    fn find(&self, bin: [i64; 3]) -> Option<&Range<usize>> {
+        let index = match &self.lookup {
+            BinLookup::Dense(table) => table[self.linear(bin)],
+            BinLookup::Sparse(map) => *map.get(&bin)?,
+        };
+        (index != u32::MAX).then(|| &self.occupied[index as usize].1)
+    }
+}
+
+struct Search<'a> {
+    positions: &'a [[f64; 3]],
+    cell: &'a Cell,
+    grid: &'a Grid,
+    binned: &'a BinnedAtoms,
+    radius_squared: f64,
+    /// Candidates are accepted up to a slightly larger radius in the wrapped frame, and
+    /// those near the boundary are decided exactly from the positions as given, so that
+    /// round-off in the wrapping never changes the list.
+    radii: filter::Radii,
+    within: filter::WithinFn,
+}
+
+/// Builds CSR rows for `positions` in `cell` with `radius` (cutoff plus skin) into
+/// `offsets` (`[n + 1]`), `sources` and `shifts` (`[n_edges]`).
+pub(super) fn build(
+    positions: &[[f64; 3]],
+    cell: &Cell,
+    radius: f64,
+    workspace: &mut Workspace,
+    offsets: &mut Vec<usize>,
+    sources: &mut Vec<u32>,
+    shifts: &mut Vec<[i32; 3]>,
+) -> Result<()> {
+    let n_atoms = positions.len();
+    offsets.clear();
+    sources.clear();
+    shifts.clear();
+    if n_atoms == 0 {
+        offsets.push(0);
+        return Ok(());
+    }
+    let pbc = cell.pbc();
+    let basis = cell.binning_basis();
+    let to_fractional = inverse(&basis);
+
+    // Fractional coordinates, wrapped into [0, 1) on periodic axes.
+    let mut fractional = Vec::with_capacity(n_atoms);
+    let mut wraps = Vec::with_capacity(n_atoms);
+    for (atom, r) in positions.iter().enumerate() {
+        let mut f = [0.0; 3];
+        let mut k = [0i32; 3];
+        for a in 0..3 {
+            f[a] = r[0] * to_fractional[0][a]
+                + r[1] * to_fractional[1][a]
+                + r[2] * to_fractional[2][a];
+            if pbc[a] {
+                let image = f[a].floor();
+                if image.abs() >= MAX_IMAGE_INDEX {
+                    return Err(Error::invalid(
+                        "positions",
+                        format!(
+                            "atom {atom} lies {image} lattice vectors outside the cell along axis {a}"
+                        ),
+                    ));
+                }
+                f[a] -= image;
+                k[a] = image as i32;
+            }
+        }
+        fractional.push(f);
+        wraps.push(k);
+    }
+
+    // Bin geometry. Periodic axes: bins of fractional width 1/bins with bins =
+    // floor(height / radius), so one bin on each side covers the sphere, or, when the cell
+    // is thinner than the radius, one bin per cell and ceil(radius / height) cells on each
+    // side. Open axes: bins of `radius` Angstrom.
+    let mut bins_per_axis = [1i64; 3];
+    let mut reach = [1i64; 3];
+    let mut origin = [0.0; 3];
+    let mut inverse_width = [1.0; 3];
+    for a in 0..3 {
+        if pbc[a] {
+            let column = [
+                to_fractional[0][a],
+                to_fractional[1][a],
+                to_fractional[2][a],
+            ];
+            let height = 1.0 / norm(column);
+            let bins = (height / radius).floor().clamp(1.0, 1e6);
+            bins_per_axis[a] = bins as i64;
+            reach[a] = (radius * bins / height).ceil().clamp(1.0, 1e7) as i64;
+            inverse_width[a] = bins;
+        } else {
+            let (lo, hi) = fractional
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), f| {
+                    (lo.min(f[a]), hi.max(f[a]))
+                });
+            origin[a] = lo;
+            inverse_width[a] = 1.0 / radius;
+            bins_per_axis[a] = (((hi - lo) / radius).floor() + 1.0).min(1e15) as i64;
+        }
+    }
+    let image_boxes: i64 = reach.iter().map(|r| 2 * r + 1).product();
+    if image_boxes > MAX_IMAGE_BOXES {
+        return Err(Error::BadCell {
+            reason: format!(
+                "the cell is too small for a search radius of {radius} Angstrom: it spans \
+                 {reach:?} cells on each side"
+            ),
+        });
+    }
+
+    let bins: Vec<[i64; 3]> = fractional
+        .iter()
+        .map(|f| {
+            let mut b = [0i64; 3];
+            for a in 0..3 {
+                let raw = ((f[a] - origin[a]) * inverse_width[a]).floor() as i64;
+                b[a] = raw.clamp(0, bins_per_axis[a] - 1);
+            }
+            b
+        })
+        .collect();
+
+    // Sort atoms by bin (z-major), keeping index order within each bin.
+    let total_bins: f64 = bins_per_axis.iter().map(|&b| b as f64).product();
+    let dense = total_bins <= (4 * n_atoms + 64) as f64;
+    let mut grid = Grid {
+        bins_per_axis,
+        periodic: pbc,
+        reach,
+        occupied: Vec::new(),
+        lookup: BinLookup::Sparse(HashMap::new()),
+    };
+    let order: Vec<u32> = if dense {
+        let mut starts = vec![0usize; total_bins as usize + 1];
+        for b in &bins {
+            starts[grid.linear(*b) + 1] += 1;
+        }
+        for index in 1..starts.len() {
+            starts[index] += starts[index - 1];
+        }
+        let mut order = vec![0u32; n_atoms];
+        for (atom, b) in bins.iter().enumerate() {
+            let slot = &mut starts[grid.linear(*b)];
+            order[*slot] = atom as u32;
+            *slot += 1;
+        }
+        order
+    } else {
+        let mut order: Vec<u32> = (0..n_atoms as u32).collect();
+        order.sort_unstable_by_key(|&atom| {
+            let b = bins[atom as usize];
+            (b[2], b[1], b[0], atom)
+        });
+        order
+    };
+
+    let lattice = cell.vectors();
+    let mut binned = BinnedAtoms {
+        x: Vec::with_capacity(n_atoms),
+        y: Vec::with_capacity(n_atoms),
+        z: Vec::with_capacity(n_atoms),
+        atom: Vec::with_capacity(n_atoms),
+        wrap: Vec::with_capacity(n_atoms),
+    };
+    for &atom in &order {
+        let (r, k) = (positions[atom as usize], wraps[atom as usize]);
+        let mut wrapped = [0.0; 3];
+        for x in 0..3 {
+            wrapped[x] = r[x]
+                - (k[0] as f64 * lattice[0][x]
+                    + k[1] as f64 * lattice[1][x]
+                    + k[2] as f64 * lattice[2][x]);
+        }
+        binned.x.push(wrapped[0]);
+        binned.y.push(wrapped[1]);
+        binned.z.push(wrapped[2]);
+        binned.atom.push(atom);
+        binned.wrap.push(k);
+    }
+    let mut start = 0;
+    while start < n_atoms {
+        let b = bins[order[start] as usize];
+        let mut end = start + 1;
+        while end < n_atoms && bins[order[end] as usize] == b {
+            end += 1;
+        }
+        grid.occupied.push((b, start..end));
+        start = end;
+    }
+    grid.lookup = if dense {
+        let mut table = vec![u32::MAX; total_bins as usize];
+        for (index, (b, _)) in grid.occupied.iter().enumerate() {
+            table[grid.linear(*b)] = index as u32;
+        }
+        BinLookup::Dense(table)
+    } else {
+        BinLookup::Sparse(
+            grid.occupied
+                .iter()
+                .enumerate()
+                .map(|(index, (b, _))| (*b, index as u32))
+                .collect(),
+        )
+    };
+
+    // The band absorbs the round-off of wrapping (relative to the coordinates' magnitude).
+    let scale = positions
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(radius, |m, x| m.max(x.abs()))
+        + lattice.iter().map(|v| norm(*v)).sum::<f64>();
+    let band = 1e-9 * scale;
+    let search = Search {
+        positions,
+        cell,
+        grid: &grid,
+        binned: &binned,
+        radius_squared: radius * radius,
+        radii: filter::Radii {
+            accept_squared: (radius + band) * (radius + band),
+            exact_above_squared: (radius - band).max(0.0).powi(2),
+            minimum_squared: MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM,
+        },
+        within: filter::select(),
+    };
+
+    // Unsorted rows, in parallel over contiguous chunks of bins.
+    let n_chunks = grid
+        .occupied
+        .len()
+        .min(4 * rayon::current_num_threads())
+        .max(1);
+    if workspace.chunks.len() < n_chunks {
+        workspace.chunks.resize_with(n_chunks, Chunk::default);
+    }
+    let per_chunk = grid.occupied.len().div_ceil(n_chunks);
+    workspace.chunks[..n_chunks]
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(index, chunk)| {
+            let first = (index * per_chunk).min(grid.occupied.len());
+            let last = ((index + 1) * per_chunk).min(grid.occupied.len());
+            search_bins(&grid.occupied[first..last], &search, chunk);
+        });
+    let chunks = &workspace.chunks[..n_chunks];
+
+    if let Some((receiver, source, shift)) = chunks.iter().filter_map(|c| c.too_close).min() {
+        let r = edge_vector(positions, cell, receiver as usize, source as usize, shift);
+        return Err(Error::AtomsTooClose {
+            first: receiver as usize,
+            second: source as usize,
+            shift,
+            distance_angstrom: norm(r),
+            minimum_angstrom: MINIMUM_DISTANCE_ANGSTROM,
+        });
+    }
+
+    // Place the rows, found in bin order, by receiver index.
+    workspace.row_location.clear();
+    workspace.row_location.resize(n_atoms, (0, 0, 0));
+    for (index, chunk) in chunks.iter().enumerate() {
+        for &(atom, start, length) in &chunk.rows {
+            workspace.row_location[atom as usize] = (index as u32, start, length);
+        }
+    }
+    offsets.reserve(n_atoms + 1);
+    offsets.push(0);
+    let mut total = 0;
+    for &(_, _, length) in &workspace.row_location {
+        total += length;
+        offsets.push(total);
+    }
+    sources.reserve(total);
+    shifts.reserve(total);
+    advise_huge_pages(sources);
+    advise_huge_pages(shifts);
+    for &(chunk, start, length) in &workspace.row_location {
+        let chunk = &chunks[chunk as usize];
+        sources.extend_from_slice(&chunk.sources[start..start + length]);
+        shifts.extend_from_slice(&chunk.shifts[start..start + length]);
+    }
+    Ok(())
+}
+
+fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut Chunk) {
+    chunk.sources.clear();
+    chunk.shifts.clear();
+    chunk.rows.clear();
+    chunk.too_close = None;
+    let (grid, binned) = (search.grid, search.binned);
+    let lattice = search.cell.vectors();
+    let candidates = &mut chunk.candidates;
+    for (bin, receivers) in bins {
+        // Every atom image in the neighbouring bins, sorted by (atom, image): filtering this
+        // list keeps its order, so each receiver's row comes out sorted.
+        candidates.clear();
+        for dz in -grid.reach[2]..=grid.reach[2] {
+            for dy in -grid.reach[1]..=grid.reach[1] {
+                for dx in -grid.reach[0]..=grid.reach[0] {
+                    let mut other = [bin[0] + dx, bin[1] + dy, bin[2] + dz];
+                    let mut shift = [0i32; 3];
+                    let mut outside = false;
+                    for a in 0..3 {
+                        let count = grid.bins_per_axis[a];
+                        if grid.periodic[a] {
+                            shift[a] = other[a].div_euclid(count) as i32;
+                            other[a] = other[a].rem_euclid(count);
+                        } else if other[a] < 0 || other[a] >= count {
+                            outside = true;
+                        }
+                    }
+                    if outside {
+                        continue;
+                    }
+                    if let Some(slots) = grid.find(other) {
+                        let mut shift_vector = [0.0; 3];
+                        for x in 0..3 {
+                            shift_vector[x] = shift[0] as f64 * lattice[0][x]
+                                + shift[1] as f64 * lattice[1][x]
+                                + shift[2] as f64 * lattice[2][x];
+                        }
+                        candidates.push_bin(binned, slots.clone(), shift, shift_vector);
+                    }
+                }
+            }
+        }
+        candidates.sort(binned);
+
+        for slot in receivers.clone() {
+            let receiver = binned.atom[slot];
+            let row_start = chunk.sources.len();
+            let position = [binned.x[slot], binned.y[slot], binned.z[slot]];
+            let wrap_i = binned.wrap[slot];
+            let n_candidates = candidates.atom.len();
+            if chunk.hits.len() < n_candidates + 4 {
+                chunk.hits.resize(2 * n_candidates + 4, 0);
+            }
+            let mut n_hits = 0;
+            let seen = (search.within)(
+                &candidates.x,
+                &candidates.y,
+                &candidates.z,
+                position,
+                &search.radii,
+                &mut chunk.hits,
+                &mut n_hits,
+            );
+            let hits = &chunk.hits[..n_hits];
+            if !seen.in_band && seen.too_close == 1 {
+                // Common case: every hit is an edge but the receiver itself (the one point
+                // at distance 0), which sits where its atom index sorts.
+                let own = hits.partition_point(|&k| candidates.atom[k as usize] < receiver);
+                let own = own
+                    + hits[own..]
+                        .iter()
+                        .position(|&k| candidates.shift[k as usize] == negated(wrap_i))
+                        .expect("the receiver is among its own candidates");
+                for part in [&hits[..own], &hits[own + 1..]] {
+                    chunk
+                        .sources
+                        .extend(part.iter().map(|&k| candidates.atom[k as usize]));
+                    chunk.shifts.extend(part.iter().map(|&k| {
+                        let base = candidates.shift[k as usize];
+                        [
+                            base[0] + wrap_i[0],
+                            base[1] + wrap_i[1],
+                            base[2] + wrap_i[2],
+                        ]
+                    }));
+                }
+            } else {
+                for &k in hits {
+                    let k = k as usize;
+                    let source = candidates.atom[k];
+                    let base = candidates.shift[k];
+                    let shift = [
+                        base[0] + wrap_i[0],
+                        base[1] + wrap_i[1],
+                        base[2] + wrap_i[2],
+                    ];
+                    if source == receiver && shift == [0; 3] {
+                        continue;
+                    }
+                    let d = [
+                        candidates.x[k] - position[0],
+                        candidates.y[k] - position[1],
+                        candidates.z[k] - position[2],
+                    ];
+                    let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+                    if d2 >= search.radii.exact_above_squared {
+                        let r = edge_vector(
+                            search.positions,
+                            search.cell,
+                            receiver as usize,
+                            source as usize,
+                            shift,
+                        );
+                        if r[0] * r[0] + r[1] * r[1] + r[2] * r[2] > search.radius_squared {
+                            continue;
+                        }
+                    }
+                    if d2 < search.radii.minimum_squared {
+                        let pair = (receiver, source, shift);
+                        chunk.too_close = Some(chunk.too_close.map_or(pair, |p| p.min(pair)));
+                    }
+                    chunk.sources.push(source);
+                    chunk.shifts.push(shift);
+                }
+            }
+            chunk
+                .rows
+                .push((receiver, row_start, chunk.sources.len() - row_start));
+        }
+    }
+}
+
+/// The atom images around one bin, as structure of arrays sorted by (atom, image).
+#[derive(Clone, Debug, Default)]
+struct Candidates {
+    /// Cartesian position of the image (wrapped position plus lattice shift), Angstrom.
+    x: Vec<f64>,
+    y: Vec<f64>,
+    z: Vec<f64>,
+    atom: Vec<u32>,
+    /// Image shift minus the atom's own wrap: adding the receiver's wrap gives the shift
+    /// for the positions as given.
+    shift: Vec<[i32; 3]>,
+    /// Unsorted images: the atom's slot in `BinnedAtoms` and the visited bin's shift.
+    slots: Vec<u32>,
+    visits: Vec<u32>,
+    visit_shifts: Vec<([i32; 3], [f64; 3])>,
+    /// Sorting scratch: (atom << 32 | unsorted index) keys, or a bitmap over atom indices.
+    keys: Vec<u64>,
+    bitmap: Vec<u64>,
+    index_by_atom: Vec<u32>,
+    atom_range: (u32, u32),
+}
+
+impl Candidates {
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.visits.clear();
+        self.visit_shifts.clear();
+        self.atom_range = (u32::MAX, 0);
+    }
+
+    fn push_bin(
+        &mut self,
+        binned: &BinnedAtoms,
+        slots: Range<usize>,
+        wrapped_shift: [i32; 3],
+        shift_vector: [f64; 3],
+    ) {
+        let visit = self.visit_shifts.len() as u32;
+        self.visit_shifts.push((wrapped_shift, shift_vector));
+        let (lo, hi) = binned.atom[slots.clone()]
+            .iter()
+            .fold(self.atom_range, |(lo, hi), &a| (lo.min(a), hi.max(a)));
+        self.atom_range = (lo, hi);
+        self.slots.extend(slots.start as u32..slots.end as u32);
+        self.visits
+            .extend(std::iter::repeat_n(visit, slots.end - slots.start));
+    }
+
+    /// Orders the images by (atom, image shift) and lays them out for the filter.
+    fn sort(&mut self, binned: &BinnedAtoms) {
+        let count = self.slots.len();
+        self.keys.clear();
+        let (lo, hi) = self.atom_range;
+        let span = (hi as usize + 1).saturating_sub(lo as usize);
+        // Spatially ordered input (the common case) puts the atoms around a bin in a narrow
+        // index range: then a bitmap over that range sorts in linear time.
+        let mut bitmap_sorted = count > 0 && span <= 512 * count;
+        if bitmap_sorted {
+            let words = span.div_ceil(64);
+            self.bitmap.clear();
+            self.bitmap.resize(words, 0);
+            if self.index_by_atom.len() < span {
+                self.index_by_atom.resize(span, 0);
+            }
+            for (index, &slot) in self.slots.iter().enumerate() {
+                let offset = (binned.atom[slot as usize] - lo) as usize;
+                let (word, bit) = (offset / 64, 1u64 << (offset % 64));
+                if self.bitmap[word] & bit != 0 {
+                    // Two images of one atom (small cells): fall back to sorting.
+                    bitmap_sorted = false;
+                    break;
+                }
+                self.bitmap[word] |= bit;
+                self.index_by_atom[offset] = index as u32;
+            }
+            if bitmap_sorted {
+                for (word_index, &word) in self.bitmap.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let offset = word_index * 64 + bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        self.keys.push(self.index_by_atom[offset] as u64);
+                    }
+                }
+            }
+        }
+        if !bitmap_sorted {
+            self.keys.clear();
+            self.keys.extend(
+                self.slots.iter().enumerate().map(|(index, &slot)| {
+                    ((binned.atom[slot as usize] as u64) << 32) | index as u64
+                }),
+            );
+            self.keys.sort_unstable();
+            // Several images of one atom: order them by shift (small cells only).
+            let (slots, visits, visit_shifts) = (&self.slots, &self.visits, &self.visit_shifts);
+            let image_key = |key: u64| {
+                let index = (key & 0xFFFF_FFFF) as usize;
+                let wrap = binned.wrap[slots[index] as usize];
+                let shift = visit_shifts[visits[index] as usize].0;
+                [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]]
+            };
+            let mut start = 0;
+            while start < count {
+                let mut end = start + 1;
+                while end < count && self.keys[end] >> 32 == self.keys[start] >> 32 {
+                    end += 1;
+                }
+                if end - start > 1 {
+                    self.keys[start..end].sort_unstable_by_key(|&key| image_key(key));
+                }
+                start = end;
+            }
+        }
+        // Resize, then fill by index: one capacity check per array instead of one per push.
+        self.x.resize(count, 0.0);
+        self.y.resize(count, 0.0);
+        self.z.resize(count, 0.0);
+        self.atom.resize(count, 0);
+        self.shift.resize(count, [0; 3]);
+        for (sorted, &key) in self.keys.iter().enumerate() {
+            let index = (key & 0xFFFF_FFFF) as usize;
+            let slot = self.slots[index] as usize;
+            let (wrapped_shift, shift_vector) = self.visit_shifts[self.visits[index] as usize];
+            let wrap = binned.wrap[slot];
+            self.x[sorted] = binned.x[slot] + shift_vector[0];
+            self.y[sorted] = binned.y[slot] + shift_vector[1];
+            self.z[sorted] = binned.z[slot] + shift_vector[2];
+            self.atom[sorted] = binned.atom[slot];
+            self.shift[sorted] = [
+                wrapped_shift[0] - wrap[0],
+                wrapped_shift[1] - wrap[1],
+                wrapped_shift[2] - wrap[2],
+            ];
+        }
+    }
+}
+
+#[inline]
+fn negated(n: [i32; 3]) -> [i32; 3] {
+    [-n[0], -n[1], -n[2]]
+}
+
+/// Asks the kernel to back a large buffer's spare capacity with transparent huge pages:
+/// first-touch page faults otherwise dominate a fresh build of a large list. Advisory only.
+fn advise_huge_pages<T>(buffer: &mut Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE_PAGE: usize = 2 << 20;
+        let spare = buffer.spare_capacity_mut();
+        let bytes = std::mem::size_of_val(spare);
+        if bytes < 2 * HUGE_PAGE {
+            return;
+        }
+        let start = spare.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        let length = (start + bytes - aligned) / HUGE_PAGE * HUGE_PAGE;
+        // SAFETY: the range lies inside memory this Vec owns; MADV_HUGEPAGE only changes
+        // how the kernel backs it, never its contents.
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
+        }
+    }
+}

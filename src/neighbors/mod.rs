@@ -1,0 +1,325 @@
+//! The neighbour list: every directed pair `j -> i` within the cutoff, including periodic
+//! images, as CSR by receiver.
+//!
+//! Contract (shared by the CPU and CUDA engines, LAMMPS and ASE):
+//! - an edge is `(receiver i, source j, image n)` with `n` an integer lattice shift on the
+//!   periodic axes (always 0 on open axes) and `0 < |r_ij| <= cutoff + skin`, where
+//!   `r_ij = (r_j - r_i) + n . cell` is computed from the positions *as given* (unwrapped
+//!   positions are fine: the shifts refer to them), see [`edge_vector`];
+//! - rows are sorted by `(source, image)`, so every reduction over a row is deterministic;
+//! - the list is symmetric: `(i <- j, n)` is present exactly when `(j <- i, -n)` is.
+//!
+//! The build is a cell list in the fractional coordinates of the periodic lattice vectors
+//! (Angstrom on open axes), see [`cell_list`]: O(n) time and memory for homogeneous
+//! systems, with a hashed grid when a dense one would be much larger than the atom count.
+
+mod cell_list;
+mod filter;
+
+use crate::cell::Cell;
+use crate::error::{Error, Result};
+
+/// Two distinct atoms closer than this are refused as a malformed structure.
+pub const MINIMUM_DISTANCE_ANGSTROM: f64 = 1e-4;
+
+/// Parameters of a neighbour-list build.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NeighborListOptions {
+    /// Interaction cutoff, Angstrom (> 0).
+    pub cutoff_angstrom: f64,
+    /// Verlet skin added to the cutoff, Angstrom (>= 0). The list stays valid until some
+    /// atom has moved by `skin / 2` or more.
+    pub skin_angstrom: f64,
+}
+
+impl NeighborListOptions {
+    pub fn new(cutoff_angstrom: f64) -> Self {
+        NeighborListOptions {
+            cutoff_angstrom,
+            skin_angstrom: 0.0,
+        }
+    }
+
+    pub fn with_skin(mut self, skin_angstrom: f64) -> Self {
+        self.skin_angstrom = skin_angstrom;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.cutoff_angstrom.is_finite() && self.cutoff_angstrom > 0.0) {
+            return Err(Error::invalid(
+                "cutoff_angstrom",
+                format!("must be finite and > 0, got {}", self.cutoff_angstrom),
+            ));
+        }
+        if !(self.skin_angstrom.is_finite() && self.skin_angstrom >= 0.0) {
+            return Err(Error::invalid(
+                "skin_angstrom",
+                format!("must be finite and >= 0, got {}", self.skin_angstrom),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Radius the list is built with: cutoff plus skin, Angstrom.
+    pub fn search_radius_angstrom(&self) -> f64 {
+        self.cutoff_angstrom + self.skin_angstrom
+    }
+}
+
+/// Directed edges `j -> i` in CSR form by receiver `i`.
+#[derive(Clone, Debug)]
+pub struct NeighborList {
+    /// Row offsets by receiver, `[n_atoms + 1]`.
+    offsets: Vec<usize>,
+    /// Source atom j of each edge, `[n_edges]`.
+    sources: Vec<u32>,
+    /// Lattice image n of each edge, `[n_edges][3]`.
+    shifts: Vec<[i32; 3]>,
+    options: NeighborListOptions,
+    cell: Cell,
+    /// Positions of the last successful build, `[n_atoms][3]`; empty (and `valid` false)
+    /// after a failed rebuild.
+    reference_positions: Vec<[f64; 3]>,
+    valid: bool,
+    workspace: cell_list::Workspace,
+}
+
+impl NeighborList {
+    /// Builds the list for `positions` (`[n_atoms][3]`, Angstrom, wrapped or not) in `cell`.
+    pub fn build(
+        positions: &[[f64; 3]],
+        cell: &Cell,
+        options: NeighborListOptions,
+    ) -> Result<NeighborList> {
+        options.validate()?;
+        let mut list = NeighborList {
+            offsets: vec![0],
+            sources: Vec::new(),
+            shifts: Vec::new(),
+            options,
+            cell: *cell,
+            reference_positions: Vec::new(),
+            valid: false,
+            workspace: cell_list::Workspace::default(),
+        };
+        list.rebuild(positions, cell)?;
+        Ok(list)
+    }
+
+    /// Rebuilds in place for new positions or a new cell, reusing every buffer (an MD step
+    /// that re-neighbours allocates nothing once sizes have settled).
+    pub fn rebuild(&mut self, positions: &[[f64; 3]], cell: &Cell) -> Result<()> {
+        self.valid = false;
+        self.reference_positions.clear();
+        check_positions(positions)?;
+        self.cell = *cell;
+        cell_list::build(
+            positions,
+            cell,
+            self.options.search_radius_angstrom(),
+            &mut self.workspace,
+            &mut self.offsets,
+            &mut self.sources,
+            &mut self.shifts,
+        )?;
+        self.reference_positions.extend_from_slice(positions);
+        self.valid = true;
+        Ok(())
+    }
+
+    /// Rebuilds only when [`is_valid_for`](Self::is_valid_for) says the list no longer
+    /// covers `positions`; returns whether it rebuilt.
+    pub fn update(&mut self, positions: &[[f64; 3]], cell: &Cell) -> Result<bool> {
+        if self.is_valid_for(positions, cell) {
+            return Ok(false);
+        }
+        self.rebuild(positions, cell)?;
+        Ok(true)
+    }
+
+    /// Whether this list still holds every pair within the cutoff for `positions` in
+    /// `cell`: same atom count and cell, and every atom moved by less than `skin / 2`
+    /// since the build. One pass over the positions.
+    pub fn is_valid_for(&self, positions: &[[f64; 3]], cell: &Cell) -> bool {
+        if !self.valid || positions.len() != self.reference_positions.len() || *cell != self.cell {
+            return false;
+        }
+        let half_skin = 0.5 * self.options.skin_angstrom;
+        let limit = half_skin * half_skin;
+        positions
+            .iter()
+            .zip(&self.reference_positions)
+            .all(|(now, then)| {
+                let d = [now[0] - then[0], now[1] - then[1], now[2] - then[2]];
+                // `<` is false for NaN: a non-finite position forces a rebuild (and its error).
+                d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < limit
+            })
+    }
+
+    pub fn n_atoms(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn n_edges(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Row offsets by receiver, `[n_atoms + 1]`.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// Source atom of every edge, `[n_edges]`, sorted by `(receiver, source, image)`.
+    pub fn sources(&self) -> &[u32] {
+        &self.sources
+    }
+
+    /// Lattice image of every edge, `[n_edges][3]`; `S = n . cell`.
+    pub fn shifts(&self) -> &[[i32; 3]] {
+        &self.shifts
+    }
+
+    /// Sources and images of the edges into `receiver`.
+    pub fn row(&self, receiver: usize) -> (&[u32], &[[i32; 3]]) {
+        let range = self.offsets[receiver]..self.offsets[receiver + 1];
+        (&self.sources[range.clone()], &self.shifts[range])
+    }
+
+    /// Every edge as `(receiver, source, image)`, in order.
+    pub fn edges(&self) -> impl Iterator<Item = (usize, usize, [i32; 3])> + '_ {
+        (0..self.n_atoms()).flat_map(move |i| {
+            let (sources, shifts) = self.row(i);
+            sources
+                .iter()
+                .zip(shifts)
+                .map(move |(&j, &n)| (i, j as usize, n))
+        })
+    }
+
+    /// Receiver of every edge, `[n_edges]` (the CSR rows expanded).
+    pub fn receivers(&self) -> Vec<u32> {
+        let mut receivers = Vec::with_capacity(self.n_edges());
+        for i in 0..self.n_atoms() {
+            let count = self.offsets[i + 1] - self.offsets[i];
+            receivers.extend(std::iter::repeat_n(i as u32, count));
+        }
+        receivers
+    }
+
+    pub fn options(&self) -> NeighborListOptions {
+        self.options
+    }
+
+    pub fn cell(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+/// Edge vector `r_ij = (r_j - r_i) + n . cell`, Angstrom. Written this way it is
+/// antisymmetric bit for bit: `edge_vector(i, j, n) == -edge_vector(j, i, -n)`.
+#[inline]
+pub fn edge_vector(
+    positions: &[[f64; 3]],
+    cell: &Cell,
+    receiver: usize,
+    source: usize,
+    shift: [i32; 3],
+) -> [f64; 3] {
+    let (ri, rj) = (positions[receiver], positions[source]);
+    let s = cell.shift_vector(shift);
+    [
+        (rj[0] - ri[0]) + s[0],
+        (rj[1] - ri[1]) + s[1],
+        (rj[2] - ri[2]) + s[2],
+    ]
+}
+
+fn check_positions(positions: &[[f64; 3]]) -> Result<()> {
+    if positions.len() >= u32::MAX as usize {
+        return Err(Error::invalid(
+            "positions",
+            format!("{} atoms exceed the limit of 2^32 - 1", positions.len()),
+        ));
+    }
+    if let Some((atom, position)) = positions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.iter().any(|x| !x.is_finite()))
+    {
+        return Err(Error::NonFinite {
+            what: format!("the position of atom {atom} ({position:?})"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_system_has_one_offset() {
+        let list = NeighborList::build(&[], &Cell::open(), NeighborListOptions::new(5.0)).unwrap();
+        assert_eq!(list.offsets(), &[0]);
+        assert_eq!(list.n_edges(), 0);
+    }
+
+    #[test]
+    fn two_atoms_far_apart_in_open_space_use_a_small_grid() {
+        // 1 km apart on every axis: a dense grid would need (2e12)^3 bins.
+        let positions = [[0.0, 0.0, 0.0], [1e13, 1e13, 1e13], [1.0, 0.0, 0.0]];
+        let list =
+            NeighborList::build(&positions, &Cell::open(), NeighborListOptions::new(5.0)).unwrap();
+        assert_eq!(
+            list.edges().collect::<Vec<_>>(),
+            vec![(0, 2, [0; 3]), (2, 0, [0; 3])]
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let positions = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
+        let open = Cell::open();
+        for cutoff in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                NeighborList::build(&positions, &open, NeighborListOptions::new(cutoff)),
+                Err(Error::InvalidArgument {
+                    argument: "cutoff_angstrom",
+                    ..
+                })
+            ));
+        }
+        let skin = NeighborListOptions::new(5.0).with_skin(-0.5);
+        assert!(NeighborList::build(&positions, &open, skin).is_err());
+        let bad = [[0.0, 0.0, 0.0], [1.0, f64::NAN, 0.0]];
+        let err = NeighborList::build(&bad, &open, NeighborListOptions::new(5.0)).unwrap_err();
+        assert!(err.to_string().contains("atom 1"), "{err}");
+        let close = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 5e-5]];
+        let err = NeighborList::build(&close, &open, NeighborListOptions::new(5.0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::AtomsTooClose {
+                    first: 1,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_rebuild_invalidates_the_list() {
+        let positions = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
+        let open = Cell::open();
+        let options = NeighborListOptions::new(5.0).with_skin(1.0);
+        let mut list = NeighborList::build(&positions, &open, options).unwrap();
+        assert!(list.is_valid_for(&positions, &open));
+        assert!(list.rebuild(&[[0.0; 3], [f64::NAN; 3]], &open).is_err());
+        assert!(!list.is_valid_for(&positions, &open));
+        assert!(list.update(&positions, &open).unwrap());
+        assert!(!list.update(&positions, &open).unwrap());
+    }
+}
