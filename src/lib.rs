@@ -6,13 +6,19 @@
 //! System (Z, positions, cell, pbc) -> NeighborList -> Backend (cpu | cuda) runs the Model -> Results
 //! ```
 
+pub mod backend;
+pub mod calculator;
 pub mod cell;
 pub mod error;
+pub mod model;
 pub mod neighbors;
 pub mod structures;
 
+pub use backend::{Request, Results};
+pub use calculator::{Calculator, CalculatorOptions, Device, Precision};
 pub use cell::Cell;
 pub use error::{Error, Result};
+pub use model::Model;
 pub use neighbors::{NeighborList, NeighborListOptions};
 
 /// Version of this crate, as `major.minor.patch`.

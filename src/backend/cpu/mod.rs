@@ -1,0 +1,764 @@
+//! The CPU backend: the reference engine, in float64 or float32, with a hand-written
+//! analytic backward pass for forces and virial. Parallel over atoms with rayon;
+//! deterministic: every reduction runs over a fixed order (CSR rows sorted by source, GEMMs
+//! on fixed row blocks), so results are the same bits for any thread count.
+//!
+//! Stages (mirrored by the CUDA backend):
+//! 1. geometry: per-edge `d`, `u = r / (d + 1e-8)`;
+//! 2. per layer, message: `ds_i = sum_j s_j * ws(d)`, `dv_i = sum_j v_j * wv1(d) + u wv2(d)`;
+//! 3. per layer, update: dense layers on `concat(s, |v|)`, gating `s` and `v`;
+//! 4. energy head; then the backward pass in reverse, ending in per-edge `dE/dr_ij`;
+//! 5. forces and virials from `dE/dr_ij` and its reverse edge (a gather, no atomics).
+
+mod real;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+pub use real::Real;
+use real::{Dense, silu, silu_derivative};
+
+use super::{Backend, Graph, Request, Results};
+use crate::error::Result;
+use crate::model::filter::{hermite_basis, hermite_basis_derivative};
+use crate::model::{FilterTable, Model};
+
+/// How the radial filter `w(d)` is evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// The filter network itself, per edge (float64 reference).
+    Exact,
+    /// Cubic Hermite interpolation of the tabulated filter (float32 production path).
+    Table,
+}
+
+/// Atoms per parallel task in the per-atom stages.
+const ATOMS_PER_TASK: usize = 16;
+
+/// `u = r / (d + U_EPSILON)`, as in the spec.
+const U_EPSILON: f64 = 1e-8;
+
+struct LayerWeights<T> {
+    filter_hidden: Dense<T>,
+    filter_out: Dense<T>,
+    update_hidden: Dense<T>,
+    update_out: Dense<T>,
+    /// M; zero when absent (the last layer, whose vector output is unused).
+    mixing: [[T; 3]; 3],
+}
+
+struct Weights<T> {
+    hidden: usize,
+    radial: usize,
+    embedding: Vec<T>,
+    layers: Vec<LayerWeights<T>>,
+    head: [Dense<T>; 3],
+}
+
+/// Forward activations of one layer, kept for the backward pass.
+#[derive(Default)]
+struct LayerState<T> {
+    /// `[n][H]`, `[n][3][H]`: input of the message.
+    s_in: Vec<T>,
+    v_in: Vec<T>,
+    /// After the message.
+    s_mid: Vec<T>,
+    v_mid: Vec<T>,
+    /// `|v_mid|` over x, y, z, `[n][H]`.
+    norm: Vec<T>,
+    /// Update MLP pre-activation `[n][H]` and output `[n][3H]` (as, av1, av2).
+    update_pre: Vec<T>,
+    update_out: Vec<T>,
+}
+
+#[derive(Default)]
+struct State<T> {
+    layers: Vec<LayerState<T>>,
+    s_final: Vec<T>,
+    concat: Vec<T>,
+    hidden: Vec<T>,
+    head_pre: [Vec<T>; 2],
+    head_act: [Vec<T>; 2],
+    energies: Vec<T>,
+    /// Per edge: `[d, u_x, u_y, u_z, r_x, r_y, r_z]`.
+    edges: Vec<[T; 7]>,
+    /// Per edge `dE/dr_ij`, `[n_edges][3]`.
+    de_dr: Vec<[T; 3]>,
+    // Backward buffers.
+    gs: Vec<T>,
+    gv: Vec<T>,
+    gs_mid: Vec<T>,
+    gv_mid: Vec<T>,
+    g_update: Vec<T>,
+    g_hidden: Vec<T>,
+    g_concat: Vec<T>,
+    g_head: [Vec<T>; 2],
+}
+
+/// The CPU engine in precision `T`.
+pub struct CpuBackend<T: Real> {
+    model: Arc<Model>,
+    weights: Weights<T>,
+    filter_mode: FilterMode,
+    state: State<T>,
+}
+
+impl<T: Real> CpuBackend<T> {
+    pub fn new(model: Arc<Model>, filter_mode: FilterMode) -> Self {
+        let h = model.hidden_features();
+        let convert = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::of(x)).collect() };
+        let layers = model
+            .interactions
+            .iter()
+            .map(|layer| LayerWeights {
+                filter_hidden: Dense::from_model(&layer.filter_hidden),
+                filter_out: Dense::from_model(&layer.filter_out),
+                update_hidden: Dense::from_model(&layer.update_hidden),
+                update_out: Dense::from_model(&layer.update_out),
+                mixing: layer
+                    .mixing
+                    .map(|m| m.map(|row| row.map(T::of)))
+                    .unwrap_or([[T::zero(); 3]; 3]),
+            })
+            .collect();
+        let weights = Weights {
+            hidden: h,
+            radial: model.radial_basis(),
+            embedding: convert(&model.embedding),
+            layers,
+            head: [
+                Dense::from_model(&model.energy_head[0]),
+                Dense::from_model(&model.energy_head[1]),
+                Dense::from_model(&model.energy_head[2]),
+            ],
+        };
+        if filter_mode == FilterMode::Table {
+            // Build (or reuse) the shared table now rather than inside the first step.
+            model.filter_table();
+        }
+        CpuBackend {
+            model,
+            weights,
+            filter_mode,
+            state: State::default(),
+        }
+    }
+
+    fn filter(&self) -> RowFilter<'_, T> {
+        match self.filter_mode {
+            FilterMode::Exact => RowFilter::Exact {
+                model: &self.model,
+                weights: &self.weights,
+            },
+            FilterMode::Table => RowFilter::Table(self.model.filter_table()),
+        }
+    }
+}
+
+impl<T: Real> Backend for CpuBackend<T> {
+    fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results> {
+        let n = graph.n_atoms();
+        let h = self.weights.hidden;
+        let n_layers = self.weights.layers.len();
+        let mut state = std::mem::take(&mut self.state);
+        state.layers.resize_with(n_layers, LayerState::default);
+        geometry(graph, &mut state.edges);
+        self.forward(graph, &mut state);
+
+        let mut results = Results {
+            energy: state.energies[..graph.n_energy_atoms]
+                .iter()
+                .map(|e| e.f64())
+                .sum(),
+            ..Results::default()
+        };
+        if request.energies {
+            results.energies = state
+                .energies
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    if i < graph.n_energy_atoms {
+                        e.f64()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+        }
+        if request.needs_backward() {
+            self.backward(graph, &mut state);
+            forces_and_virials(graph, &state, request, &mut results);
+        }
+        debug_assert_eq!(state.s_final.len(), n * h);
+        self.state = state;
+        Ok(results)
+    }
+}
+
+/// Per-edge geometry in the engine's precision, computed from float64 edge vectors.
+fn geometry<T: Real>(graph: &Graph, edges: &mut Vec<[T; 7]>) {
+    edges.clear();
+    edges.extend(graph.vectors.iter().map(|r| {
+        let d = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt();
+        let inverse = 1.0 / (d + U_EPSILON);
+        [
+            T::of(d),
+            T::of(r[0] * inverse),
+            T::of(r[1] * inverse),
+            T::of(r[2] * inverse),
+            T::of(r[0]),
+            T::of(r[1]),
+            T::of(r[2]),
+        ]
+    }));
+}
+
+/// Scratch buffers of one parallel task.
+struct Scratch<T> {
+    /// `[degree][3H]` filter values and derivatives.
+    w: Vec<T>,
+    dw: Vec<T>,
+    /// Exact filter only: `[degree][K]` radial features and derivatives, `[degree][H]`
+    /// hidden pre-activations and their derivatives.
+    e: Vec<T>,
+    de: Vec<T>,
+    pre: Vec<T>,
+    dpre: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new() -> Self {
+        Scratch {
+            w: Vec::new(),
+            dw: Vec::new(),
+            e: Vec::new(),
+            de: Vec::new(),
+            pre: Vec::new(),
+            dpre: Vec::new(),
+        }
+    }
+}
+
+/// Evaluates a layer's filter for the edges of one row.
+enum RowFilter<'a, T: Real> {
+    Exact {
+        model: &'a Model,
+        weights: &'a Weights<T>,
+    },
+    Table(&'a FilterTable),
+}
+
+impl<T: Real> RowFilter<'_, T> {
+    /// Fills `scratch.w` (and `scratch.dw` when `derivative`) for edges `edges`.
+    fn evaluate(&self, layer: usize, edges: &[[T; 7]], derivative: bool, scratch: &mut Scratch<T>) {
+        let m = edges.len();
+        match self {
+            RowFilter::Exact { model, weights } => {
+                let (h, k) = (weights.hidden, weights.radial);
+                let width = 3 * h;
+                let lw = &weights.layers[layer];
+                scratch.e.resize(m * k, T::zero());
+                scratch.de.resize(m * k, T::zero());
+                let mut e = vec![0.0; k];
+                let mut de = vec![0.0; k];
+                for (index, edge) in edges.iter().enumerate() {
+                    model.radial_features(edge[0].f64(), &mut e, &mut de);
+                    for kk in 0..k {
+                        scratch.e[index * k + kk] = T::of(e[kk]);
+                        scratch.de[index * k + kk] = T::of(de[kk]);
+                    }
+                }
+                scratch.pre.resize(m * h, T::zero());
+                lw.filter_hidden.forward_rows(&scratch.e, &mut scratch.pre);
+                scratch.w.resize(m * width, T::zero());
+                if derivative {
+                    // dw/dd = W2 (silu'(pre) * (W1 de/dd)).
+                    scratch.dpre.resize(m * h, T::zero());
+                    lw.filter_hidden.linear_rows(&scratch.de, &mut scratch.dpre);
+                    for (dp, p) in scratch.dpre.iter_mut().zip(&scratch.pre) {
+                        *dp *= silu_derivative(*p);
+                    }
+                    scratch.dw.resize(m * width, T::zero());
+                    lw.filter_out.linear_rows(&scratch.dpre, &mut scratch.dw);
+                }
+                for p in scratch.pre.iter_mut() {
+                    *p = silu(*p);
+                }
+                lw.filter_out.forward_rows(&scratch.pre, &mut scratch.w);
+            }
+            RowFilter::Table(table) => {
+                let width = table.width;
+                let nodes = table.layer(layer);
+                let inverse_h = T::of(1.0 / table.spacing_angstrom);
+                scratch.w.resize(m * width, T::zero());
+                if derivative {
+                    scratch.dw.resize(m * width, T::zero());
+                }
+                for (index, edge) in edges.iter().enumerate() {
+                    let (k, t) = table.locate(edge[0].f64() as f32);
+                    let t = T::of(t as f64);
+                    let a = &nodes[k * 2 * width..(k + 1) * 2 * width];
+                    let b = &nodes[(k + 1) * 2 * width..(k + 2) * 2 * width];
+                    let [h00, h10, h01, h11] = hermite_basis(t);
+                    let w = &mut scratch.w[index * width..(index + 1) * width];
+                    table_row(a, b, [h00, h10, h01, h11], width, w);
+                    if derivative {
+                        let [g00, g10, g01, g11] = hermite_basis_derivative(t);
+                        let scale = [
+                            g00 * inverse_h,
+                            g10 * inverse_h,
+                            g01 * inverse_h,
+                            g11 * inverse_h,
+                        ];
+                        let dw = &mut scratch.dw[index * width..(index + 1) * width];
+                        table_row(a, b, scale, width, dw);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[o] = c0 a[o] + c1 a[width + o] + c2 b[o] + c3 b[width + o]` (a Hermite combination of
+/// two table nodes).
+#[inline]
+fn table_row<T: Real>(a: &[f32], b: &[f32], c: [T; 4], width: usize, out: &mut [T]) {
+    let (av, am) = a.split_at(width);
+    let (bv, bm) = b.split_at(width);
+    for o in 0..width {
+        out[o] = c[0] * T::of(av[o] as f64)
+            + c[1] * T::of(am[o] as f64)
+            + c[2] * T::of(bv[o] as f64)
+            + c[3] * T::of(bm[o] as f64);
+    }
+}
+
+impl<T: Real> CpuBackend<T> {
+    fn forward(&self, graph: &Graph, state: &mut State<T>) {
+        let n = graph.n_atoms();
+        let h = self.weights.hidden;
+        let n_layers = self.weights.layers.len();
+        let filter = self.filter();
+
+        // Embedding.
+        let first = &mut state.layers[0];
+        first.s_in.clear();
+        for &z in graph.atomic_numbers {
+            let z = z as usize;
+            first
+                .s_in
+                .extend_from_slice(&self.weights.embedding[z * h..(z + 1) * h]);
+        }
+        first.v_in.clear();
+        first.v_in.resize(n * 3 * h, T::zero());
+
+        for l in 0..n_layers {
+            let lw = &self.weights.layers[l];
+            let (done, rest) = state.layers.split_at_mut(l + 1);
+            let layer = &mut done[l];
+            // Message.
+            layer.s_mid.resize(n * h, T::zero());
+            layer.v_mid.resize(n * 3 * h, T::zero());
+            let (s_in, v_in) = (&layer.s_in, &layer.v_in);
+            let edges = &state.edges;
+            layer
+                .s_mid
+                .par_chunks_mut(ATOMS_PER_TASK * h)
+                .zip(layer.v_mid.par_chunks_mut(ATOMS_PER_TASK * 3 * h))
+                .enumerate()
+                .for_each_init(Scratch::new, |scratch, (task, (s_mid, v_mid))| {
+                    for (local, (s_out, v_out)) in s_mid
+                        .chunks_exact_mut(h)
+                        .zip(v_mid.chunks_exact_mut(3 * h))
+                        .enumerate()
+                    {
+                        let i = task * ATOMS_PER_TASK + local;
+                        let row = graph.offsets[i]..graph.offsets[i + 1];
+                        filter.evaluate(l, &edges[row.clone()], false, scratch);
+                        s_out.copy_from_slice(&s_in[i * h..(i + 1) * h]);
+                        v_out.copy_from_slice(&v_in[i * 3 * h..(i + 1) * 3 * h]);
+                        for (local_edge, e) in row.enumerate() {
+                            let j = graph.sources[e] as usize;
+                            let w = &scratch.w[local_edge * 3 * h..(local_edge + 1) * 3 * h];
+                            let (ws, rest) = w.split_at(h);
+                            let (wv1, wv2) = rest.split_at(h);
+                            let s_j = &s_in[j * h..(j + 1) * h];
+                            for c in 0..h {
+                                s_out[c] += s_j[c] * ws[c];
+                            }
+                            let u = &edges[e][1..4];
+                            for x in 0..3 {
+                                let v_j = &v_in[(j * 3 + x) * h..(j * 3 + x + 1) * h];
+                                let v_o = &mut v_out[x * h..(x + 1) * h];
+                                let ux = u[x];
+                                if l == 0 {
+                                    for c in 0..h {
+                                        v_o[c] += ux * wv2[c];
+                                    }
+                                } else {
+                                    for c in 0..h {
+                                        v_o[c] += v_j[c] * wv1[c] + ux * wv2[c];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+
+            // Update.
+            layer.norm.resize(n * h, T::zero());
+            state.concat.resize(n * 2 * h, T::zero());
+            layer
+                .norm
+                .par_chunks_mut(h)
+                .zip(state.concat.par_chunks_mut(2 * h))
+                .enumerate()
+                .for_each(|(i, (norm, concat))| {
+                    let v = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
+                    for c in 0..h {
+                        norm[c] = (v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c])
+                            .sqrt();
+                    }
+                    concat[..h].copy_from_slice(&layer.s_mid[i * h..(i + 1) * h]);
+                    concat[h..].copy_from_slice(norm);
+                });
+            layer.update_pre.resize(n * h, T::zero());
+            lw.update_hidden
+                .forward(&state.concat, &mut layer.update_pre);
+            state.hidden.clear();
+            state
+                .hidden
+                .extend(layer.update_pre.iter().map(|&x| silu(x)));
+            layer.update_out.resize(n * 3 * h, T::zero());
+            lw.update_out.forward(&state.hidden, &mut layer.update_out);
+
+            // Gate into the next layer's input (or the final scalars).
+            let last = l + 1 == n_layers;
+            let (s_next, v_next) = if last {
+                state.s_final.resize(n * h, T::zero());
+                (&mut state.s_final, None)
+            } else {
+                let next = &mut rest[0];
+                next.s_in.resize(n * h, T::zero());
+                next.v_in.resize(n * 3 * h, T::zero());
+                (&mut next.s_in, Some(&mut next.v_in))
+            };
+            s_next.par_chunks_mut(h).enumerate().for_each(|(i, s)| {
+                let a = &layer.update_out[i * 3 * h..i * 3 * h + h];
+                let s_mid = &layer.s_mid[i * h..(i + 1) * h];
+                for c in 0..h {
+                    s[c] = s_mid[c] + a[c];
+                }
+            });
+            if let Some(v_next) = v_next {
+                let m = lw.mixing;
+                v_next.par_chunks_mut(3 * h).enumerate().for_each(|(i, v)| {
+                    let a = &layer.update_out[i * 3 * h..(i + 1) * 3 * h];
+                    let (av1, av2) = (&a[h..2 * h], &a[2 * h..]);
+                    let vm = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
+                    for x in 0..3 {
+                        for c in 0..h {
+                            let mixed =
+                                m[x][0] * vm[c] + m[x][1] * vm[h + c] + m[x][2] * vm[2 * h + c];
+                            v[x * h + c] = vm[x * h + c] * av1[c] + mixed * av2[c];
+                        }
+                    }
+                });
+            }
+        }
+
+        // Energy head.
+        let head = &self.weights.head;
+        state.head_pre[0].resize(n * head[0].n_out, T::zero());
+        head[0].forward(&state.s_final, &mut state.head_pre[0]);
+        state.head_act[0].clear();
+        state.head_act[0].extend(state.head_pre[0].iter().map(|&x| silu(x)));
+        state.head_pre[1].resize(n * head[1].n_out, T::zero());
+        head[1].forward(&state.head_act[0], &mut state.head_pre[1]);
+        state.head_act[1].clear();
+        state.head_act[1].extend(state.head_pre[1].iter().map(|&x| silu(x)));
+        state.energies.resize(n, T::zero());
+        head[2].forward(&state.head_act[1], &mut state.energies);
+    }
+
+    fn backward(&self, graph: &Graph, state: &mut State<T>) {
+        let n = graph.n_atoms();
+        let h = self.weights.hidden;
+        let n_layers = self.weights.layers.len();
+        let head = &self.weights.head;
+        let filter = self.filter();
+
+        // Energy head: dE/dE_i is 1 for the atoms that count, 0 for ghosts.
+        let (q, p) = (head[2].n_in, head[1].n_in);
+        state.g_head[1].resize(n * q, T::zero());
+        state.g_head[1]
+            .par_chunks_mut(q)
+            .enumerate()
+            .for_each(|(i, g)| {
+                let weight = if i < graph.n_energy_atoms {
+                    T::one()
+                } else {
+                    T::zero()
+                };
+                for c in 0..q {
+                    g[c] =
+                        weight * head[2].weight[c] * silu_derivative(state.head_pre[1][i * q + c]);
+                }
+            });
+        state.g_head[0].resize(n * p, T::zero());
+        let [g_head0, g_head1] = &mut state.g_head;
+        head[1].backward(g_head1, g_head0, false);
+        for (g, &pre) in state.g_head[0].iter_mut().zip(&state.head_pre[0]) {
+            *g *= silu_derivative(pre);
+        }
+        state.gs.resize(n * h, T::zero());
+        head[0].backward(&state.g_head[0], &mut state.gs, false);
+        state.gv.clear();
+        state.gv.resize(n * 3 * h, T::zero());
+
+        state.de_dr.clear();
+        state.de_dr.resize(graph.n_edges(), [T::zero(); 3]);
+
+        for l in (0..n_layers).rev() {
+            let lw = &self.weights.layers[l];
+            let layer = &state.layers[l];
+            let last = l + 1 == n_layers;
+
+            // Update backward: (gs, gv) are the gradients of the layer's outputs.
+            state.g_update.resize(n * 3 * h, T::zero());
+            state.gv_mid.resize(n * 3 * h, T::zero());
+            let m = lw.mixing;
+            let (gs, gv) = (&state.gs, &state.gv);
+            state
+                .g_update
+                .par_chunks_mut(3 * h)
+                .zip(state.gv_mid.par_chunks_mut(3 * h))
+                .enumerate()
+                .for_each(|(i, (g_a, gv_mid))| {
+                    let a = &layer.update_out[i * 3 * h..(i + 1) * 3 * h];
+                    let (av1, av2) = (&a[h..2 * h], &a[2 * h..]);
+                    let vm = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
+                    let gv_out = &gv[i * 3 * h..(i + 1) * 3 * h];
+                    g_a[..h].copy_from_slice(&gs[i * h..(i + 1) * h]);
+                    if last {
+                        // The last layer's vectors never reach the energy.
+                        g_a[h..].fill(T::zero());
+                        gv_mid.fill(T::zero());
+                        return;
+                    }
+                    for c in 0..h {
+                        let mut g_av1 = T::zero();
+                        let mut g_av2 = T::zero();
+                        for x in 0..3 {
+                            let mixed =
+                                m[x][0] * vm[c] + m[x][1] * vm[h + c] + m[x][2] * vm[2 * h + c];
+                            g_av1 += gv_out[x * h + c] * vm[x * h + c];
+                            g_av2 += gv_out[x * h + c] * mixed;
+                        }
+                        g_a[h + c] = g_av1;
+                        g_a[2 * h + c] = g_av2;
+                        for x in 0..3 {
+                            let back_mixed = m[0][x] * gv_out[c]
+                                + m[1][x] * gv_out[h + c]
+                                + m[2][x] * gv_out[2 * h + c];
+                            gv_mid[x * h + c] = gv_out[x * h + c] * av1[c] + back_mixed * av2[c];
+                        }
+                    }
+                });
+            state.g_hidden.resize(n * h, T::zero());
+            lw.update_out
+                .backward(&state.g_update, &mut state.g_hidden, false);
+            for (g, &pre) in state.g_hidden.iter_mut().zip(&layer.update_pre) {
+                *g *= silu_derivative(pre);
+            }
+            state.g_concat.resize(n * 2 * h, T::zero());
+            lw.update_hidden
+                .backward(&state.g_hidden, &mut state.g_concat, false);
+            state.gs_mid.resize(n * h, T::zero());
+            let g_concat = &state.g_concat;
+            state
+                .gs_mid
+                .par_chunks_mut(h)
+                .zip(state.gv_mid.par_chunks_mut(3 * h))
+                .enumerate()
+                .for_each(|(i, (gs_mid, gv_mid))| {
+                    let gc = &g_concat[i * 2 * h..(i + 1) * 2 * h];
+                    let gs_out = &gs[i * h..(i + 1) * h];
+                    let norm = &layer.norm[i * h..(i + 1) * h];
+                    let vm = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
+                    for c in 0..h {
+                        gs_mid[c] = gs_out[c] + gc[c];
+                        // d|v|/dv = v / |v|, taken as 0 where v = 0.
+                        if norm[c] > T::zero() {
+                            let scale = gc[h + c] / norm[c];
+                            for x in 0..3 {
+                                gv_mid[x * h + c] += scale * vm[x * h + c];
+                            }
+                        }
+                    }
+                });
+
+            // Message backward: gradients of the layer inputs (a gather over each row,
+            // using w(d_ij) = w(d_ji)) and dE/dr_ij of every edge of the row.
+            let (gs_mid, gv_mid) = (&state.gs_mid, &state.gv_mid);
+            let edges = &state.edges;
+            let need_inputs = l > 0;
+            state
+                .gs
+                .par_chunks_mut(ATOMS_PER_TASK * h)
+                .zip(state.gv.par_chunks_mut(ATOMS_PER_TASK * 3 * h))
+                .zip(de_dr_chunks(graph, &mut state.de_dr))
+                .enumerate()
+                .for_each_init(
+                    Scratch::new,
+                    |scratch, (task, ((gs_in, gv_in), de_dr_rows))| {
+                        let first_atom = task * ATOMS_PER_TASK;
+                        let mut de_dr_rows = de_dr_rows;
+                        for (local, (gs_out, gv_out)) in gs_in
+                            .chunks_exact_mut(h)
+                            .zip(gv_in.chunks_exact_mut(3 * h))
+                            .enumerate()
+                        {
+                            let i = first_atom + local;
+                            let row = graph.offsets[i]..graph.offsets[i + 1];
+                            let (de_dr, remaining) = de_dr_rows.split_at_mut(row.len());
+                            de_dr_rows = remaining;
+                            filter.evaluate(l, &edges[row.clone()], true, scratch);
+                            let gs_i = &gs_mid[i * h..(i + 1) * h];
+                            let gv_i = &gv_mid[i * 3 * h..(i + 1) * 3 * h];
+                            if need_inputs {
+                                gs_out.copy_from_slice(gs_i);
+                                gv_out.copy_from_slice(gv_i);
+                            }
+                            for (local_edge, e) in row.enumerate() {
+                                let j = graph.sources[e] as usize;
+                                let w = &scratch.w[local_edge * 3 * h..(local_edge + 1) * 3 * h];
+                                let dw = &scratch.dw[local_edge * 3 * h..(local_edge + 1) * 3 * h];
+                                let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..]);
+                                let (dws, dwv1, dwv2) = (&dw[..h], &dw[h..2 * h], &dw[2 * h..]);
+                                let s_j = &layer.s_in[j * h..(j + 1) * h];
+                                let v_j = &layer.v_in[j * 3 * h..(j + 1) * 3 * h];
+                                let geometry = &edges[e];
+                                let u = [geometry[1], geometry[2], geometry[3]];
+                                if need_inputs {
+                                    let gs_j = &gs_mid[j * h..(j + 1) * h];
+                                    let gv_j = &gv_mid[j * 3 * h..(j + 1) * 3 * h];
+                                    for c in 0..h {
+                                        gs_out[c] += gs_j[c] * ws[c];
+                                    }
+                                    for x in 0..3 {
+                                        for c in 0..h {
+                                            gv_out[x * h + c] += gv_j[x * h + c] * wv1[c];
+                                        }
+                                    }
+                                }
+                                let mut de_dd = T::zero();
+                                let mut g_u = [T::zero(); 3];
+                                for c in 0..h {
+                                    let gw_s = gs_i[c] * s_j[c];
+                                    let mut gw_v1 = T::zero();
+                                    let mut gw_v2 = T::zero();
+                                    for x in 0..3 {
+                                        let g = gv_i[x * h + c];
+                                        gw_v1 += g * v_j[x * h + c];
+                                        gw_v2 += g * u[x];
+                                        g_u[x] += g * wv2[c];
+                                    }
+                                    de_dd += gw_s * dws[c] + gw_v1 * dwv1[c] + gw_v2 * dwv2[c];
+                                }
+                                let d = geometry[0];
+                                let r = [geometry[4], geometry[5], geometry[6]];
+                                let d_eps = d + T::of(U_EPSILON);
+                                let g_u_dot_r = g_u[0] * r[0] + g_u[1] * r[1] + g_u[2] * r[2];
+                                let radial = de_dd / d - g_u_dot_r / (d * d_eps * d_eps);
+                                for x in 0..3 {
+                                    de_dr[local_edge][x] += radial * r[x] + g_u[x] / d_eps;
+                                }
+                            }
+                        }
+                    },
+                );
+        }
+    }
+}
+
+/// Splits the per-edge gradient array into the rows of each task's atoms.
+fn de_dr_chunks<'a, T: Send>(
+    graph: &Graph,
+    de_dr: &'a mut [[T; 3]],
+) -> rayon::vec::IntoIter<&'a mut [[T; 3]]> {
+    let n = graph.n_atoms();
+    let mut chunks = Vec::with_capacity(n.div_ceil(ATOMS_PER_TASK));
+    let mut rest = de_dr;
+    for first in (0..n).step_by(ATOMS_PER_TASK) {
+        let last = (first + ATOMS_PER_TASK).min(n);
+        let length = graph.offsets[last] - graph.offsets[first];
+        let (chunk, remaining) = rest.split_at_mut(length);
+        chunks.push(chunk);
+        rest = remaining;
+    }
+    chunks.into_par_iter()
+}
+
+/// Forces, virial and per-atom virials from `dE/dr_ij` (float64 accumulation).
+fn forces_and_virials<T: Real>(
+    graph: &Graph,
+    state: &State<T>,
+    request: Request,
+    results: &mut Results,
+) {
+    let n = graph.n_atoms();
+    let de_dr = &state.de_dr;
+    let vectors = graph.vectors;
+    let gradient = |e: usize| -> [f64; 3] { de_dr[e].map(|v| v.f64()) };
+    if request.forces {
+        results.forces = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let mut f = [0.0; 3];
+                for e in graph.offsets[i]..graph.offsets[i + 1] {
+                    let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
+                    for x in 0..3 {
+                        f[x] += g[x] - g_reverse[x];
+                    }
+                }
+                f
+            })
+            .collect();
+    }
+    // Per-atom virial: each edge's r_ij (x) f_ij split half to each end, f_ij = -dE/dr_ij.
+    if request.atom_virials {
+        results.atom_virials = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let mut w = [[0.0; 3]; 3];
+                for e in graph.offsets[i]..graph.offsets[i + 1] {
+                    let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
+                    let r = vectors[e];
+                    for a in 0..3 {
+                        for b in 0..3 {
+                            w[a][b] -= 0.5 * r[a] * (g[b] - g_reverse[b]);
+                        }
+                    }
+                }
+                w
+            })
+            .collect();
+    }
+    if request.virial {
+        // Summed edge by edge in row order, not from the per-atom halves, so that the
+        // virial is exactly sum over edges of r_ij (x) f_ij.
+        let mut w = [[0.0; 3]; 3];
+        for (e, r) in vectors.iter().enumerate() {
+            let g = gradient(e);
+            for a in 0..3 {
+                for b in 0..3 {
+                    w[a][b] -= r[a] * g[b];
+                }
+            }
+        }
+        results.virial = w;
+    }
+}

@@ -1,0 +1,245 @@
+//! The floating-point types the CPU engine runs in, and the dense-layer arithmetic on them.
+
+use rayon::prelude::*;
+
+use crate::model::Linear;
+
+/// float32 or float64.
+pub trait Real:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + std::iter::Sum
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    fn of(x: f64) -> Self;
+    fn f64(self) -> f64;
+
+    /// C (m x n) = alpha A (m x k) B (k x n) + beta C, arbitrary strides.
+    ///
+    /// # Safety
+    /// The pointers and strides must describe valid, non-aliasing matrices.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl Real for f32 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+impl Real for f64 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn f64(self) -> f64 {
+        self
+    }
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+/// A dense layer in the engine's precision: `y = W x + b`, `W` `[n_out][n_in]`.
+#[derive(Clone, Debug)]
+pub struct Dense<T> {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub weight: Vec<T>,
+    pub bias: Vec<T>,
+}
+
+/// Rows per GEMM call. Fixed, so that results do not depend on the thread count.
+const ROWS_PER_TASK: usize = 64;
+
+impl<T: Real> Dense<T> {
+    pub fn from_model(linear: &Linear) -> Self {
+        Dense {
+            n_in: linear.n_in,
+            n_out: linear.n_out,
+            weight: linear.weight.iter().map(|&v| T::of(v)).collect(),
+            bias: linear.bias.iter().map(|&v| T::of(v)).collect(),
+        }
+    }
+
+    /// `y[m][n_out] = x[m][n_in] W^T + b` for one block of rows (single-threaded).
+    pub fn forward_rows(&self, x: &[T], y: &mut [T]) {
+        let m = x.len() / self.n_in;
+        debug_assert_eq!(y.len(), m * self.n_out);
+        for row in y.chunks_exact_mut(self.n_out) {
+            row.copy_from_slice(&self.bias);
+        }
+        if m == 0 {
+            return;
+        }
+        // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
+        unsafe {
+            T::gemm(
+                m,
+                self.n_in,
+                self.n_out,
+                T::one(),
+                x.as_ptr(),
+                self.n_in as isize,
+                1,
+                self.weight.as_ptr(),
+                1,
+                self.n_in as isize,
+                T::one(),
+                y.as_mut_ptr(),
+                self.n_out as isize,
+                1,
+            )
+        }
+    }
+
+    /// `y[m][n_out] = x[m][n_in] W^T`, the linear part alone (a derivative through the layer).
+    pub fn linear_rows(&self, x: &[T], y: &mut [T]) {
+        let m = x.len() / self.n_in;
+        debug_assert_eq!(y.len(), m * self.n_out);
+        if m == 0 {
+            return;
+        }
+        // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
+        unsafe {
+            T::gemm(
+                m,
+                self.n_in,
+                self.n_out,
+                T::one(),
+                x.as_ptr(),
+                self.n_in as isize,
+                1,
+                self.weight.as_ptr(),
+                1,
+                self.n_in as isize,
+                T::zero(),
+                y.as_mut_ptr(),
+                self.n_out as isize,
+                1,
+            )
+        }
+    }
+
+    /// `gx[m][n_in] (+)= gy[m][n_out] W` for one block of rows (single-threaded).
+    pub fn backward_rows(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
+        let m = gy.len() / self.n_out;
+        debug_assert_eq!(gx.len(), m * self.n_in);
+        if m == 0 {
+            return;
+        }
+        let beta = if accumulate { T::one() } else { T::zero() };
+        // SAFETY: gy is m x n_out, W is n_out x n_in, gx is m x n_in.
+        unsafe {
+            T::gemm(
+                m,
+                self.n_out,
+                self.n_in,
+                T::one(),
+                gy.as_ptr(),
+                self.n_out as isize,
+                1,
+                self.weight.as_ptr(),
+                self.n_in as isize,
+                1,
+                beta,
+                gx.as_mut_ptr(),
+                self.n_in as isize,
+                1,
+            )
+        }
+    }
+
+    /// [`forward_rows`](Self::forward_rows) over all rows, in parallel.
+    pub fn forward(&self, x: &[T], y: &mut [T]) {
+        x.par_chunks(ROWS_PER_TASK * self.n_in)
+            .zip(y.par_chunks_mut(ROWS_PER_TASK * self.n_out))
+            .for_each(|(x, y)| self.forward_rows(x, y));
+    }
+
+    /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
+    pub fn backward(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
+        gy.par_chunks(ROWS_PER_TASK * self.n_out)
+            .zip(gx.par_chunks_mut(ROWS_PER_TASK * self.n_in))
+            .for_each(|(gy, gx)| self.backward_rows(gy, gx, accumulate));
+    }
+}
+
+#[inline]
+pub fn silu<T: Real>(x: T) -> T {
+    x / (T::one() + (-x).exp())
+}
+
+#[inline]
+pub fn silu_derivative<T: Real>(x: T) -> T {
+    let sigmoid = T::one() / (T::one() + (-x).exp());
+    sigmoid * (T::one() + x * (T::one() - sigmoid))
+}

@@ -1,0 +1,159 @@
+//! Helpers shared by the integration tests: locating fixtures and the training project's
+//! files, and comparing results with explicit tolerances.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use painn::{Calculator, Cell, Device, Model, Precision, Request, Results};
+use serde_json::Value;
+
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The training project's files (`spec/`, `models/`, `reference/`): `$PAINN_SHARED_DIR`,
+/// else `../shared` beside the repository. `None` (and a printed reason) when absent.
+pub fn shared_dir(test: &str) -> Option<PathBuf> {
+    let candidate = std::env::var_os("PAINN_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository().join("../shared"));
+    if candidate.join("reference/seed_reference_f64.json").exists() {
+        Some(candidate)
+    } else {
+        println!(
+            "SKIPPED {test}: the training project's files are not at {} (set PAINN_SHARED_DIR)",
+            candidate.display()
+        );
+        None
+    }
+}
+
+/// The trained student model converted by `painn-convert` (the test command does this):
+/// `$PAINN_STUDENT_MODEL`, else `target/models/student_427k.safetensors`.
+pub fn student_model(test: &str) -> Option<Model> {
+    shared_dir(test)?;
+    let path = std::env::var_os("PAINN_STUDENT_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository().join("target/models/student_427k.safetensors"));
+    if !path.exists() {
+        println!(
+            "SKIPPED {test}: no converted student model at {} (run painn-convert, see tests/run_all.sh)",
+            path.display()
+        );
+        return None;
+    }
+    Some(Model::from_file(&path).expect("the converted student model loads"))
+}
+
+pub fn tiny_model() -> Model {
+    Model::from_file(repository().join("tests/data/tiny_model.safetensors")).unwrap()
+}
+
+pub fn load_json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// One structure of a reference file.
+pub struct Case {
+    pub name: String,
+    pub atomic_numbers: Vec<i32>,
+    pub positions: Vec<[f64; 3]>,
+    pub cell: Cell,
+    pub energy: f64,
+    pub energies: Option<Vec<f64>>,
+    pub forces: Vec<[f64; 3]>,
+    pub virial: [[f64; 3]; 3],
+    pub edges: usize,
+    pub tolerance: Option<f64>,
+}
+
+fn vec3(value: &Value) -> [f64; 3] {
+    let a = value.as_array().unwrap();
+    [
+        a[0].as_f64().unwrap(),
+        a[1].as_f64().unwrap(),
+        a[2].as_f64().unwrap(),
+    ]
+}
+
+pub fn cases(reference: &Value) -> Vec<Case> {
+    reference
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, case)| {
+            let lattice = case["cell"]
+                .as_array()
+                .map(|rows| [vec3(&rows[0]), vec3(&rows[1]), vec3(&rows[2])]);
+            let pbc = match case.get("pbc") {
+                Some(Value::Array(flags)) => [
+                    flags[0].as_bool().unwrap(),
+                    flags[1].as_bool().unwrap(),
+                    flags[2].as_bool().unwrap(),
+                ],
+                _ => [lattice.is_some(); 3],
+            };
+            let virial = case["virial"].as_array().unwrap();
+            Case {
+                name: name.clone(),
+                atomic_numbers: case["Z"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|z| z.as_i64().unwrap() as i32)
+                    .collect(),
+                positions: case["pos"].as_array().unwrap().iter().map(vec3).collect(),
+                cell: Cell::from_optional(lattice, pbc).unwrap(),
+                energy: case["energy"].as_f64().unwrap(),
+                energies: case.get("energies").and_then(|e| {
+                    e.as_array()
+                        .map(|a| a.iter().map(|v| v.as_f64().unwrap()).collect())
+                }),
+                forces: case["forces"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(vec3)
+                    .collect(),
+                virial: [vec3(&virial[0]), vec3(&virial[1]), vec3(&virial[2])],
+                edges: case["edges"].as_u64().unwrap() as usize,
+                tolerance: case.get("tolerance").and_then(Value::as_f64),
+            }
+        })
+        .collect()
+}
+
+pub fn compute(model: &std::sync::Arc<Model>, precision: Precision, case: &Case) -> Results {
+    let mut calculator = Calculator::new(model.clone(), Device::Cpu, precision).unwrap();
+    calculator
+        .compute(
+            &case.atomic_numbers,
+            &case.positions,
+            &case.cell,
+            Request::ALL,
+        )
+        .unwrap()
+}
+
+pub fn max_abs_difference(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+pub fn rms(a: &[[f64; 3]]) -> f64 {
+    (a.iter().flatten().map(|x| x * x).sum::<f64>() / (a.len().max(1) * 3) as f64).sqrt()
+}
+
+pub fn rms_difference(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    (a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        / (a.len().max(1) * 3) as f64)
+        .sqrt()
+}
