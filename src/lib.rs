@@ -10,6 +10,7 @@ pub mod backend;
 pub mod calculator;
 pub mod cell;
 pub mod error;
+pub mod io;
 pub mod model;
 pub mod neighbors;
 pub mod structures;

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every test on a fresh machine: `bash tests/run_all.sh`.
-# It installs what the tests need, then runs rustfmt, clippy (warnings denied) and all tests.
+# It installs what the tests need (pip packages into a virtual environment under target/),
+# converts the training project's model when its files are present, then runs rustfmt,
+# clippy (warnings denied), the Rust tests and the Python tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
 
 step() { printf '\n== %s ==\n' "$*"; }
 
@@ -13,6 +16,35 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
+python3 --version
+
+step "python environment (target/venv)"
+if [ ! -x target/venv/bin/python ]; then
+    mkdir -p target
+    python3 -m venv --system-site-packages target/venv
+fi
+export PATH="$repo/target/venv/bin:$PATH"
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet pytest ase
+python -m pip install --quiet ./python
+
+# The training project's files (spec, ONNX model, float64 references), when present.
+shared=""
+for candidate in "${PAINN_SHARED_DIR:-}" "$repo/../shared" /work/shared; do
+    if [ -n "$candidate" ] && [ -f "$candidate/reference/seed_reference_f64.json" ]; then
+        shared=$(cd "$candidate" && pwd)
+        break
+    fi
+done
+if [ -n "$shared" ]; then
+    export PAINN_SHARED_DIR="$shared"
+    step "convert the trained student model ($shared/models/student_427k.onnx)"
+    mkdir -p target/models
+    painn-convert "$shared/models/student_427k.onnx" -o target/models/student_427k.safetensors
+    export PAINN_STUDENT_MODEL="$repo/target/models/student_427k.safetensors"
+else
+    echo "no training-project files found (set PAINN_SHARED_DIR): tests that need them will say so and skip"
+fi
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -22,6 +54,9 @@ cargo clippy --release --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --release
+
+step "python tests"
+python -m pytest -q -rs python/tests
 
 echo
 echo "all tests passed"

@@ -1,0 +1,4 @@
+//! Structure files.
+
+pub mod elements;
+pub mod xyz;

@@ -1,0 +1,308 @@
+//! Extended XYZ, as ASE writes it:
+//!
+//! ```text
+//! 3
+//! Lattice="10 0 0 0 10 0 0 0 10" Properties=species:S:1:pos:R:3 pbc="T T F"
+//! O 0.0 0.0 0.0
+//! H 0.96 0.0 0.0
+//! H -0.24 0.93 0.0
+//! ```
+//!
+//! Species come from a `species:S:1` column (element symbols) or a `Z:I:1` column (atomic
+//! numbers); positions from `pos:R:3`; other columns are skipped. Without `Properties` the
+//! columns are `species pos`. With `Lattice` and no `pbc`, every axis is periodic (ASE's
+//! rule). Several frames may follow one another.
+
+use std::collections::HashMap;
+
+use super::elements::atomic_number;
+use crate::cell::Matrix3;
+use crate::error::{Error, Result};
+
+/// One frame of an extended XYZ file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub atomic_numbers: Vec<i32>,
+    /// `[n][3]`, Angstrom.
+    pub positions: Vec<[f64; 3]>,
+    /// Lattice vectors as rows, Angstrom.
+    pub lattice: Option<Matrix3>,
+    pub pbc: [bool; 3],
+}
+
+/// Parses every frame of `text`; `path` names the file in error messages.
+pub fn parse(text: &str, path: &str) -> Result<Vec<Frame>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let fail = |line: usize, reason: String| Error::Parse {
+        path: path.to_string(),
+        line,
+        reason,
+    };
+    let mut frames = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        if lines[index].trim().is_empty() {
+            index += 1;
+            continue;
+        }
+        let count_line = index + 1;
+        let n_atoms: usize = lines[index].trim().parse().map_err(|_| {
+            fail(
+                count_line,
+                format!(
+                    "expected the number of atoms, found `{}`",
+                    lines[index].trim()
+                ),
+            )
+        })?;
+        let comment = lines
+            .get(index + 1)
+            .ok_or_else(|| fail(count_line + 1, "missing comment line".into()))?;
+        let info = parse_key_values(comment).map_err(|reason| fail(count_line + 1, reason))?;
+        let lattice = match info.get("lattice") {
+            Some(value) => {
+                Some(parse_lattice(value).map_err(|reason| fail(count_line + 1, reason))?)
+            }
+            None => None,
+        };
+        let pbc = match info.get("pbc") {
+            Some(value) => parse_pbc(value).map_err(|reason| fail(count_line + 1, reason))?,
+            None => [lattice.is_some(); 3],
+        };
+        if pbc.iter().any(|&p| p) && lattice.is_none() {
+            return Err(fail(
+                count_line + 1,
+                "pbc is set but there is no Lattice".into(),
+            ));
+        }
+        let columns = Columns::parse(
+            info.get("properties")
+                .map(String::as_str)
+                .unwrap_or("species:S:1:pos:R:3"),
+        )
+        .map_err(|reason| fail(count_line + 1, reason))?;
+
+        let mut atomic_numbers = Vec::with_capacity(n_atoms);
+        let mut positions = Vec::with_capacity(n_atoms);
+        for atom in 0..n_atoms {
+            let line_number = count_line + 2 + atom;
+            let line = lines.get(index + 2 + atom).ok_or_else(|| {
+                fail(
+                    line_number,
+                    format!("file ends after {atom} of {n_atoms} atoms"),
+                )
+            })?;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < columns.total {
+                return Err(fail(
+                    line_number,
+                    format!("expected {} columns, found {}", columns.total, fields.len()),
+                ));
+            }
+            let z = match columns.species {
+                Species::Symbol(column) => atomic_number(fields[column]).ok_or_else(|| {
+                    fail(line_number, format!("unknown element `{}`", fields[column]))
+                })?,
+                Species::Number(column) => fields[column].parse().map_err(|_| {
+                    fail(
+                        line_number,
+                        format!("invalid atomic number `{}`", fields[column]),
+                    )
+                })?,
+            };
+            let mut r = [0.0; 3];
+            for x in 0..3 {
+                let text = fields[columns.position + x];
+                r[x] = text
+                    .parse()
+                    .map_err(|_| fail(line_number, format!("invalid coordinate `{text}`")))?;
+            }
+            atomic_numbers.push(z);
+            positions.push(r);
+        }
+        frames.push(Frame {
+            atomic_numbers,
+            positions,
+            lattice,
+            pbc,
+        });
+        index += 2 + n_atoms;
+    }
+    if frames.is_empty() {
+        return Err(fail(1, "no frames".into()));
+    }
+    Ok(frames)
+}
+
+/// `key=value` pairs of the comment line; values may be double-quoted. Keys lower-cased.
+fn parse_key_values(line: &str) -> std::result::Result<HashMap<String, String>, String> {
+    let mut pairs = HashMap::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'=') {
+            chars.next();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some(c) => value.push(c),
+                        None => return Err(format!("unterminated quote in the value of `{key}`")),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+            }
+        }
+        pairs.insert(key.to_ascii_lowercase(), value);
+    }
+}
+
+fn parse_lattice(value: &str) -> std::result::Result<Matrix3, String> {
+    let numbers: Vec<f64> = value
+        .split_whitespace()
+        .map(|t| {
+            t.parse::<f64>()
+                .map_err(|_| format!("invalid Lattice entry `{t}`"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    if numbers.len() != 9 {
+        return Err(format!("Lattice has {} numbers, expected 9", numbers.len()));
+    }
+    Ok([
+        [numbers[0], numbers[1], numbers[2]],
+        [numbers[3], numbers[4], numbers[5]],
+        [numbers[6], numbers[7], numbers[8]],
+    ])
+}
+
+fn parse_pbc(value: &str) -> std::result::Result<[bool; 3], String> {
+    let flags: Vec<bool> = value
+        .split_whitespace()
+        .map(|t| match t {
+            "T" | "t" | "True" | "true" | "1" => Ok(true),
+            "F" | "f" | "False" | "false" | "0" => Ok(false),
+            other => Err(format!("invalid pbc flag `{other}`")),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    match flags.as_slice() {
+        [a, b, c] => Ok([*a, *b, *c]),
+        [a] => Ok([*a; 3]),
+        _ => Err(format!("pbc has {} flags, expected 3", flags.len())),
+    }
+}
+
+enum Species {
+    Symbol(usize),
+    Number(usize),
+}
+
+struct Columns {
+    species: Species,
+    position: usize,
+    total: usize,
+}
+
+impl Columns {
+    fn parse(properties: &str) -> std::result::Result<Columns, String> {
+        let parts: Vec<&str> = properties.split(':').collect();
+        if parts.len() % 3 != 0 {
+            return Err(format!(
+                "Properties `{properties}` is not name:type:count triples"
+            ));
+        }
+        let mut column = 0;
+        let (mut species, mut position) = (None, None);
+        for triple in parts.chunks(3) {
+            let (name, kind) = (triple[0], triple[1]);
+            let count: usize = triple[2]
+                .parse()
+                .map_err(|_| format!("invalid column count `{}` for `{name}`", triple[2]))?;
+            match (name.to_ascii_lowercase().as_str(), kind, count) {
+                ("species", "S", 1) => species = Some(Species::Symbol(column)),
+                ("z" | "numbers", "I", 1) if species.is_none() => {
+                    species = Some(Species::Number(column))
+                }
+                ("pos" | "positions", "R", 3) => position = Some(column),
+                _ => {}
+            }
+            column += count;
+        }
+        Ok(Columns {
+            species: species.ok_or("Properties has no species:S:1 or Z:I:1 column")?,
+            position: position.ok_or("Properties has no pos:R:3 column")?,
+            total: column,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_ase_writes() {
+        let text = "3\nLattice=\"10.0 0.0 0.0 0.0 11.0 0.0 1.0 0.0 12.0\" Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.5 pbc=\"T T F\"\nO 0.0 0.0 0.0 1 2 3\nH 0.96 0.0 0.0 1 2 3\nH -0.24 0.93 0.0 1 2 3\n";
+        let frames = parse(text, "water.xyz").unwrap();
+        assert_eq!(frames.len(), 1);
+        let frame = &frames[0];
+        assert_eq!(frame.atomic_numbers, vec![8, 1, 1]);
+        assert_eq!(frame.positions[2], [-0.24, 0.93, 0.0]);
+        assert_eq!(frame.pbc, [true, true, false]);
+        assert_eq!(frame.lattice.unwrap()[2], [1.0, 0.0, 12.0]);
+    }
+
+    #[test]
+    fn atomic_number_column_and_plain_xyz() {
+        let text = "2\nProperties=Z:I:1:pos:R:3\n6 0 0 0\n1 1.1 0 0\n2\nplain comment\nC 0 0 0\nH 0 0 1.1\n";
+        let frames = parse(text, "two.xyz").unwrap();
+        assert_eq!(frames[0].atomic_numbers, vec![6, 1]);
+        assert_eq!(frames[1].atomic_numbers, vec![6, 1]);
+        assert_eq!(frames[1].pbc, [false; 3]);
+        assert_eq!(frames[1].lattice, None);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("x\n\n", 1, "number of atoms"),
+            ("2\n\nC 0 0 0\n", 4, "ends after 1 of 2"),
+            ("1\n\nC 0 zero 0\n", 3, "invalid coordinate"),
+            ("1\n\nQq 0 0 0\n", 3, "unknown element"),
+            ("1\nLattice=\"1 0 0\"\nC 0 0 0\n", 2, "9"),
+            ("1\npbc=\"T T T\"\nC 0 0 0\n", 2, "no Lattice"),
+        ];
+        for (text, line, needle) in cases {
+            match parse(text, "bad.xyz") {
+                Err(Error::Parse {
+                    line: got, reason, ..
+                }) => {
+                    assert_eq!(got, line, "{text:?}: {reason}");
+                    assert!(reason.contains(needle), "{text:?}: {reason}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+}
