@@ -43,15 +43,16 @@ impl FilterTable {
             let h = rc / n_intervals as f64;
             // Nodes in float64, [layer][k][2][width].
             let mut nodes = vec![0.0f64; layers * (n_intervals + 1) * 2 * width];
-            let mut w = vec![0.0; width];
-            let mut dw = vec![0.0; width];
+            let node_distances: Vec<f64> = (0..=n_intervals).map(|k| k as f64 * h).collect();
+            let midpoints: Vec<f64> = (0..n_intervals).map(|k| (k as f64 + 0.5) * h).collect();
             for layer in 0..layers {
+                let (w, dw) = model.filter_exact_batch(layer, &node_distances);
                 for k in 0..=n_intervals {
-                    model.filter_exact(layer, k as f64 * h, &mut w, &mut dw);
                     let base = ((layer * (n_intervals + 1)) + k) * 2 * width;
-                    nodes[base..base + width].copy_from_slice(&w);
-                    for (node, derivative) in
-                        nodes[base + width..base + 2 * width].iter_mut().zip(&dw)
+                    nodes[base..base + width].copy_from_slice(&w[k * width..(k + 1) * width]);
+                    for (node, derivative) in nodes[base + width..base + 2 * width]
+                        .iter_mut()
+                        .zip(&dw[k * width..(k + 1) * width])
                     {
                         *node = derivative * h;
                     }
@@ -69,9 +70,10 @@ impl FilterTable {
                     .step_by(2)
                     .flatten()
                     .fold(1e-300f64, |m, v| m.max(v.abs()));
-                for k in 0..n_intervals {
-                    let d = (k as f64 + 0.5) * h;
-                    model.filter_exact(layer, d, &mut w, &mut dw);
+                let (exact_w, exact_dw) = model.filter_exact_batch(layer, &midpoints);
+                for (k, &d) in midpoints.iter().enumerate() {
+                    let w = &exact_w[k * width..(k + 1) * width];
+                    let dw = &exact_dw[k * width..(k + 1) * width];
                     hermite(
                         layer_nodes,
                         width,

@@ -64,6 +64,18 @@ pub struct Linear {
     pub bias: Vec<f64>,
 }
 
+impl Linear {
+    /// The layer restricted to its first `n` outputs.
+    pub fn first_outputs(&self, n: usize) -> Linear {
+        Linear {
+            n_in: self.n_in,
+            n_out: n,
+            weight: self.weight[..n * self.n_in].to_vec(),
+            bias: self.bias[..n].to_vec(),
+        }
+    }
+}
+
 /// Weights of one interaction layer.
 #[derive(Clone, Debug)]
 pub struct InteractionWeights {
@@ -214,6 +226,71 @@ impl Model {
             w[o] = out.bias[o] + row.iter().zip(&activation).map(|(a, b)| a * b).sum::<f64>();
             dw_dd[o] = row.iter().zip(&dactivation).map(|(a, b)| a * b).sum();
         }
+    }
+}
+
+impl Model {
+    /// [`filter_exact`](Self::filter_exact) for many distances at once (two GEMMs), as
+    /// `([m][3H] w, [m][3H] dw/dd)`.
+    pub fn filter_exact_batch(&self, layer: usize, distances: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (m, k) = (distances.len(), self.radial_basis());
+        let weights = &self.interactions[layer];
+        let (hidden, out) = (&weights.filter_hidden, &weights.filter_out);
+        let mut e = vec![0.0; m * k];
+        let mut de = vec![0.0; m * k];
+        for (row, &d) in distances.iter().enumerate() {
+            self.radial_features(
+                d,
+                &mut e[row * k..(row + 1) * k],
+                &mut de[row * k..(row + 1) * k],
+            );
+        }
+        let mut pre = vec![0.0; m * hidden.n_out];
+        let mut dpre = vec![0.0; m * hidden.n_out];
+        for row in pre.chunks_exact_mut(hidden.n_out) {
+            row.copy_from_slice(&hidden.bias);
+        }
+        gemm_transposed(m, hidden, &e, 1.0, &mut pre);
+        gemm_transposed(m, hidden, &de, 0.0, &mut dpre);
+        for (dp, p) in dpre.iter_mut().zip(pre.iter_mut()) {
+            *dp *= silu_derivative(*p);
+            *p = silu(*p);
+        }
+        let mut w = vec![0.0; m * out.n_out];
+        let mut dw = vec![0.0; m * out.n_out];
+        for row in w.chunks_exact_mut(out.n_out) {
+            row.copy_from_slice(&out.bias);
+        }
+        gemm_transposed(m, out, &pre, 1.0, &mut w);
+        gemm_transposed(m, out, &dpre, 0.0, &mut dw);
+        (w, dw)
+    }
+}
+
+/// `y = x W^T + beta y` for `x` `[m][n_in]` (float64).
+fn gemm_transposed(m: usize, linear: &Linear, x: &[f64], beta: f64, y: &mut [f64]) {
+    if m == 0 {
+        return;
+    }
+    // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out, all
+    // row-major and disjoint.
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            linear.n_in,
+            linear.n_out,
+            1.0,
+            x.as_ptr(),
+            linear.n_in as isize,
+            1,
+            linear.weight.as_ptr(),
+            1,
+            linear.n_in as isize,
+            beta,
+            y.as_mut_ptr(),
+            linear.n_out as isize,
+            1,
+        )
     }
 }
 

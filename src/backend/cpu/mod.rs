@@ -10,6 +10,7 @@
 //! 4. energy head; then the backward pass in reverse, ending in per-edge `dE/dr_ij`;
 //! 5. forces and virials from `dE/dr_ij` and its reverse edge (a gather, no atomics).
 
+mod kernels;
 mod real;
 
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use real::{Dense, silu, silu_derivative};
 
 use super::{Backend, Graph, Request, Results};
 use crate::error::Result;
-use crate::model::filter::{hermite_basis, hermite_basis_derivative};
 use crate::model::{FilterTable, Model};
 
 /// How the radial filter `w(d)` is evaluated.
@@ -33,8 +33,12 @@ pub enum FilterMode {
     Table,
 }
 
-/// Atoms per parallel task in the per-atom stages.
-const ATOMS_PER_TASK: usize = 16;
+/// Atoms per parallel task in the message stages: a function of the atom count only (never
+/// of the thread count), so that results do not depend on the number of threads; small
+/// molecules still split into a few tasks.
+fn atoms_per_task(n_atoms: usize) -> usize {
+    (n_atoms / 16).clamp(2, 16)
+}
 
 /// `u = r / (d + U_EPSILON)`, as in the spec.
 const U_EPSILON: f64 = 1e-8;
@@ -108,14 +112,22 @@ impl<T: Real> CpuBackend<T> {
     pub fn new(model: Arc<Model>, filter_mode: FilterMode) -> Self {
         let h = model.hidden_features();
         let convert = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::of(x)).collect() };
+        let n_layers = model.interactions.len();
         let layers = model
             .interactions
             .iter()
-            .map(|layer| LayerWeights {
+            .enumerate()
+            .map(|(l, layer)| LayerWeights {
                 filter_hidden: Dense::from_model(&layer.filter_hidden),
                 filter_out: Dense::from_model(&layer.filter_out),
                 update_hidden: Dense::from_model(&layer.update_hidden),
-                update_out: Dense::from_model(&layer.update_out),
+                // The last layer's vector gates (av1, av2) never reach the energy: only its
+                // first H outputs (as) are computed.
+                update_out: if l + 1 == n_layers {
+                    Dense::from_model(&layer.update_out.first_outputs(h))
+                } else {
+                    Dense::from_model(&layer.update_out)
+                },
                 mixing: layer
                     .mixing
                     .map(|m| m.map(|row| row.map(T::of)))
@@ -158,6 +170,17 @@ impl<T: Real> CpuBackend<T> {
 
 impl<T: Real> Backend for CpuBackend<T> {
     fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results> {
+        // Run on a pool thread: the many parallel loops inside then start without waking
+        // and waiting for the pool each time (which dominates for small molecules).
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.evaluate_on_pool(graph, request));
+        }
+        self.evaluate_on_pool(graph, request)
+    }
+}
+
+impl<T: Real> CpuBackend<T> {
+    fn evaluate_on_pool(&mut self, graph: &Graph, request: Request) -> Result<Results> {
         let n = graph.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -289,55 +312,28 @@ impl<T: Real> RowFilter<'_, T> {
                 lw.filter_out.forward_rows(&scratch.pre, &mut scratch.w);
             }
             RowFilter::Table(table) => {
-                let width = table.width;
-                let nodes = table.layer(layer);
-                let inverse_h = T::of(1.0 / table.spacing_angstrom);
-                scratch.w.resize(m * width, T::zero());
+                scratch.w.resize(m * table.width, T::zero());
                 if derivative {
-                    scratch.dw.resize(m * width, T::zero());
+                    scratch.dw.resize(m * table.width, T::zero());
                 }
-                for (index, edge) in edges.iter().enumerate() {
-                    let (k, t) = table.locate(edge[0].f64() as f32);
-                    let t = T::of(t as f64);
-                    let a = &nodes[k * 2 * width..(k + 1) * 2 * width];
-                    let b = &nodes[(k + 1) * 2 * width..(k + 2) * 2 * width];
-                    let [h00, h10, h01, h11] = hermite_basis(t);
-                    let w = &mut scratch.w[index * width..(index + 1) * width];
-                    table_row(a, b, [h00, h10, h01, h11], width, w);
-                    if derivative {
-                        let [g00, g10, g01, g11] = hermite_basis_derivative(t);
-                        let scale = [
-                            g00 * inverse_h,
-                            g10 * inverse_h,
-                            g01 * inverse_h,
-                            g11 * inverse_h,
-                        ];
-                        let dw = &mut scratch.dw[index * width..(index + 1) * width];
-                        table_row(a, b, scale, width, dw);
-                    }
-                }
+                kernels::interpolate_rows(
+                    table.layer(layer),
+                    table.width,
+                    table.n_intervals,
+                    table.spacing_angstrom,
+                    edges,
+                    &mut scratch.w,
+                    derivative.then_some(&mut scratch.dw[..]),
+                );
             }
         }
-    }
-}
-
-/// `out[o] = c0 a[o] + c1 a[width + o] + c2 b[o] + c3 b[width + o]` (a Hermite combination of
-/// two table nodes).
-#[inline]
-fn table_row<T: Real>(a: &[f32], b: &[f32], c: [T; 4], width: usize, out: &mut [T]) {
-    let (av, am) = a.split_at(width);
-    let (bv, bm) = b.split_at(width);
-    for o in 0..width {
-        out[o] = c[0] * T::of(av[o] as f64)
-            + c[1] * T::of(am[o] as f64)
-            + c[2] * T::of(bv[o] as f64)
-            + c[3] * T::of(bm[o] as f64);
     }
 }
 
 impl<T: Real> CpuBackend<T> {
     fn forward(&self, graph: &Graph, state: &mut State<T>) {
         let n = graph.n_atoms();
+        let per_task = atoms_per_task(n);
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let filter = self.filter();
@@ -365,8 +361,8 @@ impl<T: Real> CpuBackend<T> {
             let edges = &state.edges;
             layer
                 .s_mid
-                .par_chunks_mut(ATOMS_PER_TASK * h)
-                .zip(layer.v_mid.par_chunks_mut(ATOMS_PER_TASK * 3 * h))
+                .par_chunks_mut(per_task * h)
+                .zip(layer.v_mid.par_chunks_mut(per_task * 3 * h))
                 .enumerate()
                 .for_each_init(Scratch::new, |scratch, (task, (s_mid, v_mid))| {
                     for (local, (s_out, v_out)) in s_mid
@@ -374,36 +370,21 @@ impl<T: Real> CpuBackend<T> {
                         .zip(v_mid.chunks_exact_mut(3 * h))
                         .enumerate()
                     {
-                        let i = task * ATOMS_PER_TASK + local;
+                        let i = task * per_task + local;
                         let row = graph.offsets[i]..graph.offsets[i + 1];
                         filter.evaluate(l, &edges[row.clone()], false, scratch);
-                        s_out.copy_from_slice(&s_in[i * h..(i + 1) * h]);
-                        v_out.copy_from_slice(&v_in[i * 3 * h..(i + 1) * 3 * h]);
-                        for (local_edge, e) in row.enumerate() {
-                            let j = graph.sources[e] as usize;
-                            let w = &scratch.w[local_edge * 3 * h..(local_edge + 1) * 3 * h];
-                            let (ws, rest) = w.split_at(h);
-                            let (wv1, wv2) = rest.split_at(h);
-                            let s_j = &s_in[j * h..(j + 1) * h];
-                            for c in 0..h {
-                                s_out[c] += s_j[c] * ws[c];
-                            }
-                            let u = &edges[e][1..4];
-                            for x in 0..3 {
-                                let v_j = &v_in[(j * 3 + x) * h..(j * 3 + x + 1) * h];
-                                let v_o = &mut v_out[x * h..(x + 1) * h];
-                                let ux = u[x];
-                                if l == 0 {
-                                    for c in 0..h {
-                                        v_o[c] += ux * wv2[c];
-                                    }
-                                } else {
-                                    for c in 0..h {
-                                        v_o[c] += v_j[c] * wv1[c] + ux * wv2[c];
-                                    }
-                                }
-                            }
-                        }
+                        kernels::message_row(
+                            h,
+                            i,
+                            &graph.sources[row.clone()],
+                            &edges[row],
+                            &scratch.w,
+                            s_in,
+                            v_in,
+                            l == 0,
+                            s_out,
+                            v_out,
+                        );
                     }
                 });
 
@@ -431,7 +412,8 @@ impl<T: Real> CpuBackend<T> {
             state
                 .hidden
                 .extend(layer.update_pre.iter().map(|&x| silu(x)));
-            layer.update_out.resize(n * 3 * h, T::zero());
+            let a_width = lw.update_out.n_out;
+            layer.update_out.resize(n * a_width, T::zero());
             lw.update_out.forward(&state.hidden, &mut layer.update_out);
 
             // Gate into the next layer's input (or the final scalars).
@@ -446,7 +428,7 @@ impl<T: Real> CpuBackend<T> {
                 (&mut next.s_in, Some(&mut next.v_in))
             };
             s_next.par_chunks_mut(h).enumerate().for_each(|(i, s)| {
-                let a = &layer.update_out[i * 3 * h..i * 3 * h + h];
+                let a = &layer.update_out[i * a_width..i * a_width + h];
                 let s_mid = &layer.s_mid[i * h..(i + 1) * h];
                 for c in 0..h {
                     s[c] = s_mid[c] + a[c];
@@ -485,6 +467,7 @@ impl<T: Real> CpuBackend<T> {
 
     fn backward(&self, graph: &Graph, state: &mut State<T>) {
         let n = graph.n_atoms();
+        let per_task = atoms_per_task(n);
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let head = &self.weights.head;
@@ -527,27 +510,27 @@ impl<T: Real> CpuBackend<T> {
             let last = l + 1 == n_layers;
 
             // Update backward: (gs, gv) are the gradients of the layer's outputs.
-            state.g_update.resize(n * 3 * h, T::zero());
+            let a_width = lw.update_out.n_out;
+            state.g_update.resize(n * a_width, T::zero());
             state.gv_mid.resize(n * 3 * h, T::zero());
             let m = lw.mixing;
             let (gs, gv) = (&state.gs, &state.gv);
             state
                 .g_update
-                .par_chunks_mut(3 * h)
+                .par_chunks_mut(a_width)
                 .zip(state.gv_mid.par_chunks_mut(3 * h))
                 .enumerate()
                 .for_each(|(i, (g_a, gv_mid))| {
+                    g_a[..h].copy_from_slice(&gs[i * h..(i + 1) * h]);
+                    if last {
+                        // The last layer's vectors never reach the energy.
+                        gv_mid.fill(T::zero());
+                        return;
+                    }
                     let a = &layer.update_out[i * 3 * h..(i + 1) * 3 * h];
                     let (av1, av2) = (&a[h..2 * h], &a[2 * h..]);
                     let vm = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
                     let gv_out = &gv[i * 3 * h..(i + 1) * 3 * h];
-                    g_a[..h].copy_from_slice(&gs[i * h..(i + 1) * h]);
-                    if last {
-                        // The last layer's vectors never reach the energy.
-                        g_a[h..].fill(T::zero());
-                        gv_mid.fill(T::zero());
-                        return;
-                    }
                     for c in 0..h {
                         let mut g_av1 = T::zero();
                         let mut g_av2 = T::zero();
@@ -607,14 +590,14 @@ impl<T: Real> CpuBackend<T> {
             let need_inputs = l > 0;
             state
                 .gs
-                .par_chunks_mut(ATOMS_PER_TASK * h)
-                .zip(state.gv.par_chunks_mut(ATOMS_PER_TASK * 3 * h))
-                .zip(de_dr_chunks(graph, &mut state.de_dr))
+                .par_chunks_mut(per_task * h)
+                .zip(state.gv.par_chunks_mut(per_task * 3 * h))
+                .zip(de_dr_chunks(graph, per_task, &mut state.de_dr))
                 .enumerate()
                 .for_each_init(
                     Scratch::new,
                     |scratch, (task, ((gs_in, gv_in), de_dr_rows))| {
-                        let first_atom = task * ATOMS_PER_TASK;
+                        let first_atom = task * per_task;
                         let mut de_dr_rows = de_dr_rows;
                         for (local, (gs_out, gv_out)) in gs_in
                             .chunks_exact_mut(h)
@@ -626,57 +609,23 @@ impl<T: Real> CpuBackend<T> {
                             let (de_dr, remaining) = de_dr_rows.split_at_mut(row.len());
                             de_dr_rows = remaining;
                             filter.evaluate(l, &edges[row.clone()], true, scratch);
-                            let gs_i = &gs_mid[i * h..(i + 1) * h];
-                            let gv_i = &gv_mid[i * 3 * h..(i + 1) * 3 * h];
-                            if need_inputs {
-                                gs_out.copy_from_slice(gs_i);
-                                gv_out.copy_from_slice(gv_i);
-                            }
-                            for (local_edge, e) in row.enumerate() {
-                                let j = graph.sources[e] as usize;
-                                let w = &scratch.w[local_edge * 3 * h..(local_edge + 1) * 3 * h];
-                                let dw = &scratch.dw[local_edge * 3 * h..(local_edge + 1) * 3 * h];
-                                let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..]);
-                                let (dws, dwv1, dwv2) = (&dw[..h], &dw[h..2 * h], &dw[2 * h..]);
-                                let s_j = &layer.s_in[j * h..(j + 1) * h];
-                                let v_j = &layer.v_in[j * 3 * h..(j + 1) * 3 * h];
-                                let geometry = &edges[e];
-                                let u = [geometry[1], geometry[2], geometry[3]];
-                                if need_inputs {
-                                    let gs_j = &gs_mid[j * h..(j + 1) * h];
-                                    let gv_j = &gv_mid[j * 3 * h..(j + 1) * 3 * h];
-                                    for c in 0..h {
-                                        gs_out[c] += gs_j[c] * ws[c];
-                                    }
-                                    for x in 0..3 {
-                                        for c in 0..h {
-                                            gv_out[x * h + c] += gv_j[x * h + c] * wv1[c];
-                                        }
-                                    }
-                                }
-                                let mut de_dd = T::zero();
-                                let mut g_u = [T::zero(); 3];
-                                for c in 0..h {
-                                    let gw_s = gs_i[c] * s_j[c];
-                                    let mut gw_v1 = T::zero();
-                                    let mut gw_v2 = T::zero();
-                                    for x in 0..3 {
-                                        let g = gv_i[x * h + c];
-                                        gw_v1 += g * v_j[x * h + c];
-                                        gw_v2 += g * u[x];
-                                        g_u[x] += g * wv2[c];
-                                    }
-                                    de_dd += gw_s * dws[c] + gw_v1 * dwv1[c] + gw_v2 * dwv2[c];
-                                }
-                                let d = geometry[0];
-                                let r = [geometry[4], geometry[5], geometry[6]];
-                                let d_eps = d + T::of(U_EPSILON);
-                                let g_u_dot_r = g_u[0] * r[0] + g_u[1] * r[1] + g_u[2] * r[2];
-                                let radial = de_dd / d - g_u_dot_r / (d * d_eps * d_eps);
-                                for x in 0..3 {
-                                    de_dr[local_edge][x] += radial * r[x] + g_u[x] / d_eps;
-                                }
-                            }
+                            kernels::message_backward_row(
+                                h,
+                                i,
+                                &graph.sources[row.clone()],
+                                &edges[row],
+                                &scratch.w,
+                                &scratch.dw,
+                                &layer.s_in,
+                                &layer.v_in,
+                                gs_mid,
+                                gv_mid,
+                                need_inputs,
+                                T::of(U_EPSILON),
+                                gs_out,
+                                gv_out,
+                                de_dr,
+                            );
                         }
                     },
                 );
@@ -687,13 +636,14 @@ impl<T: Real> CpuBackend<T> {
 /// Splits the per-edge gradient array into the rows of each task's atoms.
 fn de_dr_chunks<'a, T: Send>(
     graph: &Graph,
+    per_task: usize,
     de_dr: &'a mut [[T; 3]],
 ) -> rayon::vec::IntoIter<&'a mut [[T; 3]]> {
     let n = graph.n_atoms();
-    let mut chunks = Vec::with_capacity(n.div_ceil(ATOMS_PER_TASK));
+    let mut chunks = Vec::with_capacity(n.div_ceil(per_task));
     let mut rest = de_dr;
-    for first in (0..n).step_by(ATOMS_PER_TASK) {
-        let last = (first + ATOMS_PER_TASK).min(n);
+    for first in (0..n).step_by(per_task) {
+        let last = (first + per_task).min(n);
         let length = graph.offsets[last] - graph.offsets[first];
         let (chunk, remaining) = rest.split_at_mut(length);
         chunks.push(chunk);

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::kernels;
 use crate::model::Linear;
 
 /// float32 or float64.
@@ -113,19 +114,36 @@ impl Real for f64 {
 pub struct Dense<T> {
     pub n_in: usize,
     pub n_out: usize,
+    /// `[n_out][n_in]`.
     pub weight: Vec<T>,
+    /// `[n_in][n_out]`, for the few-rows kernel.
+    pub weight_t: Vec<T>,
     pub bias: Vec<T>,
 }
 
-/// Rows per GEMM call. Fixed, so that results do not depend on the thread count.
-const ROWS_PER_TASK: usize = 64;
+/// Rows per GEMM call: a function of the row count only, so that results do not depend on
+/// the thread count.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / 8).clamp(4, 64)
+}
+
+/// Below this many rows a dot-product kernel beats packing the weights for a GEMM.
+const SMALL_ROWS: usize = 32;
 
 impl<T: Real> Dense<T> {
     pub fn from_model(linear: &Linear) -> Self {
+        let weight: Vec<T> = linear.weight.iter().map(|&v| T::of(v)).collect();
+        let mut weight_t = vec![T::zero(); weight.len()];
+        for o in 0..linear.n_out {
+            for c in 0..linear.n_in {
+                weight_t[c * linear.n_out + o] = weight[o * linear.n_in + c];
+            }
+        }
         Dense {
             n_in: linear.n_in,
             n_out: linear.n_out,
-            weight: linear.weight.iter().map(|&v| T::of(v)).collect(),
+            weight,
+            weight_t,
             bias: linear.bias.iter().map(|&v| T::of(v)).collect(),
         }
     }
@@ -134,6 +152,17 @@ impl<T: Real> Dense<T> {
     pub fn forward_rows(&self, x: &[T], y: &mut [T]) {
         let m = x.len() / self.n_in;
         debug_assert_eq!(y.len(), m * self.n_out);
+        if m < SMALL_ROWS {
+            kernels::small_forward(
+                self.n_in,
+                self.n_out,
+                &self.weight_t,
+                Some(&self.bias),
+                x,
+                y,
+            );
+            return;
+        }
         for row in y.chunks_exact_mut(self.n_out) {
             row.copy_from_slice(&self.bias);
         }
@@ -165,7 +194,8 @@ impl<T: Real> Dense<T> {
     pub fn linear_rows(&self, x: &[T], y: &mut [T]) {
         let m = x.len() / self.n_in;
         debug_assert_eq!(y.len(), m * self.n_out);
-        if m == 0 {
+        if m < SMALL_ROWS {
+            kernels::small_forward(self.n_in, self.n_out, &self.weight_t, None, x, y);
             return;
         }
         // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
@@ -193,7 +223,8 @@ impl<T: Real> Dense<T> {
     pub fn backward_rows(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
         let m = gy.len() / self.n_out;
         debug_assert_eq!(gx.len(), m * self.n_in);
-        if m == 0 {
+        if m < SMALL_ROWS {
+            kernels::small_backward(self.n_in, self.n_out, &self.weight, gy, gx, accumulate);
             return;
         }
         let beta = if accumulate { T::one() } else { T::zero() };
@@ -220,15 +251,17 @@ impl<T: Real> Dense<T> {
 
     /// [`forward_rows`](Self::forward_rows) over all rows, in parallel.
     pub fn forward(&self, x: &[T], y: &mut [T]) {
-        x.par_chunks(ROWS_PER_TASK * self.n_in)
-            .zip(y.par_chunks_mut(ROWS_PER_TASK * self.n_out))
+        let per_task = rows_per_task(x.len() / self.n_in);
+        x.par_chunks(per_task * self.n_in)
+            .zip(y.par_chunks_mut(per_task * self.n_out))
             .for_each(|(x, y)| self.forward_rows(x, y));
     }
 
     /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
     pub fn backward(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
-        gy.par_chunks(ROWS_PER_TASK * self.n_out)
-            .zip(gx.par_chunks_mut(ROWS_PER_TASK * self.n_in))
+        let per_task = rows_per_task(gy.len() / self.n_out);
+        gy.par_chunks(per_task * self.n_out)
+            .zip(gx.par_chunks_mut(per_task * self.n_in))
             .for_each(|(gy, gx)| self.backward_rows(gy, gx, accumulate));
     }
 }
