@@ -39,6 +39,7 @@ fn model_cpu(c: &mut Criterion) {
             water_cluster(molecules, 1),
         ));
     }
+    write_structures(&structures);
     let precisions: Vec<Precision> = match std::env::var("PAINN_BENCH_PRECISIONS") {
         Ok(list) => list.split(',').map(|p| p.parse().unwrap()).collect(),
         Err(_) => vec![Precision::F32, Precision::F64],
@@ -68,6 +69,24 @@ fn model_cpu(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// The benchmarked structures in the fixture layout, for the PyTorch side of the comparison.
+fn write_structures(structures: &[(String, painn::structures::Structure)]) {
+    let directory = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-structures");
+    std::fs::create_dir_all(&directory).unwrap();
+    let mut all = serde_json::Map::new();
+    for (name, structure) in structures {
+        all.insert(
+            name.clone(),
+            serde_json::json!({"Z": structure.atomic_numbers, "pos": structure.positions, "cell": null}),
+        );
+    }
+    std::fs::write(
+        directory.join("cpu.json"),
+        serde_json::to_string(&all).unwrap(),
+    )
+    .unwrap();
 }
 
 criterion_group!(benches, model_cpu);

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""CPU benchmark, side by side in one run: the painn engine (criterion, `cargo bench --bench
+model_cpu`) against the PyTorch implementation of the same weights (`painn.reference`,
+float32, eager, autograd forces) on the same structures and the same machine.
+
+    python3 python/scripts/compare_cpu.py [--threads 2] [--precision f32]
+
+Prints a Markdown table (also written to target/bench-cpu.md) with the median time per
+energy + forces call and the ratio. Needs the converted student model
+(target/models/student_427k.safetensors or $PAINN_STUDENT_MODEL) and torch.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python"))
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precision", default="f32", choices=["f32", "f64"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    model = Path(os.environ.get("PAINN_STUDENT_MODEL",
+                                REPO / "target/models/student_427k.safetensors"))
+    env = dict(os.environ, PAINN_BENCH_PRECISIONS=args.precision,
+               RAYON_NUM_THREADS=str(args.threads), PAINN_STUDENT_MODEL=str(model))
+    subprocess.run(["cargo", "bench", "--bench", "model_cpu"], cwd=REPO, env=env, check=True)
+
+    from painn import reference, reference_bench  # torch is imported here
+
+    structures = json.loads((REPO / "target/bench-structures/cpu.json").read_text())
+    torch_model = reference.load_model(model)
+    rows = []
+    for name, case in structures.items():
+        estimate = REPO / f"target/criterion/energy_forces_cpu/{args.precision}/{name}/new/estimates.json"
+        painn_s = json.loads(estimate.read_text())["median"]["point_estimate"] * 1e-9
+        timing = reference_bench.time_energy_forces(
+            torch_model, case["Z"], case["pos"], None, (False, False, False),
+            threads=args.threads, repeats=args.repeats if len(case["Z"]) < 1000 else 3)
+        rows.append((name, len(case["Z"]), painn_s, timing["median_s"]))
+
+    lines = [
+        f"CPU: {cpu_name()}, {args.threads} threads; painn {args.precision} (criterion median) "
+        f"vs PyTorch float32 eager (painn.reference, median); energy + forces per call.",
+        "",
+        "| structure | atoms | painn | PyTorch | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, atoms, ours, theirs in rows:
+        lines.append(f"| {name} | {atoms} | {ours * 1e3:.3f} ms | {theirs * 1e3:.1f} ms | "
+                     f"{theirs / ours:.1f}x |")
+    text = "\n".join(lines)
+    (REPO / "target/bench-cpu.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
