@@ -9,8 +9,11 @@ use common::*;
 use painn::Model;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+/// A tensor as (name, shape, little-endian bytes, dtype).
+type Tensor = (String, Vec<usize>, Vec<u8>, Dtype);
+
 /// The tiny model's tensors and config, to be edited and re-serialised.
-fn parts() -> (Vec<(String, Vec<usize>, Vec<u8>, Dtype)>, String) {
+fn parts() -> (Vec<Tensor>, String) {
     let bytes = std::fs::read(repository().join("tests/data/tiny_model.safetensors")).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -30,7 +33,7 @@ fn parts() -> (Vec<(String, Vec<usize>, Vec<u8>, Dtype)>, String) {
     (list, config)
 }
 
-fn serialize(tensors: &[(String, Vec<usize>, Vec<u8>, Dtype)], config: Option<&str>) -> Vec<u8> {
+fn serialize(tensors: &[Tensor], config: Option<&str>) -> Vec<u8> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(name, shape, data, dtype)| {
