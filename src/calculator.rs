@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::cpu::{CpuBackend, FilterMode};
+use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, Graph, Request, Results};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
@@ -114,6 +115,17 @@ pub struct Calculator {
     device: Device,
     precision: Precision,
     options: CalculatorOptions,
+    engine: Engine,
+}
+
+enum Engine {
+    /// The CPU engine with the host-side neighbour list and graph.
+    Cpu(Box<CpuEngine>),
+    /// The GPU: neighbour list, graph and model all on the device.
+    Cuda(Box<CudaBackend>),
+}
+
+struct CpuEngine {
     backend: Box<dyn Backend>,
     neighbors: Option<NeighborList>,
     graph: GraphBuffers,
@@ -146,15 +158,37 @@ impl Calculator {
                 format!("must be finite and >= 0, got {}", options.skin_angstrom),
             ));
         }
-        let device = match device {
-            Device::Auto => Device::Cpu,
-            Device::Cuda(ordinal) => {
+        let cuda = |ordinal: usize| -> Result<Engine> {
+            if precision != Precision::F32 {
                 return Err(Error::Unsupported(format!(
-                    "device cuda:{ordinal}: this build has no CUDA backend yet"
+                    "the CUDA backend computes in float32; precision {precision} needs device cpu"
                 )));
             }
-            Device::Cpu => Device::Cpu,
+            Ok(Engine::Cuda(Box::new(CudaBackend::new(
+                model.clone(),
+                ordinal,
+                options.skin_angstrom,
+            )?)))
         };
+        let (device, engine) = match device {
+            Device::Cuda(ordinal) => (device, cuda(ordinal)?),
+            // Auto: the first GPU when one is usable (and the precision is float32).
+            Device::Auto => match cuda(0) {
+                Ok(engine) => (Device::Cuda(0), engine),
+                Err(_) => (Device::Cpu, Self::cpu_engine(&model, precision, &options)),
+            },
+            Device::Cpu => (Device::Cpu, Self::cpu_engine(&model, precision, &options)),
+        };
+        Ok(Calculator {
+            model,
+            device,
+            precision,
+            options,
+            engine,
+        })
+    }
+
+    fn cpu_engine(model: &Arc<Model>, precision: Precision, options: &CalculatorOptions) -> Engine {
         let backend: Box<dyn Backend> = match precision {
             Precision::F64 => Box::new(CpuBackend::<f64>::new(
                 model.clone(),
@@ -165,15 +199,11 @@ impl Calculator {
                 options.filter_mode.unwrap_or(FilterMode::Table),
             )),
         };
-        Ok(Calculator {
-            model,
-            device,
-            precision,
-            options,
+        Engine::Cpu(Box::new(CpuEngine {
             backend,
             neighbors: None,
             graph: GraphBuffers::default(),
-        })
+        }))
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -187,6 +217,14 @@ impl Calculator {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The GPU backend, when the calculator runs on one (benchmarks read its memory use).
+    pub fn cuda_backend(&mut self) -> Option<&mut CudaBackend> {
+        match &mut self.engine {
+            Engine::Cuda(backend) => Some(backend),
+            Engine::Cpu(_) => None,
+        }
     }
 
     /// Energy, forces and virial of a whole system: atoms `[n]` (atomic numbers),
@@ -251,27 +289,39 @@ impl Calculator {
         }
         self.model.check_atomic_numbers(atomic_numbers)?;
         let cutoff = self.model.cutoff_angstrom();
-        match &mut self.neighbors {
-            Some(list) => {
-                list.update(positions, cell)?;
+        let results = match &mut self.engine {
+            Engine::Cpu(engine) => {
+                let CpuEngine {
+                    backend,
+                    neighbors,
+                    graph,
+                } = engine.as_mut();
+                match neighbors {
+                    Some(list) => {
+                        list.update(positions, cell)?;
+                    }
+                    None => {
+                        let options =
+                            NeighborListOptions::new(cutoff).with_skin(self.options.skin_angstrom);
+                        *neighbors = Some(NeighborList::build(positions, cell, options)?);
+                    }
+                }
+                let list = neighbors.as_ref().expect("built above");
+                graph.fill(list, positions, cell, cutoff);
+                let graph = Graph {
+                    atomic_numbers,
+                    n_energy_atoms,
+                    offsets: &graph.offsets,
+                    sources: &graph.sources,
+                    reverse: &graph.reverse,
+                    vectors: &graph.vectors,
+                };
+                backend.evaluate(&graph, request)?
             }
-            None => {
-                let options =
-                    NeighborListOptions::new(cutoff).with_skin(self.options.skin_angstrom);
-                self.neighbors = Some(NeighborList::build(positions, cell, options)?);
+            Engine::Cuda(backend) => {
+                backend.compute(atomic_numbers, positions, cell, n_energy_atoms, request)?
             }
-        }
-        let list = self.neighbors.as_ref().expect("built above");
-        self.graph.fill(list, positions, cell, cutoff);
-        let graph = Graph {
-            atomic_numbers,
-            n_energy_atoms,
-            offsets: &self.graph.offsets,
-            sources: &self.graph.sources,
-            reverse: &self.graph.reverse,
-            vectors: &self.graph.vectors,
         };
-        let results = self.backend.evaluate(&graph, request)?;
         check_finite(&results)?;
         Ok(results)
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use painn::io::xyz;
 use painn::{Calculator, Cell, Device, Model, Precision, Request, Results};
@@ -36,6 +38,30 @@ enum Command {
         per_atom: bool,
         /// Extended XYZ file as ASE writes it.
         structure: PathBuf,
+    },
+    /// Time energy + forces calls (host arrays in and out) for benzene, water clusters and
+    /// periodic water boxes: median microseconds per call, atom-steps per second and the GPU
+    /// memory held.
+    Bench {
+        /// Model file (.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: Device,
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
+        /// Largest system to run, in atoms.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_atoms: usize,
+        /// Timed calls per system (fewer for the largest ones).
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
+        /// Also write each structure there (extended XYZ), for other codes to time the same atoms.
+        #[arg(long)]
+        write_structures: Option<PathBuf>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a model's configuration.
     Info {
@@ -95,6 +121,23 @@ fn run(cli: Cli) -> painn::Result<()> {
             );
             Ok(())
         }
+        Command::Bench {
+            model,
+            device,
+            precision,
+            max_atoms,
+            repeats,
+            write_structures,
+            json,
+        } => bench::run(bench::Options {
+            model: Arc::new(Model::from_file(&model)?),
+            device,
+            precision,
+            max_atoms,
+            repeats,
+            write_structures,
+            json,
+        }),
         Command::Info { model } => {
             let model = Model::from_file(&model)?;
             let config = serde_json::to_value(model.config()).expect("serialisable");

@@ -171,7 +171,7 @@ def atomic_energies(model: Model, w: Dict[str, torch.Tensor], z: torch.Tensor, r
     e = phi * fc[:, None]
 
     s = w["embedding.weight"][z]
-    v = torch.zeros((n, 3, h), dtype=s.dtype)
+    v = torch.zeros((n, 3, h), dtype=s.dtype, device=s.device)
     for l in range(model.layers):
         # message
         prefix = f"interactions.{l}"

@@ -6,6 +6,7 @@
 //! are deterministic without atomics.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 

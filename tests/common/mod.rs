@@ -8,8 +8,12 @@ use std::path::PathBuf;
 use painn::{Calculator, Cell, Device, Model, Precision, Request, Results};
 use serde_json::Value;
 
+/// The repository root: `$PAINN_REPOSITORY` (test binaries run on another machine, such as
+/// a GPU host), else where the tests were built.
 pub fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("PAINN_REPOSITORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The training project's files (`spec/`, `models/`, `reference/`): `$PAINN_SHARED_DIR`,

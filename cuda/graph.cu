@@ -1,0 +1,91 @@
+// From the neighbour list (built with cutoff + skin, reused across steps) to the graph the
+// model runs on: the edges within the cutoff for the current positions, their geometry in
+// float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z], u = r / (d + 1e-8), computed in float64 as on
+// the CPU), and the reverse of each edge (the backward pass gathers through it).
+
+extern "C" __global__ void graph_count(int n, const double* __restrict__ positions,
+                                       const double* __restrict__ lattice,
+                                       const i64* __restrict__ offsets,
+                                       const int* __restrict__ sources,
+                                       const int* __restrict__ shifts, double cutoff2,
+                                       i64* __restrict__ counts, int* __restrict__ status) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (status[STATUS_OVERFLOW]) {
+        // The neighbour list is incomplete: an empty graph, and the host repeats the call.
+        counts[i] = 0;
+        return;
+    }
+    i64 count = 0;
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        double r[3];
+        edge_vector(positions, lattice, i, sources[e], shifts[3 * e], shifts[3 * e + 1],
+                    shifts[3 * e + 2], r);
+        const double d2 = squared_norm(r);
+        count += d2 <= cutoff2;
+        if (d2 < MINIMUM_DISTANCE * MINIMUM_DISTANCE) atomicMin(&status[STATUS_CLOSE_EDGE], (int)e);
+    }
+    counts[i] = count;
+}
+
+extern "C" __global__ void graph_fill(int n, const double* __restrict__ positions,
+                                      const double* __restrict__ lattice,
+                                      const i64* __restrict__ offsets,
+                                      const int* __restrict__ sources,
+                                      const int* __restrict__ shifts, double cutoff2,
+                                      const i64* __restrict__ graph_offsets,
+                                      int* __restrict__ graph_sources,
+                                      int* __restrict__ graph_shifts,
+                                      float* __restrict__ geometry,
+                                      const int* __restrict__ status) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || status[STATUS_OVERFLOW]) return;
+    i64 out = graph_offsets[i];
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        double r[3];
+        edge_vector(positions, lattice, i, sources[e], shifts[3 * e], shifts[3 * e + 1],
+                    shifts[3 * e + 2], r);
+        const double d2 = squared_norm(r);
+        if (d2 > cutoff2) continue;
+        graph_sources[out] = sources[e];
+        for (int a = 0; a < 3; ++a) graph_shifts[3 * out + a] = shifts[3 * e + a];
+        const double d = sqrt(d2);
+        const double inverse = 1.0 / (d + 1e-8);
+        float* g = geometry + 7 * out;
+        g[0] = (float)d;
+        for (int a = 0; a < 3; ++a) {
+            g[1 + a] = (float)(r[a] * inverse);
+            g[4 + a] = (float)r[a];
+        }
+        ++out;
+    }
+}
+
+// reverse[e] for e = (i <- j, n) is the index of (j <- i, -n) in row j (rows are sorted by
+// source, then image).
+extern "C" __global__ void graph_reverse(int n, const i64* __restrict__ offsets,
+                                         const int* __restrict__ sources,
+                                         const int* __restrict__ shifts,
+                                         int* __restrict__ reverse) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        const int j = sources[e];
+        const int key[4] = {i, -shifts[3 * e], -shifts[3 * e + 1], -shifts[3 * e + 2]};
+        i64 lo = offsets[j], hi = offsets[j + 1];
+        while (lo < hi) {
+            const i64 middle = (lo + hi) >> 1;
+            const int probe[4] = {sources[middle], shifts[3 * middle], shifts[3 * middle + 1],
+                                  shifts[3 * middle + 2]};
+            bool less = false;
+            for (int a = 0; a < 4; ++a) {
+                if (probe[a] != key[a]) {
+                    less = probe[a] < key[a];
+                    break;
+                }
+            }
+            if (less) lo = middle + 1; else hi = middle;
+        }
+        reverse[e] = (int)lo;
+    }
+}

@@ -1,0 +1,144 @@
+// Message passing, forward and backward, one block per receiver and one thread per feature
+// (blockDim = H, a multiple of 32, at most 1024). The radial filter w(d) of each edge is
+// interpolated from the layer's table (cubic Hermite, model/filter.rs) feature by feature,
+// so no per-edge array of width 3H ever exists in memory. Every sum over a row runs in row
+// order (sorted by source): deterministic, no atomics.
+
+// Filter value of output `o` at the edge's interval: b . (v_k, h m_k, v_k+1, h m_k+1).
+__device__ __forceinline__ float interpolate(const float* __restrict__ node_a,
+                                             const float* __restrict__ node_b, int width, int o,
+                                             const float b[4]) {
+    return b[0] * node_a[o] + b[1] * node_a[width + o] + b[2] * node_b[o] +
+           b[3] * node_b[width + o];
+}
+
+// Interval of distance d and the position within it, exactly as the CPU engine computes them.
+__device__ __forceinline__ void locate(float d, float spacing, int intervals, int* k, float* t) {
+    const float x = d / spacing;
+    *k = min((int)x, intervals - 1);
+    *t = x - (float)(*k);
+}
+
+extern "C" __global__ void message_forward(int h, const i64* __restrict__ offsets,
+                                           const int* __restrict__ sources,
+                                           const float* __restrict__ geometry,
+                                           const float* __restrict__ table, int intervals,
+                                           float spacing, const float* __restrict__ s_in,
+                                           const float* __restrict__ v_in, int first_layer,
+                                           float* __restrict__ s_mid,
+                                           float* __restrict__ v_mid) {
+    const int i = blockIdx.x;
+    const int c = threadIdx.x;
+    const int width = 3 * h;
+    float s = s_in[(i64)i * h + c];
+    float v[3];
+    for (int x = 0; x < 3; ++x) v[x] = v_in[((i64)i * 3 + x) * h + c];
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        const float* g = geometry + 7 * e;
+        int k;
+        float t, b[4];
+        locate(g[0], spacing, intervals, &k, &t);
+        hermite_basis(t, b);
+        const float* node_a = table + (i64)k * 2 * width;
+        const float* node_b = node_a + 2 * width;
+        const float ws = interpolate(node_a, node_b, width, c, b);
+        const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
+        const i64 j = sources[e];
+        s += s_in[j * h + c] * ws;
+        if (first_layer) {
+            for (int x = 0; x < 3; ++x) v[x] += g[1 + x] * wv2;
+        } else {
+            const float wv1 = interpolate(node_a, node_b, width, h + c, b);
+            for (int x = 0; x < 3; ++x) v[x] += v_in[(j * 3 + x) * h + c] * wv1 + g[1 + x] * wv2;
+        }
+    }
+    s_mid[(i64)i * h + c] = s;
+    for (int x = 0; x < 3; ++x) v_mid[((i64)i * 3 + x) * h + c] = v[x];
+}
+
+// Deterministic block-wide sums of four values (fixed tree); scratch holds 4 per warp.
+__device__ __forceinline__ void block_sum4(float value[4], float* scratch) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        for (int q = 0; q < 4; ++q) value[q] += __shfl_xor_sync(0xffffffffu, value[q], offset);
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) {
+        for (int q = 0; q < 4; ++q) scratch[4 * warp + q] = value[q];
+    }
+    __syncthreads();
+    for (int q = 0; q < 4; ++q) {
+        float total = 0.0f;
+        for (int w = 0; w < warps; ++w) total += scratch[4 * w + q];
+        value[q] = total;
+    }
+}
+
+// Gradients of the layer inputs at i, gathered over the row (the reverse edge has the same
+// filter): gs_in = gs_mid_i + sum_e gs_mid_j ws, gv_in = gv_mid_i + sum_e gv_mid_j wv1; and
+// each edge's dE/dr_ij added to de_dr.
+extern "C" __global__ void message_backward(int h, const i64* __restrict__ offsets,
+                                            const int* __restrict__ sources,
+                                            const float* __restrict__ geometry,
+                                            const float* __restrict__ table, int intervals,
+                                            float spacing, const float* __restrict__ s_in,
+                                            const float* __restrict__ v_in,
+                                            const float* __restrict__ gs_mid,
+                                            const float* __restrict__ gv_mid, int need_inputs,
+                                            float* __restrict__ gs_in,
+                                            float* __restrict__ gv_in,
+                                            float* __restrict__ de_dr) {
+    __shared__ float scratch[4 * 32];
+    const int i = blockIdx.x;
+    const int c = threadIdx.x;
+    const int width = 3 * h;
+    const float gs_i = gs_mid[(i64)i * h + c];
+    float gv_i[3];
+    for (int x = 0; x < 3; ++x) gv_i[x] = gv_mid[((i64)i * 3 + x) * h + c];
+    float gs = gs_i, gv[3] = {gv_i[0], gv_i[1], gv_i[2]};
+    const float inverse_spacing = 1.0f / spacing;
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        const float* g = geometry + 7 * e;
+        int k;
+        float t, b[4], db[4];
+        locate(g[0], spacing, intervals, &k, &t);
+        hermite_basis(t, b);
+        hermite_basis_derivative(t, db);
+        for (int q = 0; q < 4; ++q) db[q] *= inverse_spacing;
+        const float* node_a = table + (i64)k * 2 * width;
+        const float* node_b = node_a + 2 * width;
+        const float ws = interpolate(node_a, node_b, width, c, b);
+        const float wv1 = interpolate(node_a, node_b, width, h + c, b);
+        const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
+        const float dws = interpolate(node_a, node_b, width, c, db);
+        const float dwv1 = interpolate(node_a, node_b, width, h + c, db);
+        const float dwv2 = interpolate(node_a, node_b, width, 2 * h + c, db);
+        const i64 j = sources[e];
+        if (need_inputs) {
+            gs += gs_mid[j * h + c] * ws;
+            for (int x = 0; x < 3; ++x) gv[x] += gv_mid[(j * 3 + x) * h + c] * wv1;
+        }
+        const float s_j = s_in[j * h + c];
+        float gw_v1 = 0.0f, gw_v2 = 0.0f;
+        for (int x = 0; x < 3; ++x) {
+            gw_v1 += gv_i[x] * v_in[(j * 3 + x) * h + c];
+            gw_v2 += gv_i[x] * g[1 + x];
+        }
+        float partial[4] = {gs_i * s_j * dws + gw_v1 * dwv1 + gw_v2 * dwv2, gv_i[0] * wv2,
+                            gv_i[1] * wv2, gv_i[2] * wv2};
+        block_sum4(partial, scratch);
+        if (c == 0) {
+            // u = r / (d + eps): du_x/dr_y = delta_xy / (d + eps) - r_x r_y / (d (d + eps)^2).
+            const float d = g[0];
+            const float d_eps = d + 1e-8f;
+            const float g_u_dot_r = partial[1] * g[4] + partial[2] * g[5] + partial[3] * g[6];
+            const float radial = partial[0] / d - g_u_dot_r / (d * d_eps * d_eps);
+            for (int x = 0; x < 3; ++x) de_dr[3 * e + x] += radial * g[4 + x] + partial[1 + x] / d_eps;
+        }
+    }
+    if (need_inputs) {
+        gs_in[(i64)i * h + c] = gs;
+        for (int x = 0; x < 3; ++x) gv_in[((i64)i * 3 + x) * h + c] = gv[x];
+    }
+}

@@ -1,0 +1,113 @@
+// Energy head ends, forces, virials and the packed results buffer (float64) that the host
+// copies back in one transfer:
+//   [status (STATUS_WORDS)] [energy] [virial (9)] [forces (3n)] [energies (n)] [atom virials (9n)]
+// Per-atom values are sums over each atom's row; totals are reduced by one block in a fixed
+// order: deterministic.
+
+#define RESULTS_HEADER (STATUS_WORDS + 10)
+
+// E_i = b + sum_c act[i][c] w[c] (the head's last Linear(H/4, 1)).
+extern "C" __global__ void head_energy(int n, int q, const float* __restrict__ act,
+                                       const float* __restrict__ weight, const float* bias,
+                                       float* __restrict__ energies) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float e = bias[0];
+    for (int c = 0; c < q; ++c) e += act[(i64)i * q + c] * weight[c];
+    energies[i] = e;
+}
+
+// Start of the backward pass: dE/dpre of the head's second activation, 0 for ghost atoms.
+extern "C" __global__ void head_backward(int n, int n_energy, int q,
+                                         const float* __restrict__ weight,
+                                         const float* __restrict__ pre,
+                                         float* __restrict__ gradient) {
+    const i64 count = (i64)n * q;
+    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
+         k += (i64)gridDim.x * blockDim.x) {
+        const i64 i = k / q;
+        const int c = (int)(k % q);
+        gradient[k] = i < n_energy ? weight[c] * silu_derivative(pre[k]) : 0.0f;
+    }
+}
+
+// Forces F_i = sum over row i of (dE/dr_e - dE/dr_reverse(e)); the row's share of the virial
+// -sum r_e (x) dE/dr_e; per-atom virials (half of each edge to each end) when wanted.
+extern "C" __global__ void forces_virials(int n, const i64* __restrict__ offsets,
+                                          const int* __restrict__ reverse,
+                                          const float* __restrict__ geometry,
+                                          const float* __restrict__ de_dr, int atom_virials,
+                                          double* __restrict__ results,
+                                          double* __restrict__ row_virials) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double f[3] = {0.0, 0.0, 0.0};
+    double w[9] = {}, wa[9] = {};
+    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        const i64 back = reverse[e];
+        const float* g = geometry + 7 * e;
+        double ge[3], gb[3];
+        for (int x = 0; x < 3; ++x) {
+            ge[x] = (double)de_dr[3 * e + x];
+            gb[x] = (double)de_dr[3 * back + x];
+            f[x] += ge[x] - gb[x];
+        }
+        for (int a = 0; a < 3; ++a) {
+            const double r = (double)g[4 + a];
+            for (int b = 0; b < 3; ++b) {
+                w[3 * a + b] -= r * ge[b];
+                wa[3 * a + b] -= 0.5 * r * (ge[b] - gb[b]);
+            }
+        }
+    }
+    double* forces = results + RESULTS_HEADER;
+    for (int x = 0; x < 3; ++x) forces[3 * (i64)i + x] = f[x];
+    for (int k = 0; k < 9; ++k) row_virials[9 * (i64)i + k] = w[k];
+    if (atom_virials) {
+        double* out = results + RESULTS_HEADER + 4 * (i64)n + 9 * (i64)i;
+        for (int k = 0; k < 9; ++k) out[k] = wa[k];
+    }
+}
+
+// Per-atom energies (float64; 0 for ghosts) into the results.
+extern "C" __global__ void energies_out(int n, int n_energy, const float* __restrict__ energies,
+                                        double* __restrict__ results) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    results[RESULTS_HEADER + 3 * (i64)n + i] = i < n_energy ? (double)energies[i] : 0.0;
+}
+
+// One block of REDUCE_THREADS threads: total energy and virial, and the status words.
+#define REDUCE_THREADS 256
+extern "C" __global__ void reduce_results(int n, int n_energy, const float* __restrict__ energies,
+                                          const double* __restrict__ row_virials,
+                                          const int* __restrict__ status,
+                                          double* __restrict__ results) {
+    __shared__ double partial[10][REDUCE_THREADS];
+    const int t = threadIdx.x;
+    double sums[10] = {};
+    for (i64 i = t; i < n; i += REDUCE_THREADS) {
+        if (i < n_energy) sums[0] += (double)energies[i];
+        for (int k = 0; k < 9; ++k) sums[1 + k] += row_virials[9 * i + k];
+    }
+    for (int k = 0; k < 10; ++k) partial[k][t] = sums[k];
+    __syncthreads();
+    for (int stride = REDUCE_THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) {
+            for (int k = 0; k < 10; ++k) partial[k][t] += partial[k][t + stride];
+        }
+        __syncthreads();
+    }
+    if (t < 10) results[STATUS_WORDS + t] = partial[t][0];
+    if (t < STATUS_WORDS) results[t] = (double)status[t];
+}
+
+// Status words at the start of each call: no overflow, no close pair (INT_MAX = none).
+extern "C" __global__ void status_reset(int* status) {
+    if (threadIdx.x == 0) {
+        status[STATUS_OVERFLOW] = 0;
+        status[STATUS_CLOSE_EDGE] = 0x7fffffff;
+        status[2] = 0;
+        status[3] = 0;
+    }
+}

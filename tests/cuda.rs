@@ -1,0 +1,379 @@
+//! The CUDA backend: kernels compile through NVRTC (everywhere NVRTC is present), and on a
+//! GPU: the GPU neighbour list equals the CPU one edge for edge, results match the float64
+//! CPU engine, repeated calls are bit-identical, capacities grow, the skin is honoured.
+//! Without a GPU the GPU tests print why they skipped.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use painn::backend::cuda::{CudaBackend, kernels};
+use painn::structures::{SplitMix64, water_box};
+use painn::{
+    Calculator, CalculatorOptions, Cell, Device, Model, NeighborList, NeighborListOptions,
+    Precision, Request, Results,
+};
+
+#[test]
+fn kernels_compile_with_nvrtc_for_sm80_and_sm90() {
+    if let Err(reason) = kernels::check_nvrtc() {
+        println!("SKIPPED kernels_compile_with_nvrtc_for_sm80_and_sm90: {reason}");
+        return;
+    }
+    let (major, minor) = kernels::nvrtc_version().unwrap();
+    for arch in ["sm_80", "sm_90"] {
+        let cubin = kernels::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        println!(
+            "NVRTC {major}.{minor}: {arch} cubin of {} bytes",
+            cubin.len()
+        );
+        assert!(cubin.len() > 10_000);
+    }
+}
+
+/// A GPU backend for `model`, or `None` (with the reason printed) without a usable GPU.
+fn gpu(test: &str, model: &Arc<Model>, skin: f64) -> Option<CudaBackend> {
+    match CudaBackend::new(model.clone(), 0, skin) {
+        Ok(backend) => {
+            println!("{test}: on {}", backend.device_name());
+            Some(backend)
+        }
+        Err(reason) => {
+            println!("SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
+fn gpu_calculator(test: &str, model: &Arc<Model>) -> Option<Calculator> {
+    match Calculator::new(model.clone(), Device::Cuda(0), Precision::F32) {
+        Ok(calculator) => Some(calculator),
+        Err(reason) => {
+            println!("SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// Random cells of every shape the CPU property tests cover, at a fixed seed.
+fn random_case(rng: &mut SplitMix64, radius: f64) -> (Vec<[f64; 3]>, Cell) {
+    let lengths = [
+        rng.range(0.4, 3.5),
+        rng.range(0.4, 3.5),
+        rng.range(0.4, 3.5),
+    ]
+    .map(|l| l * radius);
+    let skew = [
+        rng.range(-1.5, 1.5),
+        rng.range(-1.5, 1.5),
+        rng.range(-1.5, 1.5),
+    ];
+    let lattice = [
+        [lengths[0], 0.0, 0.0],
+        [skew[0] * lengths[0], lengths[1], 0.0],
+        [skew[1] * lengths[0], skew[2] * lengths[1], lengths[2]],
+    ];
+    let mask = rng.next_u64() % 8;
+    let pbc = [mask & 1 != 0, mask & 2 != 0, mask & 4 != 0];
+    let volume = lengths[0] * lengths[1] * lengths[2];
+    let per_pair = 4.19 * radius.powi(3) / volume;
+    let n_max = ((2e5 / per_pair).sqrt() as usize).clamp(1, 300);
+    let n = (rng.next_u64() as usize) % (n_max + 1);
+    let positions = (0..n)
+        .map(|_| {
+            let mut f = [rng.uniform(), rng.uniform(), rng.uniform()];
+            for a in 0..3 {
+                if pbc[a] {
+                    f[a] += rng.range(-4.0, 4.0).round();
+                } else {
+                    f[a] = rng.range(-0.5, 1.5);
+                }
+            }
+            let mut r = [0.0; 3];
+            for x in 0..3 {
+                r[x] = f[0] * lattice[0][x] + f[1] * lattice[1][x] + f[2] * lattice[2][x];
+            }
+            r
+        })
+        .collect();
+    (positions, Cell::new(lattice, pbc).unwrap())
+}
+
+#[test]
+fn gpu_neighbor_list_equals_the_cpu_list() {
+    let model = Arc::new(tiny_model());
+    let mut rng = SplitMix64::new(2024);
+    let mut checked = 0;
+    for skin in [0.0, 0.7] {
+        let Some(mut backend) = gpu("gpu_neighbor_list_equals_the_cpu_list", &model, skin) else {
+            return;
+        };
+        let radius = model.cutoff_angstrom() + skin;
+        for _ in 0..150 {
+            let (positions, cell) = random_case(&mut rng, radius);
+            let cpu = match NeighborList::build(&positions, &cell, NeighborListOptions::new(radius))
+            {
+                Ok(list) => list,
+                Err(_) => continue, // atoms too close: the GPU must refuse too (tested below)
+            };
+            let gpu_list = match backend.neighbor_list(&positions, &cell) {
+                Ok(list) => list,
+                Err(error) => panic!("GPU list failed where the CPU one did not: {error}"),
+            };
+            let (offsets, sources, shifts) = (gpu_list.offsets, gpu_list.sources, gpu_list.shifts);
+            let cpu_offsets: Vec<i64> = cpu.offsets().iter().map(|&o| o as i64).collect();
+            assert_eq!(offsets, cpu_offsets, "row offsets, cell {cell:?}");
+            let cpu_sources: Vec<i32> = cpu.sources().iter().map(|&s| s as i32).collect();
+            assert_eq!(sources, cpu_sources);
+            assert_eq!(shifts, cpu.shifts());
+            checked += 1;
+        }
+    }
+    println!("{checked} random cells: GPU and CPU lists identical");
+}
+
+fn assert_matches_f64(name: &str, gpu: &Results, reference: &Results) {
+    let relative_energy = ((gpu.energy - reference.energy) / reference.energy).abs();
+    let rms_ratio =
+        rms_difference(&gpu.forces, &reference.forces) / rms(&reference.forces).max(1e-300);
+    let max_force = max_abs_difference(&gpu.forces, &reference.forces);
+    let virial_scale = reference
+        .virial
+        .iter()
+        .flatten()
+        .fold(1.0f64, |m, w| m.max(w.abs()));
+    let virial = max_abs_difference(&gpu.virial, &reference.virial) / virial_scale;
+    println!(
+        "{name}: relative dE {relative_energy:.1e}, force RMS error / RMS {rms_ratio:.1e}, \
+         max |dF| {max_force:.1e} eV/A, max |dW| / max |W| {virial:.1e}"
+    );
+    assert!(relative_energy <= 1e-6, "{name}: energy");
+    assert!(
+        rms_ratio <= 1e-5 || rms(&reference.forces) == 0.0,
+        "{name}: force RMS"
+    );
+    assert!(max_force <= 1e-4, "{name}: max force error");
+    assert!(virial <= 1e-5, "{name}: virial");
+}
+
+fn cpu_f64(model: &Arc<Model>, z: &[i32], positions: &[[f64; 3]], cell: &Cell) -> Results {
+    Calculator::new(model.clone(), Device::Cpu, Precision::F64)
+        .unwrap()
+        .compute(z, positions, cell, Request::ALL)
+        .unwrap()
+}
+
+#[test]
+fn gpu_matches_the_cpu_float64_engine() {
+    let tiny = Arc::new(tiny_model());
+    let Some(mut calculator) = gpu_calculator("gpu_matches_the_cpu_float64_engine", &tiny) else {
+        return;
+    };
+    let fixtures = load_json(repository().join("tests/data/tiny_reference.json"));
+    for case in cases(&fixtures) {
+        let gpu = calculator
+            .compute(
+                &case.atomic_numbers,
+                &case.positions,
+                &case.cell,
+                Request::ALL,
+            )
+            .unwrap();
+        let reference = cpu_f64(&tiny, &case.atomic_numbers, &case.positions, &case.cell);
+        assert_matches_f64(&case.name, &gpu, &reference);
+        let energies_error = gpu
+            .energies
+            .iter()
+            .zip(&reference.energies)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(energies_error <= 1e-5 * (1.0 + reference.energy.abs()));
+        let atom_virial_error = gpu
+            .atom_virials
+            .iter()
+            .zip(&reference.atom_virials)
+            .map(|(a, b)| max_abs_difference(a, b))
+            .fold(0.0, f64::max);
+        assert!(
+            atom_virial_error <= 1e-4,
+            "{}: per-atom virials {atom_virial_error}",
+            case.name
+        );
+    }
+    let Some(student) = student_model("gpu_matches_the_cpu_float64_engine") else {
+        return;
+    };
+    let student = Arc::new(student);
+    let mut calculator = gpu_calculator("student", &student).unwrap();
+    let shared = shared_dir("student").unwrap();
+    for case in cases(&load_json(shared.join("reference/seed_reference_f64.json"))) {
+        let gpu = calculator
+            .compute(
+                &case.atomic_numbers,
+                &case.positions,
+                &case.cell,
+                Request::ALL,
+            )
+            .unwrap();
+        let reference = Results {
+            energy: case.energy,
+            forces: case.forces.clone(),
+            virial: case.virial,
+            ..Results::default()
+        };
+        assert_matches_f64(&format!("seed reference {}", case.name), &gpu, &reference);
+    }
+    // A periodic water box of 10^4 atoms.
+    let water = water_box(15, 3);
+    let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    let gpu = calculator
+        .compute(&water.atomic_numbers, &water.positions, &cell, Request::ALL)
+        .unwrap();
+    let reference = cpu_f64(&student, &water.atomic_numbers, &water.positions, &cell);
+    assert_matches_f64(
+        &format!("water box of {} atoms", water.len()),
+        &gpu,
+        &reference,
+    );
+}
+
+#[test]
+fn gpu_calls_are_bit_identical() {
+    let model = Arc::new(tiny_model());
+    let Some(mut first) = gpu_calculator("gpu_calls_are_bit_identical", &model) else {
+        return;
+    };
+    let mut second = gpu_calculator("gpu_calls_are_bit_identical", &model).unwrap();
+    let water = water_box(8, 5);
+    let z: Vec<i32> = water.atomic_numbers.iter().map(|&z| z.min(10)).collect();
+    let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    let reference = first
+        .compute(&z, &water.positions, &cell, Request::ALL)
+        .unwrap();
+    for _ in 0..5 {
+        assert!(
+            first
+                .compute(&z, &water.positions, &cell, Request::ALL)
+                .unwrap()
+                == reference
+        );
+        assert!(
+            second
+                .compute(&z, &water.positions, &cell, Request::ALL)
+                .unwrap()
+                == reference
+        );
+    }
+    println!(
+        "{} atoms: 11 calls on two calculators, identical bits",
+        z.len()
+    );
+}
+
+#[test]
+fn gpu_capacity_grows_when_the_box_is_compressed() {
+    let Some(student) = student_model("gpu_capacity_grows_when_the_box_is_compressed") else {
+        return;
+    };
+    let student = Arc::new(student);
+    let Some(mut calculator) =
+        gpu_calculator("gpu_capacity_grows_when_the_box_is_compressed", &student)
+    else {
+        return;
+    };
+    let water = water_box(10, 9);
+    let lattice = water.cell.unwrap();
+    let cell = Cell::new(lattice, [true; 3]).unwrap();
+    calculator
+        .compute(&water.atomic_numbers, &water.positions, &cell, Request::ALL)
+        .unwrap();
+    let before = calculator.cuda_backend().unwrap().allocated_bytes();
+    // 30% smaller volume: about 1.4 times the edges.
+    let scale = 0.7f64.cbrt();
+    let positions: Vec<[f64; 3]> = water
+        .positions
+        .iter()
+        .map(|r| r.map(|x| x * scale))
+        .collect();
+    let compressed = Cell::new(lattice.map(|v| v.map(|x| x * scale)), [true; 3]).unwrap();
+    let gpu = calculator
+        .compute(&water.atomic_numbers, &positions, &compressed, Request::ALL)
+        .unwrap();
+    let after = calculator.cuda_backend().unwrap().allocated_bytes();
+    println!("GPU memory held: {before} -> {after} bytes");
+    assert!(after > before);
+    let reference = cpu_f64(&student, &water.atomic_numbers, &positions, &compressed);
+    assert_matches_f64("compressed water box", &gpu, &reference);
+}
+
+#[test]
+fn gpu_reuses_the_list_within_the_skin() {
+    let model = Arc::new(tiny_model());
+    let options = CalculatorOptions {
+        skin_angstrom: 1.0,
+        ..CalculatorOptions::default()
+    };
+    let Ok(mut calculator) =
+        Calculator::with_options(model.clone(), Device::Cuda(0), Precision::F32, options)
+    else {
+        println!("SKIPPED gpu_reuses_the_list_within_the_skin: no usable GPU");
+        return;
+    };
+    let water = water_box(6, 1);
+    let z: Vec<i32> = water.atomic_numbers.iter().map(|&z| z.min(10)).collect();
+    let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    let mut positions = water.positions.clone();
+    let mut rng = SplitMix64::new(3);
+    for step in 0..6 {
+        // Each step moves every atom by up to 0.15 A: rebuilds happen only past 0.5 A.
+        for r in positions.iter_mut() {
+            for x in r.iter_mut() {
+                *x += rng.range(-0.15, 0.15) / 3f64.sqrt();
+            }
+        }
+        let gpu = calculator
+            .compute(&z, &positions, &cell, Request::ALL)
+            .unwrap();
+        let reference = cpu_f64(&model, &z, &positions, &cell);
+        assert_matches_f64(&format!("step {step}"), &gpu, &reference);
+    }
+    let rebuilds = calculator.cuda_backend().unwrap().rebuilds();
+    println!("6 steps, {rebuilds} neighbour-list builds");
+    assert!(rebuilds < 6);
+}
+
+#[test]
+fn gpu_refuses_what_the_cpu_refuses() {
+    let model = Arc::new(tiny_model());
+    if Calculator::new(model.clone(), Device::Cuda(0), Precision::F64).is_ok() {
+        panic!("float64 on the GPU must be refused");
+    }
+    let Some(mut calculator) = gpu_calculator("gpu_refuses_what_the_cpu_refuses", &model) else {
+        return;
+    };
+    let open = Cell::open();
+    let err = calculator
+        .compute(
+            &[1, 6, 8],
+            &[[0.0; 3], [1.5, 0.0, 0.0], [1.5, 0.0, 5e-5]],
+            &open,
+            Request::ALL,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("atoms 1 and 2"), "{err}");
+    let err = calculator
+        .compute(
+            &[1, 6],
+            &[[0.0; 3], [f64::NAN, 0.0, 0.0]],
+            &open,
+            Request::ALL,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("atom 1"), "{err}");
+    // The calculator still works afterwards.
+    let ok = calculator
+        .compute(&[1, 6], &[[0.0; 3], [1.1, 0.0, 0.0]], &open, Request::ALL)
+        .unwrap();
+    assert!(ok.energy.is_finite());
+}
