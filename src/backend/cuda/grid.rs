@@ -154,12 +154,14 @@ impl Grid {
 
 /// Blocks of `per_block` threads covering `count` threads.
 pub fn blocks(count: usize, per_block: u32) -> u32 {
-    count.div_ceil(per_block as usize).max(1) as u32
+    let needed = count.div_ceil(per_block as usize).max(1);
+    assert!(needed <= u32::MAX as usize, "{count} threads exceed one launch");
+    needed as u32
 }
 
 /// Blocks for a grid-stride loop over `count` elements (capped; the loop covers the rest).
 pub fn stride_blocks(count: usize, per_block: u32) -> u32 {
-    blocks(count, per_block).min(65_536)
+    count.div_ceil(per_block as usize).clamp(1, 65_536) as u32
 }
 
 /// Element counts of the levels of a multi-level scan over `count` elements: the element
