@@ -11,6 +11,11 @@ typedef unsigned long long u64;
 #define STATUS_CLOSE_EDGE 1    // lowest edge index closer than MINIMUM_DISTANCE (INT_MAX: none)
 #define STATUS_WORDS 4
 
+// Floats per edge of geometry: d, u (3), r (3), table interval k, position t in it.
+#define GEOMETRY_WIDTH 9
+// Vectors per filter-table node: value, difference to the next node, h dw/dd.
+#define NODE_VECTORS 3
+
 // Two distinct atoms closer than this (Angstrom) are refused, as on the CPU.
 #define MINIMUM_DISTANCE 1e-4
 

@@ -1,7 +1,8 @@
 // From the neighbour list (built with cutoff + skin, reused across steps) to the graph the
 // model runs on: the edges within the cutoff for the current positions, their geometry in
-// float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z], u = r / (d + 1e-8), computed in float64 as on
-// the CPU), and the reverse of each edge (the backward pass gathers through it).
+// float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z, k, t], u = r / (d + 1e-8), and the filter-table
+// interval k and position t with d = (k + t) h, all computed in float64 as on the CPU), and
+// the reverse of each edge (the backward pass gathers through it).
 
 extern "C" __global__ void graph_count(int n, const double* __restrict__ positions,
                                        const double* __restrict__ lattice,
@@ -36,8 +37,8 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
                                       const i64* __restrict__ graph_offsets,
                                       int* __restrict__ graph_sources,
                                       int* __restrict__ graph_shifts,
-                                      float* __restrict__ geometry,
-                                      const int* __restrict__ status) {
+                                      float* __restrict__ geometry, double spacing,
+                                      int intervals, const int* __restrict__ status) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || status[STATUS_OVERFLOW]) return;
     i64 out = graph_offsets[i];
@@ -51,12 +52,16 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
         for (int a = 0; a < 3; ++a) graph_shifts[3 * out + a] = shifts[3 * e + a];
         const double d = sqrt(d2);
         const double inverse = 1.0 / (d + 1e-8);
-        float* g = geometry + 7 * out;
+        float* g = geometry + GEOMETRY_WIDTH * out;
         g[0] = (float)d;
         for (int a = 0; a < 3; ++a) {
             g[1 + a] = (float)(r[a] * inverse);
             g[4 + a] = (float)r[a];
         }
+        const double x = d / spacing;
+        const double k = fmin(fmax(floor(x), 0.0), (double)(intervals - 1));
+        g[7] = (float)k;
+        g[8] = (float)(x - k);
         ++out;
     }
 }

@@ -4,26 +4,28 @@
 // so no per-edge array of width 3H ever exists in memory. Every sum over a row runs in row
 // order (sorted by source): deterministic, no atomics.
 
-// Filter value of output `o` at the edge's interval: b . (v_k, h m_k, v_k+1, h m_k+1).
-__device__ __forceinline__ float interpolate(const float* __restrict__ node_a,
-                                             const float* __restrict__ node_b, int width, int o,
+// Filter value of output `o` in the edge's interval from the nodes (v_k, delta_k, h m_k) and
+// h m_(k+1): v_k + b[2] delta_k + b[1] h m_k + b[3] h m_(k+1) (b: Hermite basis; b[0] is
+// implied by v_k + delta_k = v_(k+1)).
+__device__ __forceinline__ float interpolate(const float* __restrict__ node,
+                                             const float* __restrict__ next, int width, int o,
                                              const float b[4]) {
-    return b[0] * node_a[o] + b[1] * node_a[width + o] + b[2] * node_b[o] +
-           b[3] * node_b[width + o];
+    return node[o] + b[2] * node[width + o] + b[1] * node[2 * width + o] +
+           b[3] * next[2 * width + o];
 }
 
-// Interval of distance d and the position within it, exactly as the CPU engine computes them.
-__device__ __forceinline__ void locate(float d, float spacing, int intervals, int* k, float* t) {
-    const float x = d / spacing;
-    *k = min((int)x, intervals - 1);
-    *t = x - (float)(*k);
+// Its derivative with respect to t (db: the basis derivatives, already divided by h for d/dd).
+__device__ __forceinline__ float interpolate_derivative(const float* __restrict__ node,
+                                                        const float* __restrict__ next,
+                                                        int width, int o, const float db[4]) {
+    return db[2] * node[width + o] + db[1] * node[2 * width + o] + db[3] * next[2 * width + o];
 }
 
 extern "C" __global__ void message_forward(int h, const i64* __restrict__ offsets,
                                            const int* __restrict__ sources,
                                            const float* __restrict__ geometry,
-                                           const float* __restrict__ table, int intervals,
-                                           float spacing, const float* __restrict__ s_in,
+                                           const float* __restrict__ table,
+                                           const float* __restrict__ s_in,
                                            const float* __restrict__ v_in, int first_layer,
                                            float* __restrict__ s_mid,
                                            float* __restrict__ v_mid) {
@@ -34,13 +36,11 @@ extern "C" __global__ void message_forward(int h, const i64* __restrict__ offset
     float v[3];
     for (int x = 0; x < 3; ++x) v[x] = v_in[((i64)i * 3 + x) * h + c];
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
-        const float* g = geometry + 7 * e;
-        int k;
-        float t, b[4];
-        locate(g[0], spacing, intervals, &k, &t);
-        hermite_basis(t, b);
-        const float* node_a = table + (i64)k * 2 * width;
-        const float* node_b = node_a + 2 * width;
+        const float* g = geometry + GEOMETRY_WIDTH * e;
+        float b[4];
+        hermite_basis(g[8], b);
+        const float* node_a = table + (i64)g[7] * NODE_VECTORS * width;
+        const float* node_b = node_a + NODE_VECTORS * width;
         const float ws = interpolate(node_a, node_b, width, c, b);
         const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
         const i64 j = sources[e];
@@ -81,8 +81,8 @@ __device__ __forceinline__ void block_sum4(float value[4], float* scratch) {
 extern "C" __global__ void message_backward(int h, const i64* __restrict__ offsets,
                                             const int* __restrict__ sources,
                                             const float* __restrict__ geometry,
-                                            const float* __restrict__ table, int intervals,
-                                            float spacing, const float* __restrict__ s_in,
+                                            const float* __restrict__ table, float spacing,
+                                            const float* __restrict__ s_in,
                                             const float* __restrict__ v_in,
                                             const float* __restrict__ gs_mid,
                                             const float* __restrict__ gv_mid, int need_inputs,
@@ -99,21 +99,19 @@ extern "C" __global__ void message_backward(int h, const i64* __restrict__ offse
     float gs = gs_i, gv[3] = {gv_i[0], gv_i[1], gv_i[2]};
     const float inverse_spacing = 1.0f / spacing;
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
-        const float* g = geometry + 7 * e;
-        int k;
-        float t, b[4], db[4];
-        locate(g[0], spacing, intervals, &k, &t);
-        hermite_basis(t, b);
-        hermite_basis_derivative(t, db);
+        const float* g = geometry + GEOMETRY_WIDTH * e;
+        float b[4], db[4];
+        hermite_basis(g[8], b);
+        hermite_basis_derivative(g[8], db);
         for (int q = 0; q < 4; ++q) db[q] *= inverse_spacing;
-        const float* node_a = table + (i64)k * 2 * width;
-        const float* node_b = node_a + 2 * width;
+        const float* node_a = table + (i64)g[7] * NODE_VECTORS * width;
+        const float* node_b = node_a + NODE_VECTORS * width;
         const float ws = interpolate(node_a, node_b, width, c, b);
         const float wv1 = interpolate(node_a, node_b, width, h + c, b);
         const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
-        const float dws = interpolate(node_a, node_b, width, c, db);
-        const float dwv1 = interpolate(node_a, node_b, width, h + c, db);
-        const float dwv2 = interpolate(node_a, node_b, width, 2 * h + c, db);
+        const float dws = interpolate_derivative(node_a, node_b, width, c, db);
+        const float dwv1 = interpolate_derivative(node_a, node_b, width, h + c, db);
+        const float dwv2 = interpolate_derivative(node_a, node_b, width, 2 * h + c, db);
         const i64 j = sources[e];
         if (need_inputs) {
             gs += gs_mid[j * h + c] * ws;

@@ -45,7 +45,7 @@ extern "C" __global__ void forces_virials(int n, const i64* __restrict__ offsets
     double w[9] = {}, wa[9] = {};
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
         const i64 back = reverse[e];
-        const float* g = geometry + 7 * e;
+        const float* g = geometry + GEOMETRY_WIDTH * e;
         double ge[3], gb[3];
         for (int x = 0; x < 3; ++x) {
             ge[x] = (double)de_dr[3 * e + x];

@@ -10,6 +10,11 @@
 //!
 //! The interpolant is C1 and its derivative is used for the forces, so forces are the
 //! exact gradient of the interpolated energy (energy conservation holds in MD).
+//!
+//! Each node stores `v_k`, `delta_k = v_(k+1) - v_k` and `h m_k` (`m = dw/dd`) in float32,
+//! and the interpolant is written `v_k + h01 delta_k + h10 h m_k + h11 h m_(k+1)`: the
+//! derivative `(g01 delta_k + g10 h m_k + g11 h m_(k+1)) / h` then never subtracts two
+//! rounded values, whose rounding the 1/h would amplify (to 1e-5 of the forces).
 
 use super::Model;
 
@@ -18,7 +23,10 @@ const TARGET_RELATIVE_ERROR: f64 = 1e-8;
 const FIRST_INTERVALS: usize = 512;
 const MAX_INTERVALS: usize = 16384;
 
-/// Per-layer tables of `w(d)` and `h dw/dd(d)` at `d_k = k h`, `k = 0..=n_intervals`.
+/// Vectors stored per node: value, difference to the next node, derivative times h.
+pub const NODE_VECTORS: usize = 3;
+
+/// Per-layer tables of `w(d)` at `d_k = k h`, `k = 0..=n_intervals`.
 #[derive(Clone, Debug)]
 pub struct FilterTable {
     /// Node spacing h, Angstrom.
@@ -26,7 +34,8 @@ pub struct FilterTable {
     pub n_intervals: usize,
     /// 3H, the filter's width.
     pub width: usize,
-    /// `[layers][n_intervals + 1][2][width]`: value, then derivative times h.
+    /// `[layers][n_intervals + 1][NODE_VECTORS][width]`: `v_k`, `v_(k+1) - v_k` (0 for the
+    /// last node) and `h dw/dd` at the node.
     pub nodes: Vec<f32>,
     /// Largest interpolation error measured at interval midpoints (float64 arithmetic on
     /// the unrounded nodes), relative to the largest |w| of the layer, over all layers.
@@ -91,11 +100,29 @@ impl FilterTable {
                 }
             }
             if worst <= TARGET_RELATIVE_ERROR || n_intervals >= MAX_INTERVALS {
+                let mut table =
+                    Vec::with_capacity(layers * (n_intervals + 1) * NODE_VECTORS * width);
+                for layer in 0..layers {
+                    for k in 0..=n_intervals {
+                        let at = |k: usize| ((layer * (n_intervals + 1)) + k) * 2 * width;
+                        let node = &nodes[at(k)..at(k) + 2 * width];
+                        table.extend(node[..width].iter().map(|&v| v as f32));
+                        if k < n_intervals {
+                            let next = &nodes[at(k + 1)..at(k + 1) + width];
+                            table.extend(
+                                next.iter().zip(&node[..width]).map(|(b, a)| (b - a) as f32),
+                            );
+                        } else {
+                            table.extend(std::iter::repeat_n(0.0f32, width));
+                        }
+                        table.extend(node[width..].iter().map(|&v| v as f32));
+                    }
+                }
                 return FilterTable {
                     spacing_angstrom: h,
                     n_intervals,
                     width,
-                    nodes: nodes.iter().map(|&v| v as f32).collect(),
+                    nodes: table,
                     max_relative_error: worst,
                 };
             }
@@ -103,18 +130,19 @@ impl FilterTable {
         }
     }
 
-    /// Node values of one layer, `[n_intervals + 1][2][width]`.
+    /// Nodes of one layer, `[n_intervals + 1][NODE_VECTORS][width]`.
     pub fn layer(&self, layer: usize) -> &[f32] {
-        let size = (self.n_intervals + 1) * 2 * self.width;
+        let size = (self.n_intervals + 1) * NODE_VECTORS * self.width;
         &self.nodes[layer * size..(layer + 1) * size]
     }
 
-    /// Interval index and position within it for distance `d` (clamped to the table).
+    /// Interval index and position within it, `(k, t)` with `d = (k + t) h`, for a
+    /// distance `d` in Angstrom (float64, clamped to the table).
     #[inline]
-    pub fn locate(&self, d: f32) -> (usize, f32) {
-        let x = d / self.spacing_angstrom as f32;
-        let k = (x as usize).min(self.n_intervals - 1);
-        (k, x - k as f32)
+    pub fn locate(&self, d: f64) -> (f64, f64) {
+        let x = d / self.spacing_angstrom;
+        let k = x.floor().clamp(0.0, (self.n_intervals - 1) as f64);
+        (k, x - k)
     }
 }
 

@@ -86,7 +86,7 @@ struct State<T> {
     head_act: [Vec<T>; 2],
     energies: Vec<T>,
     /// Per edge: `[d, u_x, u_y, u_z, r_x, r_y, r_z]`.
-    edges: Vec<[T; 7]>,
+    edges: Vec<kernels::EdgeGeometry<T>>,
     /// Per edge `dE/dr_ij`, `[n_edges][3]`.
     de_dr: Vec<[T; 3]>,
     // Backward buffers.
@@ -186,7 +186,8 @@ impl<T: Real> CpuBackend<T> {
         let n_layers = self.weights.layers.len();
         let mut state = std::mem::take(&mut self.state);
         state.layers.resize_with(n_layers, LayerState::default);
-        geometry(graph, &mut state.edges);
+        let table = (self.filter_mode == FilterMode::Table).then(|| self.model.filter_table());
+        geometry(graph, table, &mut state.edges);
         self.forward(graph, &mut state);
 
         let mut results = Results {
@@ -221,11 +222,16 @@ impl<T: Real> CpuBackend<T> {
 }
 
 /// Per-edge geometry in the engine's precision, computed from float64 edge vectors.
-fn geometry<T: Real>(graph: &Graph, edges: &mut Vec<[T; 7]>) {
+fn geometry<T: Real>(
+    graph: &Graph,
+    table: Option<&FilterTable>,
+    edges: &mut Vec<kernels::EdgeGeometry<T>>,
+) {
     edges.clear();
     edges.extend(graph.vectors.iter().map(|r| {
         let d = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt();
         let inverse = 1.0 / (d + U_EPSILON);
+        let (k, t) = table.map_or((0.0, 0.0), |table| table.locate(d));
         [
             T::of(d),
             T::of(r[0] * inverse),
@@ -234,6 +240,8 @@ fn geometry<T: Real>(graph: &Graph, edges: &mut Vec<[T; 7]>) {
             T::of(r[0]),
             T::of(r[1]),
             T::of(r[2]),
+            T::of(k),
+            T::of(t),
         ]
     }));
 }
@@ -275,7 +283,13 @@ enum RowFilter<'a, T: Real> {
 
 impl<T: Real> RowFilter<'_, T> {
     /// Fills `scratch.w` (and `scratch.dw` when `derivative`) for edges `edges`.
-    fn evaluate(&self, layer: usize, edges: &[[T; 7]], derivative: bool, scratch: &mut Scratch<T>) {
+    fn evaluate(
+        &self,
+        layer: usize,
+        edges: &[kernels::EdgeGeometry<T>],
+        derivative: bool,
+        scratch: &mut Scratch<T>,
+    ) {
         let m = edges.len();
         match self {
             RowFilter::Exact { model, weights } => {

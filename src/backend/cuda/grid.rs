@@ -155,7 +155,10 @@ impl Grid {
 /// Blocks of `per_block` threads covering `count` threads.
 pub fn blocks(count: usize, per_block: u32) -> u32 {
     let needed = count.div_ceil(per_block as usize).max(1);
-    assert!(needed <= u32::MAX as usize, "{count} threads exceed one launch");
+    assert!(
+        needed <= u32::MAX as usize,
+        "{count} threads exceed one launch"
+    );
     needed as u32
 }
 

@@ -19,6 +19,7 @@ use super::{Request, Results};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::model::filter::NODE_VECTORS;
 use grid::{Grid, blocks, gemm_grid, scan_levels, stride_blocks};
 use memory::{DeviceBuffer, driver};
 
@@ -26,6 +27,8 @@ use memory::{DeviceBuffer, driver};
 const STATUS_WORDS: usize = 4;
 const RESULTS_HEADER: usize = STATUS_WORDS + 10;
 const SCAN_BLOCK: usize = 1024;
+/// Floats of geometry per edge (cuda/common.cuh).
+const GEOMETRY_WIDTH: usize = 9;
 /// Threads per block of the one-thread-per-atom kernels.
 const ATOM_THREADS: u32 = 128;
 /// Threads per block of the grid-stride element-wise kernels.
@@ -649,7 +652,7 @@ impl CudaBackend {
         b.list_shifts.reserve_exact(3 * capacity)?;
         b.graph_sources.reserve_exact(capacity)?;
         b.graph_shifts.reserve_exact(3 * capacity)?;
-        b.geometry.reserve_exact(7 * capacity)?;
+        b.geometry.reserve_exact(GEOMETRY_WIDTH * capacity)?;
         b.reverse.reserve_exact(capacity)?;
         b.de_dr.reserve_exact(3 * capacity)?;
         self.edge_capacity = capacity;
@@ -844,6 +847,8 @@ impl CudaBackend {
             graph_sources,
             graph_shifts,
             geometry,
+            self.model.filter_table().spacing_angstrom,
+            self.table_intervals,
             status
         );
         launch!(
@@ -943,7 +948,7 @@ impl CudaBackend {
             let b = &self.buffers;
             let layer = &b.layers[l];
             let w = &self.layer_weights[l];
-            let table = self.table.at(l * table_layer * 2 * 3 * h);
+            let table = self.table.at(l * table_layer * NODE_VECTORS * 3 * h);
             launch!(
                 self,
                 "message_forward",
@@ -954,8 +959,6 @@ impl CudaBackend {
                 sources,
                 geometry,
                 table,
-                self.table_intervals,
-                self.table_spacing,
                 layer.s_in.pointer(),
                 layer.v_in.pointer(),
                 (l == 0) as i32,
@@ -1192,7 +1195,7 @@ impl CudaBackend {
                 b.gs_mid.pointer(),
                 b.gv_mid.pointer()
             );
-            let table = self.table.at(l * table_layer * 2 * 3 * h);
+            let table = self.table.at(l * table_layer * NODE_VECTORS * 3 * h);
             launch!(
                 self,
                 "message_backward",
@@ -1203,7 +1206,6 @@ impl CudaBackend {
                 b.graph_sources.pointer(),
                 b.geometry.pointer(),
                 table,
-                self.table_intervals,
                 self.table_spacing,
                 layer.s_in.pointer(),
                 layer.v_in.pointer(),
@@ -1398,5 +1400,68 @@ impl Drop for CudaBackend {
         // The buffers free their memory when dropped next: the context must be current.
         let _ = self.bind();
         let _ = self.synchronize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `launch!` passes as many arguments as its kernel declares parameters (a
+    /// mismatch would only show on a GPU, as garbage).
+    #[test]
+    fn launches_pass_every_kernel_parameter() {
+        let host = include_str!("mod.rs");
+        let source = super::kernels::program_source();
+        let mut checked = 0;
+        for (position, _) in host.match_indices("launch!(") {
+            let body = &host[position + "launch!(".len()..];
+            let (mut depth, mut end) = (1, 0);
+            for (index, c) in body.char_indices() {
+                match c {
+                    '(' | '[' | '{' => depth += 1,
+                    ')' | ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    end = index;
+                    break;
+                }
+            }
+            let mut arguments = Vec::new();
+            let (mut depth, mut current) = (0, String::new());
+            for c in body[..end].chars() {
+                match c {
+                    '(' | '[' | '{' => depth += 1,
+                    ')' | ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+                if c == ',' && depth == 0 {
+                    arguments.push(std::mem::take(&mut current));
+                } else {
+                    current.push(c);
+                }
+            }
+            if !current.trim().is_empty() {
+                arguments.push(current);
+            }
+            let Some(name) = arguments
+                .get(1)
+                .map(|a| a.trim().trim_matches('"').to_string())
+            else {
+                continue;
+            };
+            let Some(start) = source.find(&format!("__global__ void {name}(")) else {
+                continue; // the macro's own definition
+            };
+            let declaration = &source[start..];
+            let parameters =
+                &declaration[declaration.find('(').unwrap() + 1..declaration.find(')').unwrap()];
+            let expected = parameters
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .count();
+            assert_eq!(arguments.len() - 4, expected, "launch of {name}");
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked} launches checked");
     }
 }
