@@ -134,6 +134,12 @@ fn gpu_neighbor_list_equals_the_cpu_list() {
 }
 
 fn assert_matches_f64(name: &str, gpu: &Results, reference: &Results) {
+    assert_matches_f64_within(name, gpu, reference, 1e-4);
+}
+
+/// As above with the largest force error allowed in eV/A (the compressed box's forces reach
+/// hundreds of eV/A, where float32 resolves 1e-5 of them).
+fn assert_matches_f64_within(name: &str, gpu: &Results, reference: &Results, max_force_error: f64) {
     let relative_energy = ((gpu.energy - reference.energy) / reference.energy).abs();
     let rms_ratio =
         rms_difference(&gpu.forces, &reference.forces) / rms(&reference.forces).max(1e-300);
@@ -153,7 +159,7 @@ fn assert_matches_f64(name: &str, gpu: &Results, reference: &Results) {
         rms_ratio <= 1e-5 || rms(&reference.forces) == 0.0,
         "{name}: force RMS"
     );
-    assert!(max_force <= 1e-4, "{name}: max force error");
+    assert!(max_force <= max_force_error, "{name}: max force error");
     assert!(virial <= 1e-5, "{name}: virial");
 }
 
@@ -304,7 +310,18 @@ fn gpu_capacity_grows_when_the_box_is_compressed() {
     println!("GPU memory held: {before} -> {after} bytes");
     assert!(after > before);
     let reference = cpu_f64(&student, &water.atomic_numbers, &positions, &compressed);
-    assert_matches_f64("compressed water box", &gpu, &reference);
+    let largest = reference
+        .forces
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, f| m.max(f.abs()));
+    println!("compressed water box: largest force {largest:.1} eV/A");
+    assert_matches_f64_within(
+        "compressed water box",
+        &gpu,
+        &reference,
+        1e-6 * largest.max(100.0),
+    );
 }
 
 #[test]
