@@ -27,6 +27,25 @@ export PATH="$repo/target/venv/bin:$PATH"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet pytest ase
 python -m pip install --quiet ./python
+# NVRTC from PyPI: every CUDA kernel is compiled for sm_80 and sm_90 in the tests, GPU or not.
+python -m pip install --quiet nvidia-cuda-nvrtc
+nvrtc_lib=$(python - <<'PY'
+import glob, site, os
+for root in site.getsitepackages() + [site.getusersitepackages()]:
+    hits = glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")) + \
+           glob.glob(os.path.join(root, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*"))
+    if hits:
+        print(os.path.dirname(sorted(hits)[0]))
+        break
+PY
+)
+if [ -z "$nvrtc_lib" ]; then
+    echo "nvidia-cuda-nvrtc installed but libnvrtc.so not found" >&2
+    exit 1
+fi
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PAINN_REQUIRE_NVRTC=1
+echo "NVRTC: $nvrtc_lib"
 
 # The training project's files (spec, ONNX model, float64 references), when present.
 shared=""
