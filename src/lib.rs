@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod calculator;
+pub mod capi;
 pub mod cell;
 pub mod error;
 pub mod io;

@@ -18,6 +18,19 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 python3 --version
 
+step "system packages"
+# A C and a C++ compiler link the C ABI tests; valgrind checks the C test for leaks.
+need=""
+command -v cc >/dev/null || need="$need gcc"
+command -v c++ >/dev/null || need="$need g++"
+command -v valgrind >/dev/null || need="$need valgrind"
+if [ -n "$need" ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq $need
+fi
+export PAINN_REQUIRE_VALGRIND=1
+
 step "python environment (target/venv)"
 if [ ! -x target/venv/bin/python ]; then
     mkdir -p target
@@ -72,6 +85,8 @@ step "clippy"
 cargo clippy --release --all-targets -- -D warnings
 
 step "cargo test"
+# The C and C++ tests link target/release/libpainn.a: build it first.
+cargo build --release
 cargo test --release
 
 step "python tests"
