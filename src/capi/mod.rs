@@ -324,6 +324,22 @@ pub unsafe extern "C" fn painn_calculator_device(
     })
 }
 
+/// The number of CUDA GPUs usable by this process (0 without a driver or a GPU; never an
+/// error), so that an MPI code can give each rank of a node its own GPU.
+///
+/// # Safety
+/// `count` points to a writable int32.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn painn_cuda_device_count(count: *mut i32) -> painn_status_t {
+    catch(|| {
+        check_output(count, "count")?;
+        let found = crate::backend::cuda::device_count();
+        // SAFETY: checked non-null.
+        unsafe { *count = found as i32 };
+        Ok(())
+    })
+}
+
 /// Where the results go; NULL means "not wanted".
 struct Outputs {
     energy: *mut f64,

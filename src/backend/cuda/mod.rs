@@ -106,6 +106,20 @@ struct Buffers {
     results: DeviceBuffer<f64>,
 }
 
+/// How many CUDA GPUs this process can use (0 without a driver).
+pub fn device_count() -> usize {
+    if kernels::check_driver().is_err() {
+        return 0;
+    }
+    std::panic::catch_unwind(|| {
+        result::init().ok()?;
+        result::device::get_count().ok()
+    })
+    .ok()
+    .flatten()
+    .map_or(0, |count| count.max(0) as usize)
+}
+
 /// The model on one GPU.
 pub struct CudaBackend {
     model: Arc<Model>,

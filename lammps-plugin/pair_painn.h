@@ -1,0 +1,69 @@
+// pair_style painn: PaiNN machine-learned force fields evaluated by the painn engine
+// (libpainn.a, C ABI in include/painn.h).
+//
+//   pair_style painn MODEL.safetensors [device auto|cpu|cuda|cuda:N] [precision f64|f32]
+//   pair_coeff * * El_1 El_2 ... El_ntypes      (NULL for types painn does not handle)
+//
+// Units must be metal (eV, Angstrom). On one MPI rank the engine builds its own periodic
+// graph from the owned atoms and the box (ghost atoms unused). On several ranks it evaluates
+// owned + ghost atoms without periodicity (the ghost shell is raised to layers x cutoff +
+// skin); only owned atoms' energies count and ghost forces go back to their owners.
+#ifndef PAINN_PAIR_PAINN_H
+#define PAINN_PAIR_PAINN_H
+
+#include "pair.h"
+
+#include <string>
+#include <vector>
+
+struct painn_model_t;
+struct painn_calculator_t;
+
+namespace LAMMPS_NS {
+
+class PairPaiNN : public Pair {
+ public:
+  explicit PairPaiNN(class LAMMPS *);
+  ~PairPaiNN() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+ protected:
+  void allocate();
+  void require_metal_units() const;
+  void load_model();
+  void create_calculator();
+
+  std::string model_path;
+  std::string device = "auto";
+  std::string precision = "f32";
+
+  painn_model_t *model = nullptr;
+  painn_calculator_t *calculator = nullptr;
+  std::string opened_device;    // what the calculator actually runs on
+  double cutoff = 0.0;          // model cutoff, Angstrom
+  int layers = 0;               // message-passing layers
+  int max_z = 0;
+
+  // Per LAMMPS atom type (1..ntypes): atomic number, 0 for NULL.
+  std::vector<int> type_z;
+
+  // Engine inputs and outputs, reused between steps.
+  std::vector<int> engine_index;    // LAMMPS atom -> engine atom (-1: NULL type)
+  std::vector<int> lammps_index;    // engine atom -> LAMMPS atom
+  std::vector<int32_t> numbers;
+  std::vector<double> positions, forces, energies, atom_virials;
+  double *reverse_forces = nullptr;    // [nall][3] for the reverse communication (newton off)
+  int reverse_capacity = 0;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

