@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs on the GPU host (after benches/gpu/prepare.sh here): the GPU tests, then the benchmark
-# of painn and of the PyTorch implementation of the same weights, side by side, on one GPU.
-#   bash benches/gpu/run_on_device.sh [tests|bench|all] [max atoms]
+# Runs on the GPU host (after benches/gpu/prepare.sh here):
+#   bash benches/gpu/run_on_device.sh [tests|bench|lammps|ase|all ...] [max atoms]
+#   tests   the Rust GPU tests (test binaries)
+#   bench   painn bench and the PyTorch implementation of the same weights, one GPU
+#   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
+#   ase     ASE MD speed through the calculator (benzene)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -12,19 +15,41 @@ nvrtc=$(ls -d /usr/local/cuda*/lib64 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="${nvrtc}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 export PAINN_REPOSITORY=$PWD PAINN_SHARED_DIR=$PWD/.device/shared
 export PAINN_STUDENT_MODEL=$PWD/.device/models/student_427k.safetensors
-export PAINN_CACHE_DIR=/tmp/painn-kernels
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if [ "$what" = tests ] || [ "$what" = all ]; then
-    for t in cuda engine engine_reference; do
+export PAINN_CACHE_DIR=/tmp/painn-kernels PAINN_CLI=$PWD/.device/bin/painn
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+has() { case " $what " in *" $1 "*|*" all "*) return 0;; *) return 1;; esac; }
+python_setup() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl >/dev/null 2>&1
+    export PYTHONPATH=/tmp/site:$PWD/.device/python PYTHONUNBUFFERED=1
+}
+if has tests; then
+    for t in cuda engine engine_reference c_api; do
         echo "== test-$t =="
-        .device/bin/test-$t --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|failures|left|right" | head -80
+        .device/bin/test-$t --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|left|right" | head -60
     done
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
+if has bench; then
     echo "== painn bench (cuda, f32) =="
     .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms "$max_atoms" \
         --write-structures /tmp/painn-structures --json | tee "$out/bench-painn.jsonl"
     echo "== PyTorch (same weights, same GPU) =="
-    PYTHONUNBUFFERED=1 python3 python/scripts/bench_gpu.py "$PAINN_STUDENT_MODEL" /tmp/painn-structures \
+    python3 python/scripts/bench_gpu.py "$PAINN_STUDENT_MODEL" /tmp/painn-structures \
         --max-atoms 24576 | tee "$out/bench-torch.jsonl"
+fi
+if has lammps; then
+    python_setup
+    mkdir -p /tmp/lmp && tar -C /tmp/lmp -xJf .device/lammps.tar.xz
+    export PAINN_LMP=/tmp/lmp/lammps/lmp PAINN_MPICH_LIB=/tmp/lmp/lib
+    export PAINN_LAMMPS_PLUGIN=$PWD/.device/bin/painnplugin.so PAINN_REQUIRE_LAMMPS=1
+    echo "== LAMMPS tests, device cuda =="
+    PAINN_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider python/tests/test_lammps.py 2>&1 | tee "$out/lammps-tests.log" | tail -15
+    echo "== LAMMPS speed, device cuda =="
+    python3 python/scripts/lammps_speed.py "$PAINN_STUDENT_MODEL" --device cuda --steps 200 | tee "$out/lammps-speed.jsonl"
+fi
+if has ase; then
+    python_setup
+    echo "== ASE MD speed =="
+    for device in cuda cpu; do
+        python3 python/scripts/ase_md_speed.py --model "$PAINN_STUDENT_MODEL" --device $device --steps 300 2>&1 | tail -3
+    done | tee "$out/ase-speed.txt"
 fi
