@@ -164,6 +164,26 @@ unsafe fn model_ref<'a>(model: *const painn_model_t) -> Result<&'a Model, Error>
     Ok(unsafe { &(*model).model })
 }
 
+/// Writes `value(model)` to `out` (the model queries below).
+///
+/// # Safety
+/// `model` is NULL or a live model; `out` is NULL or writable.
+unsafe fn query<T>(
+    model: *const painn_model_t,
+    out: *mut T,
+    name: &'static str,
+    value: impl FnOnce(&Model) -> T,
+) -> painn_status_t {
+    catch(|| {
+        check_output(out, name)?;
+        // SAFETY: per the contract.
+        let model = unsafe { model_ref(model) }?;
+        // SAFETY: checked non-null.
+        unsafe { *out = value(model) };
+        Ok(())
+    })
+}
+
 /// The model's interaction cutoff in Angstrom.
 ///
 /// # Safety
@@ -173,14 +193,8 @@ pub unsafe extern "C" fn painn_model_cutoff(
     model: *const painn_model_t,
     cutoff: *mut f64,
 ) -> painn_status_t {
-    catch(|| {
-        check_output(cutoff, "cutoff")?;
-        // SAFETY: per the contract.
-        let model = unsafe { model_ref(model) }?;
-        // SAFETY: checked non-null.
-        unsafe { *cutoff = model.cutoff_angstrom() };
-        Ok(())
-    })
+    // SAFETY: per the contract.
+    unsafe { query(model, cutoff, "cutoff", Model::cutoff_angstrom) }
 }
 
 /// The number of interaction layers L: an atom's energy depends on atoms up to L cutoffs
@@ -193,14 +207,8 @@ pub unsafe extern "C" fn painn_model_layers(
     model: *const painn_model_t,
     layers: *mut i32,
 ) -> painn_status_t {
-    catch(|| {
-        check_output(layers, "layers")?;
-        // SAFETY: per the contract.
-        let model = unsafe { model_ref(model) }?;
-        // SAFETY: checked non-null.
-        unsafe { *layers = model.layers() as i32 };
-        Ok(())
-    })
+    // SAFETY: per the contract.
+    unsafe { query(model, layers, "layers", |m| m.layers() as i32) }
 }
 
 /// The largest atomic number the model accepts (atomic numbers run 1..=max_z).
@@ -212,14 +220,8 @@ pub unsafe extern "C" fn painn_model_max_z(
     model: *const painn_model_t,
     max_z: *mut i32,
 ) -> painn_status_t {
-    catch(|| {
-        check_output(max_z, "max_z")?;
-        // SAFETY: per the contract.
-        let model = unsafe { model_ref(model) }?;
-        // SAFETY: checked non-null.
-        unsafe { *max_z = model.max_z() as i32 };
-        Ok(())
-    })
+    // SAFETY: per the contract.
+    unsafe { query(model, max_z, "max_z", |m| m.max_z() as i32) }
 }
 
 /// Creates a calculator for `model` on `device` ("cpu", "cuda", "cuda:N" or "auto": the

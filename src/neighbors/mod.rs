@@ -235,7 +235,8 @@ pub fn edge_vector(
     ]
 }
 
-fn check_positions(positions: &[[f64; 3]]) -> Result<()> {
+/// Refuses more atoms than the list can index and non-finite positions (naming the atom).
+pub(crate) fn check_positions(positions: &[[f64; 3]]) -> Result<()> {
     if positions.len() >= u32::MAX as usize {
         return Err(Error::invalid(
             "positions",

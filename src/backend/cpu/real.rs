@@ -150,54 +150,30 @@ impl<T: Real> Dense<T> {
 
     /// `y[m][n_out] = x[m][n_in] W^T + b` for one block of rows (single-threaded).
     pub fn forward_rows(&self, x: &[T], y: &mut [T]) {
-        let m = x.len() / self.n_in;
-        debug_assert_eq!(y.len(), m * self.n_out);
-        if m < SMALL_ROWS {
-            kernels::small_forward(
-                self.n_in,
-                self.n_out,
-                &self.weight_t,
-                Some(&self.bias),
-                x,
-                y,
-            );
-            return;
-        }
-        for row in y.chunks_exact_mut(self.n_out) {
-            row.copy_from_slice(&self.bias);
-        }
-        if m == 0 {
-            return;
-        }
-        // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
-        unsafe {
-            T::gemm(
-                m,
-                self.n_in,
-                self.n_out,
-                T::one(),
-                x.as_ptr(),
-                self.n_in as isize,
-                1,
-                self.weight.as_ptr(),
-                1,
-                self.n_in as isize,
-                T::one(),
-                y.as_mut_ptr(),
-                self.n_out as isize,
-                1,
-            )
-        }
+        self.transposed_product(x, Some(&self.bias), y);
     }
 
     /// `y[m][n_out] = x[m][n_in] W^T`, the linear part alone (a derivative through the layer).
     pub fn linear_rows(&self, x: &[T], y: &mut [T]) {
+        self.transposed_product(x, None, y);
+    }
+
+    fn transposed_product(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
         let m = x.len() / self.n_in;
         debug_assert_eq!(y.len(), m * self.n_out);
         if m < SMALL_ROWS {
-            kernels::small_forward(self.n_in, self.n_out, &self.weight_t, None, x, y);
+            kernels::small_forward(self.n_in, self.n_out, &self.weight_t, bias, x, y);
             return;
         }
+        let beta = match bias {
+            Some(bias) => {
+                for row in y.chunks_exact_mut(self.n_out) {
+                    row.copy_from_slice(bias);
+                }
+                T::one()
+            }
+            None => T::zero(),
+        };
         // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
         unsafe {
             T::gemm(
@@ -211,7 +187,7 @@ impl<T: Real> Dense<T> {
                 self.weight.as_ptr(),
                 1,
                 self.n_in as isize,
-                T::zero(),
+                beta,
                 y.as_mut_ptr(),
                 self.n_out as isize,
                 1,

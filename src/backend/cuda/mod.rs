@@ -461,15 +461,7 @@ impl CudaBackend {
                 format!("{n} atoms are too many for the GPU backend"),
             ));
         }
-        if let Some((atom, p)) = positions
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.iter().any(|x| !x.is_finite()))
-        {
-            return Err(Error::NonFinite {
-                what: format!("the position of atom {atom} ({p:?})"),
-            });
-        }
+        crate::neighbors::check_positions(positions)?;
         self.bind()?;
         let mut rebuild = self.needs_rebuild(positions, cell);
         loop {
