@@ -1,0 +1,336 @@
+"""ctypes bindings to the painn engine (``include/painn.h``), and nothing more.
+
+A thin mirror of the C ABI: every function of the header is declared with its exact
+signature; :class:`Model` and :class:`Calculator` own the engine's handles and free them on
+``close()`` (or when collected); every non-zero status becomes a :class:`PainnError` with
+the status code and the engine's message (``painn_last_error``). Arrays go in and out as
+C-contiguous numpy ``float64`` / ``int32`` arrays.
+
+The shared library is the ``libpainn.so`` installed next to this module by
+``pip install ./python``. ``PAINN_LIBRARY=/path/to/libpainn.so`` overrides it (development);
+in a source checkout without an installed library, the crate's own
+``target/release/libpainn.so`` (``$PAINN_CARGO_TARGET_DIR`` / ``$CARGO_TARGET_DIR`` honoured)
+is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+# Status codes (painn_status_t), as in painn.h.
+SUCCESS = 0
+INVALID_ARGUMENT = 1
+MODEL_ERROR = 2
+IO_ERROR = 3
+CUDA_ERROR = 4
+UNSUPPORTED = 5
+INTERNAL_ERROR = 255
+
+STATUS_NAMES = {
+    SUCCESS: "PAINN_SUCCESS",
+    INVALID_ARGUMENT: "PAINN_INVALID_ARGUMENT",
+    MODEL_ERROR: "PAINN_MODEL_ERROR",
+    IO_ERROR: "PAINN_IO_ERROR",
+    CUDA_ERROR: "PAINN_CUDA_ERROR",
+    UNSUPPORTED: "PAINN_UNSUPPORTED",
+    INTERNAL_ERROR: "PAINN_INTERNAL_ERROR",
+}
+
+#: The C ABI version these bindings were written for (PAINN_ABI_VERSION of painn.h).
+ABI_VERSION = 1
+
+LIBRARY_NAME = "libpainn.so"
+
+
+class PainnError(Exception):
+    """A failed engine call: ``status`` is the painn_status_t code (see ``STATUS_NAMES``),
+    ``message`` the engine's own message (``painn_last_error``)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = int(status)
+        self.message = message
+        super().__init__(f"{message} [{STATUS_NAMES.get(self.status, 'status %d' % self.status)}]")
+
+
+class _Model(ctypes.Structure):
+    pass
+
+
+class _Calculator(ctypes.Structure):
+    pass
+
+
+_status = ctypes.c_int32
+_model_p = ctypes.POINTER(_Model)
+_calc_p = ctypes.POINTER(_Calculator)
+_f64_p = ctypes.POINTER(ctypes.c_double)
+_f32_p = ctypes.POINTER(ctypes.c_float)
+_i32_p = ctypes.POINTER(ctypes.c_int32)
+
+# name: (restype, argtypes), in the order of painn.h.
+_PROTOTYPES = {
+    "painn_version": (ctypes.c_char_p, []),
+    "painn_abi_version": (ctypes.c_uint32, []),
+    "painn_model_load": (_status, [ctypes.c_char_p, ctypes.POINTER(_model_p)]),
+    "painn_model_load_buffer": (_status, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                          ctypes.POINTER(_model_p)]),
+    "painn_model_free": (_status, [_model_p]),
+    "painn_model_cutoff": (_status, [_model_p, _f64_p]),
+    "painn_model_layers": (_status, [_model_p, _i32_p]),
+    "painn_model_max_z": (_status, [_model_p, _i32_p]),
+    "painn_calculator_create": (_status, [_model_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_double,
+                                          ctypes.POINTER(_calc_p)]),
+    "painn_calculator_free": (_status, [_calc_p]),
+    "painn_calculator_device": (_status, [_calc_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "painn_cuda_device_count": (_status, [_i32_p]),
+    "painn_compute": (_status, [_calc_p, ctypes.c_int64, _i32_p, _f64_p, _f64_p, _i32_p,
+                                _f64_p, _f64_p, _f64_p, _f64_p, _f64_p]),
+    "painn_compute_float": (_status, [_calc_p, ctypes.c_int64, _i32_p, _f32_p, _f32_p, _i32_p,
+                                      _f64_p, _f64_p, _f64_p, _f64_p, _f64_p]),
+    "painn_compute_local": (_status, [_calc_p, ctypes.c_int64, ctypes.c_int64, _i32_p, _f64_p,
+                                      _f64_p, _f64_p, _f64_p, _f64_p, _f64_p]),
+    "painn_last_error": (ctypes.c_char_p, []),
+}
+
+
+def _candidates():
+    """Where the library is looked for, in order."""
+    override = os.environ.get("PAINN_LIBRARY")
+    if override:
+        return [Path(override)]
+    here = Path(__file__).resolve().parent
+    found = [here / LIBRARY_NAME]
+    # A source checkout (python/painn/ inside the repository): the crate's own build.
+    repo = here.parent.parent
+    if (repo / "Cargo.toml").is_file():
+        target = os.environ.get("PAINN_CARGO_TARGET_DIR") or os.environ.get("CARGO_TARGET_DIR")
+        target_dir = Path(target) if target else repo / "target"
+        if not target_dir.is_absolute():
+            target_dir = repo / target_dir
+        found.append(target_dir / "release" / LIBRARY_NAME)
+    return found
+
+
+_lib = None
+_lib_lock = threading.Lock()
+
+
+def library() -> ctypes.CDLL:
+    """The loaded engine library (loaded and checked on first use)."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        candidates = _candidates()
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise ImportError(
+                "painn: the engine library was not found (looked at "
+                + ", ".join(str(p) for p in candidates)
+                + "); install the package with `pip install ./python` from the repository "
+                "(it builds and bundles libpainn.so), or set PAINN_LIBRARY=/path/to/libpainn.so")
+        lib = ctypes.CDLL(str(path))
+        for name, (restype, argtypes) in _PROTOTYPES.items():
+            function = getattr(lib, name)
+            function.restype = restype
+            function.argtypes = argtypes
+        abi = lib.painn_abi_version()
+        if abi != ABI_VERSION:
+            raise ImportError(f"painn: {path} implements C ABI version {abi}, these bindings need "
+                              f"{ABI_VERSION}; reinstall the package")
+        lib.path = path
+        _lib = lib
+        return lib
+
+
+def _check(status: int) -> None:
+    if status != SUCCESS:
+        message = library().painn_last_error()
+        raise PainnError(status, message.decode("utf-8", "replace") if message else "")
+
+
+def version() -> str:
+    """The engine's version, "major.minor.patch"."""
+    return library().painn_version().decode()
+
+
+def abi_version() -> int:
+    return int(library().painn_abi_version())
+
+
+def cuda_device_count() -> int:
+    """The number of usable CUDA GPUs (0 without a driver or a GPU)."""
+    count = ctypes.c_int32()
+    _check(library().painn_cuda_device_count(ctypes.byref(count)))
+    return count.value
+
+
+def _ptr(array: Optional[np.ndarray], kind):
+    return None if array is None else array.ctypes.data_as(kind)
+
+
+class Model:
+    """A loaded model file (``painn_model_load``): immutable, shareable between
+    calculators and threads."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self._lib = library()
+        self._handle = _model_p()
+        self.path = os.fspath(path)
+        _check(self._lib.painn_model_load(os.fsencode(self.path), ctypes.byref(self._handle)))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: Optional[str] = None) -> "Model":
+        """A model from the bytes of a model file (``painn_model_load_buffer``)."""
+        self = cls.__new__(cls)
+        self._lib = library()
+        self._handle = _model_p()
+        self.path = name
+        data = bytes(data)
+        _check(self._lib.painn_model_load_buffer(data, len(data), None if name is None else name.encode(),
+                                                  ctypes.byref(self._handle)))
+        return self
+
+    def _live(self):
+        if not self._handle:
+            raise ValueError("painn: the model was closed")
+        return self._handle
+
+    @property
+    def cutoff(self) -> float:
+        value = ctypes.c_double()
+        _check(self._lib.painn_model_cutoff(self._live(), ctypes.byref(value)))
+        return value.value
+
+    @property
+    def layers(self) -> int:
+        value = ctypes.c_int32()
+        _check(self._lib.painn_model_layers(self._live(), ctypes.byref(value)))
+        return value.value
+
+    @property
+    def max_z(self) -> int:
+        value = ctypes.c_int32()
+        _check(self._lib.painn_model_max_z(self._live(), ctypes.byref(value)))
+        return value.value
+
+    def close(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._handle = None
+            self._lib.painn_model_free(handle)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"painn.Model({self.path!r})"
+
+
+@dataclass
+class Results:
+    """What ``Calculator.compute`` returns (eV, eV/A; virials in eV, W[a][b] = sum over
+    edges r_ij[a] f_ij[b]); ``energies`` and ``atom_virials`` are None unless asked for."""
+
+    energy: float
+    forces: np.ndarray  # (n, 3)
+    virial: np.ndarray  # (3, 3)
+    energies: Optional[np.ndarray] = None  # (n,)
+    atom_virials: Optional[np.ndarray] = None  # (n, 3, 3)
+
+
+class Calculator:
+    """A model bound to a device and a precision (``painn_calculator_create``), with its
+    neighbour list (reused through the skin) and work buffers.
+
+    ``device``: "cpu", "cuda", "cuda:N" or "auto"; ``precision``: "f32" or "f64";
+    ``skin``: neighbour-list skin in Angstrom (None: the engine's default, 1 A). One thread
+    at a time (a lock makes concurrent calls wait).
+    """
+
+    def __init__(self, model: Model, device: str = "auto", precision: str = "f32",
+                 skin: Optional[float] = None):
+        self._lib = library()
+        self._handle = _calc_p()
+        self.model = model  # keeps the model alive as long as the calculator
+        self._lock = threading.Lock()
+        _check(self._lib.painn_calculator_create(model._live(), device.encode(), precision.encode(),
+                                                 -1.0 if skin is None else float(skin),
+                                                 ctypes.byref(self._handle)))
+        self.requested_device = device
+        self.precision = precision
+        self.skin = skin
+
+    def _live(self):
+        if not self._handle:
+            raise ValueError("painn: the calculator was closed")
+        return self._handle
+
+    @property
+    def device(self) -> str:
+        """The device it runs on: "cpu", or the GPU's name and architecture."""
+        buffer = ctypes.create_string_buffer(256)
+        _check(self._lib.painn_calculator_device(self._live(), buffer, len(buffer)))
+        return buffer.value.decode("utf-8", "replace")
+
+    def compute(self, numbers, positions, cell=None, pbc: Sequence[bool] = (False, False, False),
+                energies: bool = False, atom_virials: bool = False) -> Results:
+        """Energy, forces and virial of the atoms ``numbers`` (n) at ``positions`` (n, 3,
+        Angstrom, wrapped or not) in ``cell`` (3, 3, lattice vectors as rows; None for
+        none) with periodic axes ``pbc``; per-atom energies and virials when asked for."""
+        numbers = np.ascontiguousarray(numbers, dtype=np.int32)
+        positions = np.ascontiguousarray(positions, dtype=np.float64)
+        if numbers.ndim != 1:
+            raise ValueError(f"painn: numbers must be one-dimensional, not of shape {numbers.shape}")
+        n = numbers.shape[0]
+        if positions.shape != (n, 3):
+            raise ValueError(f"painn: positions must have shape ({n}, 3), not {positions.shape}")
+        if cell is not None:
+            cell = np.ascontiguousarray(cell, dtype=np.float64)
+            if cell.shape != (3, 3):
+                raise ValueError(f"painn: cell must have shape (3, 3), not {cell.shape}")
+        flags = np.ascontiguousarray([1 if p else 0 for p in pbc], dtype=np.int32)
+        if flags.shape != (3,):
+            raise ValueError(f"painn: pbc must have three flags, not {len(flags)}")
+        energy = ctypes.c_double()
+        forces = np.empty((n, 3), dtype=np.float64)
+        virial = np.empty((3, 3), dtype=np.float64)
+        per_atom = np.empty(n, dtype=np.float64) if energies else None
+        atom_virial = np.empty((n, 3, 3), dtype=np.float64) if atom_virials else None
+        with self._lock:
+            _check(self._lib.painn_compute(
+                self._live(), n, _ptr(numbers, _i32_p), _ptr(positions, _f64_p), _ptr(cell, _f64_p),
+                _ptr(flags, _i32_p), ctypes.byref(energy), _ptr(forces, _f64_p), _ptr(virial, _f64_p),
+                _ptr(per_atom, _f64_p), _ptr(atom_virial, _f64_p)))
+        return Results(energy.value, forces, virial, per_atom, atom_virial)
+
+    def close(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._handle = None
+            self._lib.painn_calculator_free(handle)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"painn.Calculator({self.model!r}, device={self.requested_device!r}, precision={self.precision!r})"
