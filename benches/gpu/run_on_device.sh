@@ -23,7 +23,8 @@ python_setup() {
     export PYTHONPATH=/tmp/site:$PWD/.device/python PYTHONUNBUFFERED=1
 }
 if has tests; then
-    for t in cuda engine engine_reference c_api; do
+    # (the C ABI tests need a C compiler and the static library: they run in CI)
+    for t in cuda engine engine_reference; do
         echo "== test-$t =="
         .device/bin/test-$t --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|left|right" | head -60
     done
