@@ -30,6 +30,9 @@ const MAX_IMAGE_BOXES: i64 = 10_000_000;
 /// Atoms farther outside the cell than this many lattice vectors cannot be represented.
 const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
 
+/// Edges per receiver reserved ahead in each task's buffers.
+const EXPECTED_ROW: usize = 64;
+
 /// Buffers reused from one build to the next.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Workspace {
@@ -377,6 +380,17 @@ fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut C
     chunk.shifts.clear();
     chunk.rows.clear();
     chunk.too_close = None;
+    // Room for a typical row per receiver up front (liquids at 5 A have about 50 edges per
+    // atom): growing by doubling would copy everything written so far, and huge pages spare
+    // most first-touch page faults.
+    let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
+    let expected = receivers * EXPECTED_ROW;
+    if chunk.sources.capacity() < expected {
+        chunk.sources.reserve(expected);
+        chunk.shifts.reserve(expected);
+        advise_huge_pages(&mut chunk.sources);
+        advise_huge_pages(&mut chunk.shifts);
+    }
     let (grid, binned) = (search.grid, search.binned);
     let lattice = search.cell.vectors();
     let candidates = &mut chunk.candidates;
