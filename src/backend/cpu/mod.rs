@@ -100,12 +100,17 @@ struct State<T> {
     g_head: [Vec<T>; 2],
 }
 
+/// Below this many atoms the engine runs on one thread.
+const SMALL_SYSTEM_ATOMS: usize = 40;
+
 /// The CPU engine in precision `T`.
 pub struct CpuBackend<T: Real> {
     model: Arc<Model>,
     weights: Weights<T>,
     filter_mode: FilterMode,
     state: State<T>,
+    /// One-thread pool for small systems (created on first use).
+    small_pool: Option<rayon::ThreadPool>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -154,6 +159,7 @@ impl<T: Real> CpuBackend<T> {
             weights,
             filter_mode,
             state: State::default(),
+            small_pool: None,
         }
     }
 
@@ -170,8 +176,24 @@ impl<T: Real> CpuBackend<T> {
 
 impl<T: Real> Backend for CpuBackend<T> {
     fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results> {
-        // Run on a pool thread: the many parallel loops inside then start without waking
-        // and waiting for the pool each time (which dominates for small molecules).
+        if graph.n_atoms() < SMALL_SYSTEM_ATOMS {
+            // A molecule's work is too small to share: waking other threads for each of the
+            // ~40 parallel loops would cost more than it saves. One hand-off to a one-thread
+            // pool, then everything runs there (results do not depend on the thread count).
+            let pool = match self.small_pool.take() {
+                Some(pool) => pool,
+                None => rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(|_| "painn-small".into())
+                    .build()
+                    .map_err(|e| crate::error::Error::Unsupported(format!("thread pool: {e}")))?,
+            };
+            let results = pool.install(|| self.evaluate_on_pool(graph, request));
+            self.small_pool = Some(pool);
+            return results;
+        }
+        // Run on a pool thread: the parallel loops inside then start without waking and
+        // waiting for the pool each time.
         if rayon::current_thread_index().is_none() {
             return rayon::scope(|_| self.evaluate_on_pool(graph, request));
         }
