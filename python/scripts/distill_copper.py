@@ -302,12 +302,13 @@ def main():
     params = {name: torch.nn.Parameter(torch.as_tensor(v, dtype=dtype)) for name, v in initial_weights(rng).items()}
     params["energy_head.4.bias"].data.fill_(mean_energy)
     trainable = [p for name, p in params.items() if not name.startswith("rbf.")]
-    optimizer = torch.optim.Adam(trainable, lr=3e-3)
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
     epochs = args.epochs or (15 if args.quick else 400)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=1e-4)
     batch_size = 4
     start = time.time()
     history = []
+    best = None
     for epoch in range(epochs):
         permutation = rng.permutation(train)
         for first in range(0, len(permutation), batch_size):
@@ -315,13 +316,20 @@ def main():
             energy, forces = predict(full_weights(params), batch, create_graph=True)
             energy_error = (energy - batch["energy"]) / batch["atoms"]
             loss = 10.0 * (energy_error ** 2).mean() + ((forces - batch["forces"]) ** 2).mean()
+            if not torch.isfinite(loss):
+                continue  # a bad step is skipped, never applied
             optimizer.zero_grad()
             loss.backward()
+            # Force losses have steep gradients early on: clip them to keep Adam stable.
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
         scheduler.step()
         if epoch % 5 == 4 or epoch == epochs - 1:
             mae = evaluate(params, graphs, validation, dtype)
             history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, **mae})
+            if math.isfinite(mae["force_mae"]) and (best is None or mae["force_mae"] < best[0]):
+                # Keep the best parameters by validation force error.
+                best = (mae["force_mae"], {n: p.detach().clone() for n, p in params.items()})
             print(f"epoch {epoch + 1}: validation force MAE {mae['force_mae']:.4f} eV/A, "
                   f"energy MAE {mae['energy_mae_per_atom'] * 1000:.2f} meV/atom ({(time.time() - start) / 60:.1f} min)",
                   flush=True)
@@ -329,7 +337,13 @@ def main():
             print(f"time limit reached after {epoch + 1} epochs", flush=True)
             break
     train_minutes = (time.time() - start) / 60
-    export(params, args.out, data, graphs, test, len(train), len(validation), train_minutes, history, args.quick)
+    if best is not None:
+        with torch.no_grad():
+            for name, value in best[1].items():
+                params[name].copy_(value)
+        print(f"exporting the parameters of the best validation force MAE, {best[0]:.4f} eV/A", flush=True)
+    export(params, args.out, data, graphs, test, len(train), len(validation), train_minutes, history, args.quick,
+           args.threads, epochs)
 
 
 def evaluate(params, graphs, indices, dtype, by_kind=False):
@@ -339,7 +353,7 @@ def evaluate(params, graphs, indices, dtype, by_kind=False):
         batch = graphs.batch([k], dtype)
         energy, forces = predict({n: t.detach() for n, t in w.items()}, batch, create_graph=False)
         force_errors.append(np.abs((forces - batch["forces"]).detach().numpy()).ravel())
-        energy_errors.append(abs(float(energy[0] - batch["energy"][0])) / float(batch["atoms"][0]))
+        energy_errors.append(abs(float((energy[0] - batch["energy"][0]).detach())) / float(batch["atoms"][0]))
         kinds.append(graphs.items[k]["kind"])
     result = {"force_mae": float(np.mean(np.concatenate(force_errors))),
               "energy_mae_per_atom": float(np.mean(energy_errors))}
@@ -352,7 +366,7 @@ def evaluate(params, graphs, indices, dtype, by_kind=False):
     return result
 
 
-def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick):
+def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick, threads, epochs):
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().numpy().astype(np.float32) for name, t in full_weights(params).items()}
     meta = model_format.build_metadata(tensors, source="EAM Cu_u3 (LAMMPS potentials) via python/scripts/distill_copper.py",
@@ -399,8 +413,9 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
     lines = [
         f"# {name}: copper distilled from EAM Cu_u3",
         "",
-        f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''}` (deterministic; "
-        f"{minutes:.1f} minutes of training on one CPU thread).",
+        f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''} --threads {threads} "
+        f"--epochs {epochs}` ({minutes:.1f} minutes of training on {threads} CPU thread(s); seeded, so a rerun "
+        f"on one thread repeats it).",
         "",
         f"* Model: the student PaiNN of the spec, H = {H}, L = {L}, K = {K}, cutoff {CUTOFF} A, "
         f"{report['model']['parameters']} parameters, float32, {report['model']['file_bytes']} bytes.",
