@@ -187,3 +187,56 @@ fn truncated_and_garbage_files_are_errors() {
         .to_string();
     assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
 }
+
+#[test]
+fn half_precision_tensors_widen_exactly() {
+    // A model exported with `model.half()` or in bfloat16 loads; its values are the stored
+    // half-precision numbers, widened without change.
+    let (tensors, config) = parts();
+    for (dtype, narrow) in [
+        (
+            Dtype::F16,
+            (|x: f64| half::f16::from_f64(x).to_le_bytes().to_vec()) as fn(f64) -> Vec<u8>,
+        ),
+        (Dtype::BF16, |x: f64| {
+            half::bf16::from_f64(x).to_le_bytes().to_vec()
+        }),
+    ] {
+        let widen = |b: &[u8]| match dtype {
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
+            _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+        };
+        let narrowed: Vec<Tensor> = tensors
+            .iter()
+            .map(|(name, shape, data, stored)| {
+                let values: Vec<f64> = match stored {
+                    Dtype::F64 => data
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                    _ => data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
+                };
+                let bytes = values.into_iter().flat_map(narrow).collect();
+                (name.clone(), shape.clone(), bytes, dtype)
+            })
+            .collect();
+        let model = Model::from_bytes(&serialize(&narrowed, Some(&config)), "half.safetensors")
+            .unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        // The model's own serialisation (float64) holds exactly the widened values.
+        let bytes = model.to_bytes().unwrap();
+        let again = SafeTensors::deserialize(&bytes).unwrap();
+        for (name, _, data, _) in &narrowed {
+            let view = again.tensor(name).unwrap();
+            let loaded: Vec<f64> = view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let expected: Vec<f64> = data.chunks_exact(2).map(widen).collect();
+            assert_eq!(loaded, expected, "{dtype:?} tensor {name}");
+        }
+    }
+}

@@ -49,6 +49,7 @@ create_atoms    1 box
 mass            1 63.546
 {pair}
 neighbor        1.0 bin
+comm_modify     cutoff 7.5      # ghosts out to the RDF's 6 A + skin, for both pair styles
 velocity        all create 600.0 87287 mom yes rot yes dist gaussian
 timestep        0.002
 thermo_style    custom step time temp pe etotal press vol

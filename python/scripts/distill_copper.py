@@ -382,7 +382,7 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         batch = graphs.batch([k], torch.float64)
         energy, forces = predict(w64, batch, create_graph=False)
         f_err = np.abs((forces - batch["forces"]).detach().numpy()).ravel()
-        e_err = abs(float(energy[0] - batch["energy"][0])) / float(batch["atoms"][0])
+        e_err = abs(float((energy[0] - batch["energy"][0]).detach())) / float(batch["atoms"][0])
         force_errors.append(f_err)
         energy_errors.append(e_err)
         kinds.setdefault(graphs.items[k]["kind"], []).append((f_err, e_err))
@@ -414,8 +414,7 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         f"# {name}: copper distilled from EAM Cu_u3",
         "",
         f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''} --threads {threads} "
-        f"--epochs {epochs}` ({minutes:.1f} minutes of training on {threads} CPU thread(s); seeded, so a rerun "
-        f"on one thread repeats it).",
+        f"--epochs {epochs}` ({minutes:.1f} minutes of training on {threads} CPU thread(s), fixed seeds).",
         "",
         f"* Model: the student PaiNN of the spec, H = {H}, L = {L}, K = {K}, cutoff {CUTOFF} A, "
         f"{report['model']['parameters']} parameters, float32, {report['model']['file_bytes']} bytes.",

@@ -171,9 +171,20 @@ impl<F: Fn(String) -> Error> Reader<'_, F> {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
                 .collect(),
+            // Half-precision exports (`model.half()`, bfloat16 training) widen exactly.
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f64())
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f64())
+                .collect(),
             other => {
                 return Err((self.fail)(format!(
-                    "tensor `{name}` has dtype {other:?}; only F32 and F64 are supported"
+                    "tensor `{name}` has dtype {other:?}; only F64, F32, F16 and BF16 are supported"
                 )));
             }
         };
