@@ -37,6 +37,7 @@ if has tests; then
     done
 fi
 if has bench; then
+    python_setup   # ASE's neighbour list builds the PyTorch side's edges in O(n)
     echo "== painn bench (cuda, f32) =="
     .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms "$max_atoms" \
         --write-structures /tmp/painn-structures --json | tee "$out/bench-painn.jsonl"

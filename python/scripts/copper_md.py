@@ -62,7 +62,7 @@ fix             integrate all nve
 compute         rdf all rdf 300 cutoff 6.0
 fix             rdf all ave/time {max(nve // 10, 1)} 10 {nve} c_rdf[*] file rdf.dat mode vector
 variable        pe_atom equal pe/atoms
-fix             averages all ave/time 10 {max(nve // 10, 1)} {nve} v_pe_atom c_thermo_press file averages.dat
+fix             averages all ave/time 10 {max(nve // 10, 1)} {nve} v_pe_atom c_thermo_press c_thermo_temp file averages.dat
 run             {nve}
 """
 
@@ -95,7 +95,7 @@ def observables(directory: Path, output: str) -> dict:
     peak = r[window][np.argmax(g[window])]
     speeds = re.findall(r"Performance: .*?([0-9.]+) timesteps/s", output)
     device = re.search(r"rank 0 uses (.*)", output)
-    return {"pe_atom": averages[-1, 1], "press": averages[-1, 2], "rdf_peak": peak,
+    return {"pe_atom": averages[-1, 1], "press": averages[-1, 2], "temp": averages[-1, 3], "rdf_peak": peak,
             "steps_per_s": float(speeds[-1]), "device": device.group(1) if device else "cpu (EAM)"}
 
 
@@ -128,11 +128,11 @@ def main():
     print(f"\n==== {atoms} Cu atoms, NVT {args.nvt} + NVE {args.nve} steps of 2 fs ====")
     print(f"painn on {student['device']}: {student['steps_per_s']:.2f} timesteps/s "
           f"({student['steps_per_s'] * atoms:.3g} atom-steps/s); EAM on the CPU: {reference['steps_per_s']:.2f}")
-    print(f"{'observable (NVE average)':<32} {'painn':>12} {'EAM':>12} {'difference':>12}")
+    print(f"{'observable (NVE average)':<38} {'painn':>12} {'EAM':>12} {'difference':>12}")
     for key, label, unit in (("pe_atom", "potential energy per atom", "eV"), ("press", "pressure", "bar"),
-                             ("rdf_peak", "first peak of g(r)", "A")):
+                             ("temp", "temperature", "K"), ("rdf_peak", "first peak of g(r), 0.02 A bins", "A")):
         a, b = student[key], reference[key]
-        print(f"{label + ' (' + unit + ')':<32} {a:>12.4f} {b:>12.4f} {a - b:>12.4f}")
+        print(f"{label + ' (' + unit + ')':<38} {a:>12.4f} {b:>12.4f} {a - b:>12.4f}")
     print(f"(outputs in {work})")
 
 
