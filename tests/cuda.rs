@@ -322,12 +322,7 @@ fn gpu_capacity_grows_when_the_box_is_compressed() {
         .flatten()
         .fold(0.0f64, |m, f| m.max(f.abs()));
     println!("compressed water box: largest force {largest:.1} eV/A");
-    assert_matches_f64_within(
-        "compressed water box",
-        &gpu,
-        &reference,
-        1e-5 * largest,
-    );
+    assert_matches_f64_within("compressed water box", &gpu, &reference, 1e-5 * largest);
 }
 
 #[test]
