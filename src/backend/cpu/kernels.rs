@@ -251,7 +251,25 @@ pub fn small_forward<T: Real>(
             None => y_row.fill(T::zero()),
         }
     }
-    for c in 0..n_in {
+    // Four input features per pass: each output is loaded and stored once per four
+    // multiply-adds, not once per one (the one-feature loop was bound by those).
+    let mut c = 0;
+    while c + 4 <= n_in {
+        let w0 = &weight_t[c * n_out..][..n_out];
+        let w1 = &weight_t[(c + 1) * n_out..][..n_out];
+        let w2 = &weight_t[(c + 2) * n_out..][..n_out];
+        let w3 = &weight_t[(c + 3) * n_out..][..n_out];
+        for r in 0..m {
+            let s = &x[r * n_in + c..][..4];
+            let (s0, s1, s2, s3) = (s[0], s[1], s[2], s[3]);
+            let y_row = &mut y[r * n_out..][..n_out];
+            for o in 0..n_out {
+                y_row[o] += s0 * w0[o] + s1 * w1[o] + s2 * w2[o] + s3 * w3[o];
+            }
+        }
+        c += 4;
+    }
+    for c in c..n_in {
         let w_row = &weight_t[c * n_out..][..n_out];
         for r in 0..m {
             let scale = x[r * n_in + c];
@@ -277,13 +295,96 @@ pub fn small_backward<T: Real>(
     if !accumulate {
         gx[..m * n_in].fill(T::zero());
     }
-    for o in 0..n_out {
+    // Four outputs per pass, as in `small_forward`.
+    let mut o = 0;
+    while o + 4 <= n_out {
+        let w0 = &weight[o * n_in..][..n_in];
+        let w1 = &weight[(o + 1) * n_in..][..n_in];
+        let w2 = &weight[(o + 2) * n_in..][..n_in];
+        let w3 = &weight[(o + 3) * n_in..][..n_in];
+        for r in 0..m {
+            let g = &gy[r * n_out + o..][..4];
+            let (g0, g1, g2, g3) = (g[0], g[1], g[2], g[3]);
+            let gx_row = &mut gx[r * n_in..][..n_in];
+            for c in 0..n_in {
+                gx_row[c] += g0 * w0[c] + g1 * w1[c] + g2 * w2[c] + g3 * w3[c];
+            }
+        }
+        o += 4;
+    }
+    for o in o..n_out {
         let w_row = &weight[o * n_in..][..n_in];
         for r in 0..m {
             let g = gy[r * n_out + o];
             let gx_row = &mut gx[r * n_in..][..n_in];
             for c in 0..n_in {
                 gx_row[c] += g * w_row[c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) without a random-number crate.
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_products_match_the_definition_with_and_without_remainders() {
+        // n_in and n_out not multiples of four exercise the remainder loops.
+        for (m, n_in, n_out) in [(1, 4, 8), (3, 7, 5), (12, 20, 13), (5, 2, 3)] {
+            let weight = values(n_out * n_in, 1); // [n_out][n_in]
+            let weight_t: Vec<f64> = (0..n_in * n_out)
+                .map(|k| weight[(k % n_out) * n_in + k / n_out])
+                .collect(); // [n_in][n_out]
+            let bias = values(n_out, 2);
+            let x = values(m * n_in, 3);
+            let mut y = vec![0.0; m * n_out];
+            small_forward(n_in, n_out, &weight_t, Some(&bias), &x, &mut y);
+            for r in 0..m {
+                for o in 0..n_out {
+                    let exact: f64 = bias[o]
+                        + (0..n_in)
+                            .map(|c| x[r * n_in + c] * weight[o * n_in + c])
+                            .sum::<f64>();
+                    assert!(
+                        (y[r * n_out + o] - exact).abs() < 1e-13,
+                        "forward {m}x{n_in}x{n_out}"
+                    );
+                }
+            }
+            let gy = values(m * n_out, 4);
+            let start = values(m * n_in, 5);
+            for accumulate in [false, true] {
+                let mut gx = start.clone();
+                small_backward(n_in, n_out, &weight, &gy, &mut gx, accumulate);
+                for r in 0..m {
+                    for c in 0..n_in {
+                        let base = if accumulate { start[r * n_in + c] } else { 0.0 };
+                        let exact: f64 = base
+                            + (0..n_out)
+                                .map(|o| gy[r * n_out + o] * weight[o * n_in + c])
+                                .sum::<f64>();
+                        assert!(
+                            (gx[r * n_in + c] - exact).abs() < 1e-13,
+                            "backward {m}x{n_in}x{n_out}"
+                        );
+                    }
+                }
             }
         }
     }
