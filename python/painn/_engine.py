@@ -178,9 +178,38 @@ def _ptr(array: Optional[np.ndarray], kind):
     return None if array is None else array.ctypes.data_as(kind)
 
 
-class Model:
+class _Handle:
+    """An engine handle owned by a Python object: freed by close(), `with` or garbage collection."""
+
+    _kind = "handle"
+    _free = ""  # the C function that frees it
+
+    def _live(self):
+        if not getattr(self, "_handle", None):
+            raise ValueError(f"painn: the {self._kind} was closed")
+        return self._handle
+
+    def close(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._handle = None
+            getattr(self._lib, self._free)(handle)
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Model(_Handle):
     """A loaded model file (``painn_model_load``): immutable, shareable between
     calculators and threads."""
+
+    _kind, _free = "model", "painn_model_free"
 
     def __init__(self, path: Union[str, os.PathLike]):
         self._lib = library()
@@ -200,11 +229,6 @@ class Model:
                                                   ctypes.byref(self._handle)))
         return self
 
-    def _live(self):
-        if not self._handle:
-            raise ValueError("painn: the model was closed")
-        return self._handle
-
     @property
     def cutoff(self) -> float:
         value = ctypes.c_double()
@@ -223,20 +247,6 @@ class Model:
         _check(self._lib.painn_model_max_z(self._live(), ctypes.byref(value)))
         return value.value
 
-    def close(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle:
-            self._handle = None
-            self._lib.painn_model_free(handle)
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def __repr__(self):
         return f"painn.Model({self.path!r})"
 
@@ -253,7 +263,7 @@ class Results:
     atom_virials: Optional[np.ndarray] = None  # (n, 3, 3)
 
 
-class Calculator:
+class Calculator(_Handle):
     """A model bound to a device and a precision (``painn_calculator_create``), with its
     neighbour list (reused through the skin) and work buffers.
 
@@ -261,6 +271,8 @@ class Calculator:
     ``skin``: neighbour-list skin in Angstrom (None: the engine's default, 1 A). One thread
     at a time (a lock makes concurrent calls wait).
     """
+
+    _kind, _free = "calculator", "painn_calculator_free"
 
     def __init__(self, model: Model, device: str = "auto", precision: str = "f32",
                  skin: Optional[float] = None):
@@ -274,11 +286,6 @@ class Calculator:
         self.requested_device = device
         self.precision = precision
         self.skin = skin
-
-    def _live(self):
-        if not self._handle:
-            raise ValueError("painn: the calculator was closed")
-        return self._handle
 
     @property
     def device(self) -> str:
@@ -317,20 +324,6 @@ class Calculator:
                 _ptr(flags, _i32_p), ctypes.byref(energy), _ptr(forces, _f64_p), _ptr(virial, _f64_p),
                 _ptr(per_atom, _f64_p), _ptr(atom_virial, _f64_p)))
         return Results(energy.value, forces, virial, per_atom, atom_virial)
-
-    def close(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle:
-            self._handle = None
-            self._lib.painn_calculator_free(handle)
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return f"painn.Calculator({self.model!r}, device={self.requested_device!r}, precision={self.precision!r})"
