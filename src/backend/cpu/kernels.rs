@@ -231,10 +231,110 @@ pub fn interpolate_rows<T: Real>(
     }
 }
 
-/// `y[m][n_out] = x[m][n_in] W^T (+ b)` for few rows, from the transposed weights
-/// `weight_t` (`[n_in][n_out]`): each input feature adds a scaled weight row to every output
-/// row, which vectorises over outputs and reads the weights once.
+/// Rows and columns of the register tile of [`small_product`]: 6 x 16 accumulators are
+/// twelve AVX registers in float32 (enough independent fused multiply-adds to hide their
+/// latency), and each B row loaded serves six rows of A.
+const TILE_ROWS: usize = 6;
+const TILE_COLUMNS: usize = 16;
+
+/// What `c` starts from in [`small_product`].
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a, T> {
+    Zero,
+    /// Every row starts as this vector (`[n]`), a bias.
+    Row(&'a [T]),
+    /// `c` keeps its values and the product is added.
+    Accumulate,
+}
+
+/// `c[m][n] = start + a[m][k] b[k][n]` for few rows `m`, row-major, by register tiles of
+/// 4 x 16 outputs that stay in registers over the whole sum: each element of `b` is loaded
+/// once per four rows, and `c` once in all. Every output is summed in the same order
+/// (`start`, then `k = 0, 1, ...`, one fused multiply-add each) whatever tile it falls in,
+/// so the bits do not depend on how rows are split between threads. Fused multiply-adds
+/// (one rounding each) halve the arithmetic; the portable build calls the C library's
+/// `fma` for the same bits, slowly.
 #[multiversion(targets("x86_64+avx2+fma"))]
+pub fn small_product<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: &[T],
+    start: Start<'_, T>,
+    c: &mut [T],
+) {
+    let (a, b, c) = (&a[..m * k], &b[..k * n], &mut c[..m * n]);
+    match start {
+        Start::Zero => c.fill(T::zero()),
+        Start::Row(row) => {
+            for c_row in c.chunks_exact_mut(n) {
+                c_row.copy_from_slice(&row[..n]);
+            }
+        }
+        Start::Accumulate => {}
+    }
+    let mut r0 = 0;
+    while r0 + TILE_ROWS <= m {
+        let mut j0 = 0;
+        while j0 + TILE_COLUMNS <= n {
+            let mut tile = [[T::zero(); TILE_COLUMNS]; TILE_ROWS];
+            for (r, tile_row) in tile.iter_mut().enumerate() {
+                tile_row.copy_from_slice(&c[(r0 + r) * n + j0..][..TILE_COLUMNS]);
+            }
+            let a_rows: [&[T]; TILE_ROWS] =
+                std::array::from_fn(|r| &a[(r0 + r) * k..(r0 + r + 1) * k]);
+            for (kk, b_row) in b.chunks_exact(n).enumerate() {
+                let b_row: &[T; TILE_COLUMNS] = b_row[j0..j0 + TILE_COLUMNS]
+                    .try_into()
+                    .expect("a full tile");
+                for (tile_row, a_row) in tile.iter_mut().zip(&a_rows) {
+                    let a_rk = a_row[kk];
+                    for j in 0..TILE_COLUMNS {
+                        tile_row[j] = a_rk.mul_add(b_row[j], tile_row[j]);
+                    }
+                }
+            }
+            for (r, tile_row) in tile.iter().enumerate() {
+                c[(r0 + r) * n + j0..][..TILE_COLUMNS].copy_from_slice(tile_row);
+            }
+            j0 += TILE_COLUMNS;
+        }
+        if j0 < n {
+            product_remainder(r0..r0 + TILE_ROWS, j0..n, k, n, a, b, c);
+        }
+        r0 += TILE_ROWS;
+    }
+    if r0 < m {
+        product_remainder(r0..m, 0..n, k, n, a, b, c);
+    }
+}
+
+/// The outputs of [`small_product`] outside full tiles, summed in the same order.
+#[inline(always)]
+fn product_remainder<T: Real>(
+    rows: std::ops::Range<usize>,
+    columns: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+) {
+    for r in rows {
+        let c_row = &mut c[r * n..][..n];
+        for kk in 0..k {
+            let a_rk = a[r * k + kk];
+            let b_row = &b[kk * n..][..n];
+            for j in columns.clone() {
+                c_row[j] = a_rk.mul_add(b_row[j], c_row[j]);
+            }
+        }
+    }
+}
+
+/// `y[m][n_out] = x[m][n_in] W^T (+ b)` for few rows, from the transposed weights
+/// `weight_t` (`[n_in][n_out]`).
 pub fn small_forward<T: Real>(
     n_in: usize,
     n_out: usize,
@@ -244,45 +344,11 @@ pub fn small_forward<T: Real>(
     y: &mut [T],
 ) {
     let m = x.len() / n_in;
-    for r in 0..m {
-        let y_row = &mut y[r * n_out..][..n_out];
-        match bias {
-            Some(b) => y_row.copy_from_slice(&b[..n_out]),
-            None => y_row.fill(T::zero()),
-        }
-    }
-    // Four input features per pass: each output is loaded and stored once per four
-    // multiply-adds, not once per one (the one-feature loop was bound by those).
-    let mut c = 0;
-    while c + 4 <= n_in {
-        let w0 = &weight_t[c * n_out..][..n_out];
-        let w1 = &weight_t[(c + 1) * n_out..][..n_out];
-        let w2 = &weight_t[(c + 2) * n_out..][..n_out];
-        let w3 = &weight_t[(c + 3) * n_out..][..n_out];
-        for r in 0..m {
-            let s = &x[r * n_in + c..][..4];
-            let (s0, s1, s2, s3) = (s[0], s[1], s[2], s[3]);
-            let y_row = &mut y[r * n_out..][..n_out];
-            for o in 0..n_out {
-                y_row[o] += s0 * w0[o] + s1 * w1[o] + s2 * w2[o] + s3 * w3[o];
-            }
-        }
-        c += 4;
-    }
-    for c in c..n_in {
-        let w_row = &weight_t[c * n_out..][..n_out];
-        for r in 0..m {
-            let scale = x[r * n_in + c];
-            let y_row = &mut y[r * n_out..][..n_out];
-            for o in 0..n_out {
-                y_row[o] += scale * w_row[o];
-            }
-        }
-    }
+    let start = bias.map_or(Start::Zero, Start::Row);
+    small_product(m, n_in, n_out, x, weight_t, start, y);
 }
 
 /// `gx[m][n_in] (+)= gy[m][n_out] W` for few rows.
-#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn small_backward<T: Real>(
     n_in: usize,
     n_out: usize,
@@ -292,36 +358,12 @@ pub fn small_backward<T: Real>(
     accumulate: bool,
 ) {
     let m = gy.len() / n_out;
-    if !accumulate {
-        gx[..m * n_in].fill(T::zero());
-    }
-    // Four outputs per pass, as in `small_forward`.
-    let mut o = 0;
-    while o + 4 <= n_out {
-        let w0 = &weight[o * n_in..][..n_in];
-        let w1 = &weight[(o + 1) * n_in..][..n_in];
-        let w2 = &weight[(o + 2) * n_in..][..n_in];
-        let w3 = &weight[(o + 3) * n_in..][..n_in];
-        for r in 0..m {
-            let g = &gy[r * n_out + o..][..4];
-            let (g0, g1, g2, g3) = (g[0], g[1], g[2], g[3]);
-            let gx_row = &mut gx[r * n_in..][..n_in];
-            for c in 0..n_in {
-                gx_row[c] += g0 * w0[c] + g1 * w1[c] + g2 * w2[c] + g3 * w3[c];
-            }
-        }
-        o += 4;
-    }
-    for o in o..n_out {
-        let w_row = &weight[o * n_in..][..n_in];
-        for r in 0..m {
-            let g = gy[r * n_out + o];
-            let gx_row = &mut gx[r * n_in..][..n_in];
-            for c in 0..n_in {
-                gx_row[c] += g * w_row[c];
-            }
-        }
-    }
+    let start = if accumulate {
+        Start::Accumulate
+    } else {
+        Start::Zero
+    };
+    small_product(m, n_out, n_in, gy, weight, start, gx);
 }
 
 #[cfg(test)]
@@ -345,8 +387,15 @@ mod tests {
 
     #[test]
     fn small_products_match_the_definition_with_and_without_remainders() {
-        // n_in and n_out not multiples of four exercise the remainder loops.
-        for (m, n_in, n_out) in [(1, 4, 8), (3, 7, 5), (12, 20, 13), (5, 2, 3)] {
+        // Sizes off the 4 x 16 tiles exercise the remainder loops.
+        for (m, n_in, n_out) in [
+            (1, 4, 8),
+            (3, 7, 5),
+            (12, 20, 13),
+            (5, 2, 3),
+            (8, 33, 40),
+            (9, 16, 17),
+        ] {
             let weight = values(n_out * n_in, 1); // [n_out][n_in]
             let weight_t: Vec<f64> = (0..n_in * n_out)
                 .map(|k| weight[(k % n_out) * n_in + k / n_out])

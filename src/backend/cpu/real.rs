@@ -124,6 +124,10 @@ pub struct Dense<T> {
 /// Rows per GEMM call: a function of the row count only, so that results do not depend on
 /// the thread count.
 fn rows_per_task(rows: usize) -> usize {
+    if rows < SMALL_ROWS {
+        // One register-tiled call (the small systems that get here run on one thread).
+        return rows.max(1);
+    }
     (rows / 8).clamp(4, 64)
 }
 
