@@ -19,7 +19,7 @@ const LANES: usize = 8;
 pub type EdgeGeometry<T> = [T; 9];
 
 /// Message of one receiver row: `s_out = s_i + sum_e s_j * ws`, `v_out = v_i + sum_e (v_j *
-/// wv1 + u (x) wv2)`. `w` is `[edges][3H]`. In the first layer `v_in` is zero and skipped.
+/// wv1 + u (x) wv2)`. `w` is `[rows][3H]`, edge `e` reading row `filter_rows[e]`. In the first layer `v_in` is zero and skipped.
 #[multiversion(targets("x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 pub fn message_row<T: Real>(
@@ -28,6 +28,7 @@ pub fn message_row<T: Real>(
     sources: &[u32],
     edges: &[EdgeGeometry<T>],
     w: &[T],
+    filter_rows: &[u32],
     s_in: &[T],
     v_in: &[T],
     first_layer: bool,
@@ -40,7 +41,7 @@ pub fn message_row<T: Real>(
     v_out.copy_from_slice(&v_in[receiver * 3 * h..][..3 * h]);
     for (e, &j) in sources.iter().enumerate() {
         let j = j as usize;
-        let w = &w[e * 3 * h..][..3 * h];
+        let w = &w[filter_rows[e] as usize * 3 * h..][..3 * h];
         let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
         let s_j = &s_in[j * h..][..h];
         for c in 0..h {
@@ -78,6 +79,7 @@ pub fn message_backward_row<T: Real>(
     edges: &[EdgeGeometry<T>],
     w: &[T],
     dw: &[T],
+    filter_rows: &[u32],
     s_in: &[T],
     v_in: &[T],
     gs_mid: &[T],
@@ -97,8 +99,9 @@ pub fn message_backward_row<T: Real>(
     let lanes_end = h - h % LANES;
     for (e, &j) in sources.iter().enumerate() {
         let j = j as usize;
-        let w = &w[e * 3 * h..][..3 * h];
-        let dw = &dw[e * 3 * h..][..3 * h];
+        let filter_row = filter_rows[e] as usize;
+        let w = &w[filter_row * 3 * h..][..3 * h];
+        let dw = &dw[filter_row * 3 * h..][..3 * h];
         let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
         let (dws, dwv1, dwv2) = (&dw[..h], &dw[h..2 * h], &dw[2 * h..3 * h]);
         let s_j = &s_in[j * h..][..h];

@@ -98,10 +98,21 @@ struct State<T> {
     g_hidden: Vec<T>,
     g_concat: Vec<T>,
     g_head: [Vec<T>; 2],
+    /// Small systems: every layer's filter `[layers][n_pairs][3H]` and its derivative,
+    /// evaluated once per pair of edges (see [`CpuBackend::cache_filters`]), and each edge's
+    /// pair `[n_edges]`; empty otherwise.
+    filter_w: Vec<Vec<T>>,
+    filter_dw: Vec<Vec<T>>,
+    pair_of_edge: Vec<u32>,
+    /// `0, 1, 2, ...`: the filter rows of an edge row evaluated on its own.
+    identity_rows: Vec<u32>,
 }
 
 /// Below this many atoms the engine runs on one thread.
 const SMALL_SYSTEM_ATOMS: usize = 40;
+
+/// Largest filter cache, bytes (a molecule of 39 atoms needs about 14 MB in float32).
+const FILTER_CACHE_BYTES: usize = 32 << 20;
 
 /// The CPU engine in precision `T`.
 pub struct CpuBackend<T: Real> {
@@ -210,6 +221,7 @@ impl<T: Real> CpuBackend<T> {
         state.layers.resize_with(n_layers, LayerState::default);
         let table = (self.filter_mode == FilterMode::Table).then(|| self.model.filter_table());
         geometry(graph, table, &mut state.edges);
+        self.cache_filters(graph, &mut state, request.needs_backward());
         self.forward(graph, &mut state);
 
         let mut results = Results {
@@ -367,6 +379,66 @@ impl<T: Real> RowFilter<'_, T> {
 }
 
 impl<T: Real> CpuBackend<T> {
+    /// For small systems with the tabulated filter, evaluates every layer's filter (and its
+    /// derivative, when `derivative`) once per pair of edges `(i <- j, n)`, `(j <- i, -n)`
+    /// (same distance, same values bit for bit) into `state.filter_w`/`filter_dw`, for the
+    /// forward and the backward pass: a quarter of the table reads of evaluating it per row
+    /// in each pass. Table reads dominate a molecule's filter cost (the table does not fit
+    /// in cache). Larger systems evaluate per row, in parallel, with nothing stored.
+    fn cache_filters(&self, graph: &Graph, state: &mut State<T>, derivative: bool) {
+        let width = 3 * self.weights.hidden;
+        let n_layers = self.weights.layers.len();
+        let bytes = graph.n_edges() * width * n_layers * 2 * std::mem::size_of::<T>();
+        let cache = self.filter_mode == FilterMode::Table
+            && graph.n_atoms() < SMALL_SYSTEM_ATOMS
+            && bytes <= FILTER_CACHE_BYTES;
+        state.filter_w.resize_with(n_layers, Vec::new);
+        state.filter_dw.resize_with(n_layers, Vec::new);
+        let max_degree = (0..graph.n_atoms())
+            .map(|i| graph.offsets[i + 1] - graph.offsets[i])
+            .max()
+            .unwrap_or(0);
+        if state.identity_rows.len() < max_degree {
+            state.identity_rows = (0..max_degree as u32).collect();
+        }
+        if !cache {
+            for l in 0..n_layers {
+                state.filter_w[l].clear();
+                state.filter_dw[l].clear();
+            }
+            return;
+        }
+        // One edge of each pair, the one with the smaller index, is evaluated; both read
+        // its row.
+        let mut first_of_pair = Vec::new();
+        state.pair_of_edge.clear();
+        state.pair_of_edge.resize(graph.n_edges(), 0);
+        for e in 0..graph.n_edges() {
+            let reverse = graph.reverse[e] as usize;
+            if reverse >= e {
+                state.pair_of_edge[e] = first_of_pair.len() as u32;
+                state.pair_of_edge[reverse] = first_of_pair.len() as u32;
+                first_of_pair.push(e);
+            }
+        }
+        let geometry: Vec<kernels::EdgeGeometry<T>> =
+            first_of_pair.iter().map(|&e| state.edges[e]).collect();
+        let filter = self.filter();
+        for l in 0..n_layers {
+            let mut scratch = Scratch {
+                w: std::mem::take(&mut state.filter_w[l]),
+                dw: std::mem::take(&mut state.filter_dw[l]),
+                ..Scratch::new()
+            };
+            filter.evaluate(l, &geometry, derivative, &mut scratch);
+            if !derivative {
+                scratch.dw.clear();
+            }
+            state.filter_w[l] = scratch.w;
+            state.filter_dw[l] = scratch.dw;
+        }
+    }
+
     fn forward(&self, graph: &Graph, state: &mut State<T>) {
         let n = graph.n_atoms();
         let per_task = atoms_per_task(n);
@@ -395,6 +467,8 @@ impl<T: Real> CpuBackend<T> {
             layer.v_mid.resize(n * 3 * h, T::zero());
             let (s_in, v_in) = (&layer.s_in, &layer.v_in);
             let edges = &state.edges;
+            let cached = &state.filter_w[l];
+            let (pair_of_edge, identity_rows) = (&state.pair_of_edge, &state.identity_rows);
             layer
                 .s_mid
                 .par_chunks_mut(per_task * h)
@@ -408,13 +482,19 @@ impl<T: Real> CpuBackend<T> {
                     {
                         let i = task * per_task + local;
                         let row = graph.offsets[i]..graph.offsets[i + 1];
-                        filter.evaluate(l, &edges[row.clone()], false, scratch);
+                        let (w, filter_rows) = if cached.is_empty() {
+                            filter.evaluate(l, &edges[row.clone()], false, scratch);
+                            (&scratch.w[..], &identity_rows[..row.len()])
+                        } else {
+                            (&cached[..], &pair_of_edge[row.clone()])
+                        };
                         kernels::message_row(
                             h,
                             i,
                             &graph.sources[row.clone()],
                             &edges[row],
-                            &scratch.w,
+                            w,
+                            filter_rows,
                             s_in,
                             v_in,
                             l == 0,
@@ -623,6 +703,8 @@ impl<T: Real> CpuBackend<T> {
             // using w(d_ij) = w(d_ji)) and dE/dr_ij of every edge of the row.
             let (gs_mid, gv_mid) = (&state.gs_mid, &state.gv_mid);
             let edges = &state.edges;
+            let (cached_w, cached_dw) = (&state.filter_w[l], &state.filter_dw[l]);
+            let (pair_of_edge, identity_rows) = (&state.pair_of_edge, &state.identity_rows);
             let need_inputs = l > 0;
             state
                 .gs
@@ -644,14 +726,20 @@ impl<T: Real> CpuBackend<T> {
                             let row = graph.offsets[i]..graph.offsets[i + 1];
                             let (de_dr, remaining) = de_dr_rows.split_at_mut(row.len());
                             de_dr_rows = remaining;
-                            filter.evaluate(l, &edges[row.clone()], true, scratch);
+                            let (w, dw, filter_rows) = if cached_dw.is_empty() {
+                                filter.evaluate(l, &edges[row.clone()], true, scratch);
+                                (&scratch.w[..], &scratch.dw[..], &identity_rows[..row.len()])
+                            } else {
+                                (&cached_w[..], &cached_dw[..], &pair_of_edge[row.clone()])
+                            };
                             kernels::message_backward_row(
                                 h,
                                 i,
                                 &graph.sources[row.clone()],
                                 &edges[row],
-                                &scratch.w,
-                                &scratch.dw,
+                                w,
+                                dw,
+                                filter_rows,
                                 &layer.s_in,
                                 &layer.v_in,
                                 gs_mid,
