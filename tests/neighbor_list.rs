@@ -370,3 +370,56 @@ fn absurdly_small_cell_is_refused_not_enumerated() {
     let err = NeighborList::build(&[[0.0; 3]], &cell, NeighborListOptions::new(5.0)).unwrap_err();
     assert!(matches!(err, Error::BadCell { .. }), "{err}");
 }
+
+#[test]
+fn pairs_exactly_at_the_cutoff_match_brute_force() {
+    // A 4 x 4 x 4 grid of spacing 1.25 A in a 5 A periodic cube with a 2.5 A cutoff: many
+    // pairs lie exactly at the cutoff (included) or a rounding away from it, the case the
+    // f32 filter leaves to the exact f64 decision. Shifted far outside the cell (unwrapped
+    // input), and in a skewed cell, the list must still equal the brute force on the
+    // positions as given.
+    for (lattice, offset) in [
+        (
+            [[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]],
+            [0.0, 0.0, 0.0],
+        ),
+        (
+            [[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]],
+            [61725.0, -185.0, 0.3],
+        ),
+        (
+            [[5.0, 0.0, 0.0], [2.5, 5.0, 0.0], [-1.25, 2.5, 5.0]],
+            [-4.0e3, 17.5, 2.0e4],
+        ),
+    ] {
+        let mut positions = Vec::new();
+        for i in 0..4 {
+            for j in 0..4 {
+                for k in 0..4 {
+                    let f = [i as f64 * 0.25, j as f64 * 0.25, k as f64 * 0.25];
+                    let mut r = offset;
+                    for x in 0..3 {
+                        r[x] += f[0] * lattice[0][x] + f[1] * lattice[1][x] + f[2] * lattice[2][x];
+                    }
+                    positions.push(r);
+                }
+            }
+        }
+        let cell = Cell::new(lattice, [true; 3]).unwrap();
+        // A nanometre-scale nudge of the cutoff moves pairs in or out of the list although
+        // the f32 filter cannot tell them apart.
+        for cutoff in [2.5, 2.5 - 1e-9, 2.5 + 1e-9] {
+            let list =
+                NeighborList::build(&positions, &cell, NeighborListOptions::new(cutoff)).unwrap();
+            let (expected, _) = brute_force(&positions, lattice, [true; 3], cutoff);
+            let found: BTreeSet<Edge> = edges_of(&list).into_iter().collect();
+            assert!(
+                found == expected,
+                "offset {offset:?}, cutoff {cutoff}: {} expected, missing {:?} extra {:?}",
+                expected.len(),
+                expected.difference(&found).take(5).collect::<Vec<_>>(),
+                found.difference(&expected).take(5).collect::<Vec<_>>()
+            );
+        }
+    }
+}

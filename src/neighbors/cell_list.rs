@@ -39,6 +39,15 @@ pub(super) struct Workspace {
     chunks: Vec<Chunk>,
     /// Where each atom's unsorted row lives: (chunk, start, length).
     row_location: Vec<(u32, usize, usize)>,
+    // Binning buffers, `[n_atoms]` (a rebuild of a settled system allocates nothing).
+    fractional: Vec<[f64; 3]>,
+    wraps: Vec<[i32; 3]>,
+    bins: Vec<[i64; 3]>,
+    order: Vec<u32>,
+    starts: Vec<usize>,
+    binned: BinnedAtoms,
+    occupied: Vec<([i64; 3], Range<usize>)>,
+    dense_table: Vec<u32>,
 }
 
 /// Unsorted rows found by one task.
@@ -55,8 +64,9 @@ struct Chunk {
     candidates: Candidates,
 }
 
-/// Atoms sorted by bin: wrapped Cartesian positions (structure of arrays, for the
-/// vectorised filter), original indices, and the lattice shift that wrapped each.
+/// Atoms sorted by bin: wrapped Cartesian positions (structure of arrays), original
+/// indices, and the lattice shift that wrapped each.
+#[derive(Clone, Debug, Default)]
 struct BinnedAtoms {
     x: Vec<f64>,
     y: Vec<f64>,
@@ -70,6 +80,9 @@ struct Grid {
     periodic: [bool; 3],
     /// Bins to search on each side, per axis.
     reach: [i64; 3],
+    /// Whether one search may visit a bin twice (through two images): some periodic axis
+    /// has fewer bins than the search spans.
+    may_repeat: bool,
     /// Occupied bins in sorted order with their slot ranges in `BinnedAtoms`.
     occupied: Vec<([i64; 3], Range<usize>)>,
     lookup: BinLookup,
@@ -101,11 +114,9 @@ struct Search<'a> {
     cell: &'a Cell,
     grid: &'a Grid,
     binned: &'a BinnedAtoms,
-    radius_squared: f64,
-    /// Candidates are accepted up to a slightly larger radius in the wrapped frame, and
-    /// those near the boundary are decided exactly from the positions as given, so that
-    /// round-off in the wrapping never changes the list.
-    radii: filter::Radii,
+    radius: f64,
+    /// Round-off of the wrapped frame relative to the positions as given, Angstrom.
+    wrap_band: f64,
     within: filter::WithinFn,
 }
 
@@ -133,8 +144,10 @@ pub(super) fn build(
     let to_fractional = inverse(&basis);
 
     // Fractional coordinates, wrapped into [0, 1) on periodic axes.
-    let mut fractional = Vec::with_capacity(n_atoms);
-    let mut wraps = Vec::with_capacity(n_atoms);
+    let fractional = &mut workspace.fractional;
+    let wraps = &mut workspace.wraps;
+    fractional.clear();
+    wraps.clear();
     for (atom, r) in positions.iter().enumerate() {
         let mut f = [0.0; 3];
         let mut k = [0i32; 3];
@@ -201,17 +214,16 @@ pub(super) fn build(
         });
     }
 
-    let bins: Vec<[i64; 3]> = fractional
-        .iter()
-        .map(|f| {
-            let mut b = [0i64; 3];
-            for a in 0..3 {
-                let raw = ((f[a] - origin[a]) * inverse_width[a]).floor() as i64;
-                b[a] = raw.clamp(0, bins_per_axis[a] - 1);
-            }
-            b
-        })
-        .collect();
+    let bins = &mut workspace.bins;
+    bins.clear();
+    bins.extend(fractional.iter().map(|f| {
+        let mut b = [0i64; 3];
+        for a in 0..3 {
+            let raw = ((f[a] - origin[a]) * inverse_width[a]).floor() as i64;
+            b[a] = raw.clamp(0, bins_per_axis[a] - 1);
+        }
+        b
+    }));
 
     // Sort atoms by bin (z-major), keeping index order within each bin.
     let total_bins: f64 = bins_per_axis.iter().map(|&b| b as f64).product();
@@ -220,42 +232,45 @@ pub(super) fn build(
         bins_per_axis,
         periodic: pbc,
         reach,
-        occupied: Vec::new(),
+        may_repeat: (0..3).any(|a| pbc[a] && 2 * reach[a] + 1 > bins_per_axis[a]),
+        occupied: std::mem::take(&mut workspace.occupied),
         lookup: BinLookup::Sparse(HashMap::new()),
     };
-    let order: Vec<u32> = if dense {
-        let mut starts = vec![0usize; total_bins as usize + 1];
-        for b in &bins {
+    grid.occupied.clear();
+    let order = &mut workspace.order;
+    order.clear();
+    if dense {
+        let starts = &mut workspace.starts;
+        starts.clear();
+        starts.resize(total_bins as usize + 1, 0);
+        for b in bins.iter() {
             starts[grid.linear(*b) + 1] += 1;
         }
         for index in 1..starts.len() {
             starts[index] += starts[index - 1];
         }
-        let mut order = vec![0u32; n_atoms];
+        order.resize(n_atoms, 0);
         for (atom, b) in bins.iter().enumerate() {
             let slot = &mut starts[grid.linear(*b)];
             order[*slot] = atom as u32;
             *slot += 1;
         }
-        order
     } else {
-        let mut order: Vec<u32> = (0..n_atoms as u32).collect();
+        order.extend(0..n_atoms as u32);
         order.sort_unstable_by_key(|&atom| {
             let b = bins[atom as usize];
             (b[2], b[1], b[0], atom)
         });
-        order
-    };
+    }
 
     let lattice = cell.vectors();
-    let mut binned = BinnedAtoms {
-        x: Vec::with_capacity(n_atoms),
-        y: Vec::with_capacity(n_atoms),
-        z: Vec::with_capacity(n_atoms),
-        atom: Vec::with_capacity(n_atoms),
-        wrap: Vec::with_capacity(n_atoms),
-    };
-    for &atom in &order {
+    let binned = &mut workspace.binned;
+    binned.x.clear();
+    binned.y.clear();
+    binned.z.clear();
+    binned.atom.clear();
+    binned.wrap.clear();
+    for &atom in order.iter() {
         let (r, k) = (positions[atom as usize], wraps[atom as usize]);
         let mut wrapped = [0.0; 3];
         for x in 0..3 {
@@ -281,7 +296,9 @@ pub(super) fn build(
         start = end;
     }
     grid.lookup = if dense {
-        let mut table = vec![u32::MAX; total_bins as usize];
+        let mut table = std::mem::take(&mut workspace.dense_table);
+        table.clear();
+        table.resize(total_bins as usize, u32::MAX);
         for (index, (b, _)) in grid.occupied.iter().enumerate() {
             table[grid.linear(*b)] = index as u32;
         }
@@ -302,18 +319,13 @@ pub(super) fn build(
         .flat_map(|p| p.iter())
         .fold(radius, |m, x| m.max(x.abs()))
         + lattice.iter().map(|v| norm(*v)).sum::<f64>();
-    let band = 1e-9 * scale;
     let search = Search {
         positions,
         cell,
         grid: &grid,
-        binned: &binned,
-        radius_squared: radius * radius,
-        radii: filter::Radii {
-            accept_squared: (radius + band) * (radius + band),
-            exact_above_squared: (radius - band).max(0.0).powi(2),
-            minimum_squared: MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM,
-        },
+        binned,
+        radius,
+        wrap_band: 1e-9 * scale,
         within: filter::select(),
     };
 
@@ -372,6 +384,10 @@ pub(super) fn build(
         sources.extend_from_slice(&chunk.sources[start..start + length]);
         shifts.extend_from_slice(&chunk.shifts[start..start + length]);
     }
+    workspace.occupied = grid.occupied;
+    if let BinLookup::Dense(table) = grid.lookup {
+        workspace.dense_table = table;
+    }
     Ok(())
 }
 
@@ -391,61 +407,29 @@ fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut C
         advise_huge_pages(&mut chunk.sources);
         advise_huge_pages(&mut chunk.shifts);
     }
-    let (grid, binned) = (search.grid, search.binned);
-    let lattice = search.cell.vectors();
+    let binned = search.binned;
+    let radius_squared = search.radius * search.radius;
+    let minimum_squared = MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM;
     let candidates = &mut chunk.candidates;
     for (bin, receivers) in bins {
         // Every atom image in the neighbouring bins, sorted by (atom, image): filtering this
         // list keeps its order, so each receiver's row comes out sorted.
-        candidates.clear();
-        for dz in -grid.reach[2]..=grid.reach[2] {
-            for dy in -grid.reach[1]..=grid.reach[1] {
-                for dx in -grid.reach[0]..=grid.reach[0] {
-                    let mut other = [bin[0] + dx, bin[1] + dy, bin[2] + dz];
-                    let mut shift = [0i32; 3];
-                    let mut outside = false;
-                    for a in 0..3 {
-                        let count = grid.bins_per_axis[a];
-                        if grid.periodic[a] {
-                            shift[a] = other[a].div_euclid(count) as i32;
-                            other[a] = other[a].rem_euclid(count);
-                        } else if other[a] < 0 || other[a] >= count {
-                            outside = true;
-                        }
-                    }
-                    if outside {
-                        continue;
-                    }
-                    if let Some(slots) = grid.find(other) {
-                        let mut shift_vector = [0.0; 3];
-                        for x in 0..3 {
-                            shift_vector[x] = shift[0] as f64 * lattice[0][x]
-                                + shift[1] as f64 * lattice[1][x]
-                                + shift[2] as f64 * lattice[2][x];
-                        }
-                        candidates.push_bin(binned, slots.clone(), shift, shift_vector);
-                    }
-                }
-            }
+        candidates.gather(*bin, receivers.start, search);
+        let padded = candidates.x.len();
+        if chunk.hits.len() < padded {
+            chunk.hits.resize(padded, 0);
         }
-        candidates.sort(binned);
-
         for slot in receivers.clone() {
             let receiver = binned.atom[slot];
             let row_start = chunk.sources.len();
-            let position = [binned.x[slot], binned.y[slot], binned.z[slot]];
             let wrap_i = binned.wrap[slot];
-            let n_candidates = candidates.atom.len();
-            if chunk.hits.len() < n_candidates + 4 {
-                chunk.hits.resize(2 * n_candidates + 4, 0);
-            }
             let mut n_hits = 0;
             let seen = (search.within)(
                 &candidates.x,
                 &candidates.y,
                 &candidates.z,
-                position,
-                &search.radii,
+                candidates.offset_of(binned, slot, [0.0; 3]),
+                &candidates.radii,
                 &mut chunk.hits,
                 &mut n_hits,
             );
@@ -473,6 +457,8 @@ fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut C
                     }));
                 }
             } else {
+                // Near the boundary or suspiciously close: each hit is decided exactly from
+                // the positions as given (the contract's definition of an edge).
                 for &k in hits {
                     let k = k as usize;
                     let source = candidates.atom[k];
@@ -485,25 +471,18 @@ fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut C
                     if source == receiver && shift == [0; 3] {
                         continue;
                     }
-                    let d = [
-                        candidates.x[k] - position[0],
-                        candidates.y[k] - position[1],
-                        candidates.z[k] - position[2],
-                    ];
-                    let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-                    if d2 >= search.radii.exact_above_squared {
-                        let r = edge_vector(
-                            search.positions,
-                            search.cell,
-                            receiver as usize,
-                            source as usize,
-                            shift,
-                        );
-                        if r[0] * r[0] + r[1] * r[1] + r[2] * r[2] > search.radius_squared {
-                            continue;
-                        }
+                    let r = edge_vector(
+                        search.positions,
+                        search.cell,
+                        receiver as usize,
+                        source as usize,
+                        shift,
+                    );
+                    let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+                    if d2 > radius_squared {
+                        continue;
                     }
-                    if d2 < search.radii.minimum_squared {
+                    if d2 < minimum_squared {
                         let pair = (receiver, source, shift);
                         chunk.too_close = Some(chunk.too_close.map_or(pair, |p| p.min(pair)));
                     }
@@ -518,141 +497,252 @@ fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut C
     }
 }
 
+/// One neighbouring bin visited: its atoms' slots and the lattice shift that brings it next
+/// to the receiver's bin.
+#[derive(Clone, Debug)]
+struct Visit {
+    slots: Range<usize>,
+    wrapped_shift: [i32; 3],
+    shift_vector: [f64; 3],
+}
+
 /// The atom images around one bin, as structure of arrays sorted by (atom, image).
 #[derive(Clone, Debug, Default)]
 struct Candidates {
-    /// Cartesian position of the image (wrapped position plus lattice shift), Angstrom.
-    x: Vec<f64>,
-    y: Vec<f64>,
-    z: Vec<f64>,
+    /// f32 offsets of the images from `origin`, Angstrom, padded to a multiple of
+    /// [`filter::LANES`] (`x = +inf`: never a hit).
+    x: Vec<f32>,
+    y: Vec<f32>,
+    z: Vec<f32>,
     atom: Vec<u32>,
     /// Image shift minus the atom's own wrap: adding the receiver's wrap gives the shift
     /// for the positions as given.
     shift: Vec<[i32; 3]>,
-    /// Unsorted images: the atom's slot in `BinnedAtoms` and the visited bin's shift.
-    slots: Vec<u32>,
-    visits: Vec<u32>,
-    visit_shifts: Vec<([i32; 3], [f64; 3])>,
-    /// Sorting scratch: (atom << 32 | unsorted index) keys, or a bitmap over atom indices.
-    keys: Vec<u64>,
+    /// Wrapped position of the bin's first atom, Angstrom.
+    origin: [f64; 3],
+    /// Filter thresholds for these offsets.
+    radii: filter::Radii,
+    visits: Vec<Visit>,
+    /// Sorting scratch: a bitmap over the atom indices, and per atom index `(visit << 32) |
+    /// slot`; or (atom, shift, visit, slot) tuples when the bitmap does not apply.
     bitmap: Vec<u64>,
-    index_by_atom: Vec<u32>,
-    atom_range: (u32, u32),
+    by_atom: Vec<u64>,
+    tuples: Vec<(u32, [i32; 3], u32, u32)>,
 }
 
 impl Candidates {
-    fn clear(&mut self) {
-        self.slots.clear();
+    /// f32 offset of the atom in `slot` moved by `shift_vector`, from the origin. Every use
+    /// (candidate or receiver) goes through here, so a receiver's own image sits at exactly
+    /// zero distance.
+    #[inline(always)]
+    fn offset_of(&self, binned: &BinnedAtoms, slot: usize, shift_vector: [f64; 3]) -> [f32; 3] {
+        [
+            ((binned.x[slot] + shift_vector[0]) - self.origin[0]) as f32,
+            ((binned.y[slot] + shift_vector[1]) - self.origin[1]) as f32,
+            ((binned.z[slot] + shift_vector[2]) - self.origin[2]) as f32,
+        ]
+    }
+
+    /// Gathers every atom image in the bins around `bin` (whose first atom is in
+    /// `first_slot`), sorted by (atom, image), with filter thresholds for them.
+    fn gather(&mut self, bin: [i64; 3], first_slot: usize, search: &Search) {
+        let (grid, binned) = (search.grid, search.binned);
+        let lattice = search.cell.vectors();
         self.visits.clear();
-        self.visit_shifts.clear();
-        self.atom_range = (u32::MAX, 0);
-    }
+        for dz in -grid.reach[2]..=grid.reach[2] {
+            for dy in -grid.reach[1]..=grid.reach[1] {
+                for dx in -grid.reach[0]..=grid.reach[0] {
+                    let mut other = [bin[0] + dx, bin[1] + dy, bin[2] + dz];
+                    let mut shift = [0i32; 3];
+                    let mut outside = false;
+                    for a in 0..3 {
+                        let count = grid.bins_per_axis[a];
+                        if grid.periodic[a] {
+                            shift[a] = other[a].div_euclid(count) as i32;
+                            other[a] = other[a].rem_euclid(count);
+                        } else if other[a] < 0 || other[a] >= count {
+                            outside = true;
+                        }
+                    }
+                    if outside {
+                        continue;
+                    }
+                    if let Some(slots) = grid.find(other) {
+                        let mut shift_vector = [0.0; 3];
+                        for x in 0..3 {
+                            shift_vector[x] = shift[0] as f64 * lattice[0][x]
+                                + shift[1] as f64 * lattice[1][x]
+                                + shift[2] as f64 * lattice[2][x];
+                        }
+                        self.visits.push(Visit {
+                            slots: slots.clone(),
+                            wrapped_shift: shift,
+                            shift_vector,
+                        });
+                    }
+                }
+            }
+        }
+        self.origin = [
+            binned.x[first_slot],
+            binned.y[first_slot],
+            binned.z[first_slot],
+        ];
+        let count: usize = self.visits.iter().map(|v| v.slots.len()).sum();
+        let padded = count.next_multiple_of(filter::LANES);
+        self.x.resize(padded, 0.0);
+        self.y.resize(padded, 0.0);
+        self.z.resize(padded, 0.0);
+        self.atom.resize(count, 0);
+        self.shift.resize(count, [0; 3]);
 
-    fn push_bin(
-        &mut self,
-        binned: &BinnedAtoms,
-        slots: Range<usize>,
-        wrapped_shift: [i32; 3],
-        shift_vector: [f64; 3],
-    ) {
-        let visit = self.visit_shifts.len() as u32;
-        self.visit_shifts.push((wrapped_shift, shift_vector));
-        let (lo, hi) = binned.atom[slots.clone()]
-            .iter()
-            .fold(self.atom_range, |(lo, hi), &a| (lo.min(a), hi.max(a)));
-        self.atom_range = (lo, hi);
-        self.slots.extend(slots.start as u32..slots.end as u32);
-        self.visits
-            .extend(std::iter::repeat_n(visit, slots.end - slots.start));
-    }
-
-    /// Orders the images by (atom, image shift) and lays them out for the filter.
-    fn sort(&mut self, binned: &BinnedAtoms) {
-        let count = self.slots.len();
-        self.keys.clear();
-        let (lo, hi) = self.atom_range;
+        let (lo, hi) = self.visits.iter().fold((u32::MAX, 0), |range, visit| {
+            binned.atom[visit.slots.clone()]
+                .iter()
+                .fold(range, |(lo, hi), &a| (lo.min(a), hi.max(a)))
+        });
         let span = (hi as usize + 1).saturating_sub(lo as usize);
         // Spatially ordered input (the common case) puts the atoms around a bin in a narrow
         // index range: then a bitmap over that range sorts in linear time.
         let mut bitmap_sorted = count > 0 && span <= 512 * count;
         if bitmap_sorted {
-            let words = span.div_ceil(64);
             self.bitmap.clear();
-            self.bitmap.resize(words, 0);
-            if self.index_by_atom.len() < span {
-                self.index_by_atom.resize(span, 0);
+            self.bitmap.resize(span.div_ceil(64), 0);
+            if self.by_atom.len() < span {
+                self.by_atom.resize(span, 0);
             }
-            for (index, &slot) in self.slots.iter().enumerate() {
-                let offset = (binned.atom[slot as usize] - lo) as usize;
-                let (word, bit) = (offset / 64, 1u64 << (offset % 64));
-                if self.bitmap[word] & bit != 0 {
-                    // Two images of one atom (small cells): fall back to sorting.
-                    bitmap_sorted = false;
-                    break;
+            if grid.may_repeat {
+                'visits: for (index, visit) in self.visits.iter().enumerate() {
+                    for slot in visit.slots.clone() {
+                        let offset = (binned.atom[slot] - lo) as usize;
+                        let (word, bit) = (offset / 64, 1u64 << (offset % 64));
+                        if self.bitmap[word] & bit != 0 {
+                            // Two images of one atom (small cells): sort instead.
+                            bitmap_sorted = false;
+                            break 'visits;
+                        }
+                        self.bitmap[word] |= bit;
+                        self.by_atom[offset] = ((index as u64) << 32) | slot as u64;
+                    }
                 }
-                self.bitmap[word] |= bit;
-                self.index_by_atom[offset] = index as u32;
-            }
-            if bitmap_sorted {
-                for (word_index, &word) in self.bitmap.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        let offset = word_index * 64 + bits.trailing_zeros() as usize;
-                        bits &= bits - 1;
-                        self.keys.push(self.index_by_atom[offset] as u64);
+            } else {
+                // Distinct bins, distinct atoms. A bin's atoms come in index order, so bits
+                // gather in a register until the word changes (no load-store chain).
+                for (index, visit) in self.visits.iter().enumerate() {
+                    let (mut current, mut bits) = (usize::MAX, 0u64);
+                    for slot in visit.slots.clone() {
+                        let offset = (binned.atom[slot] - lo) as usize;
+                        let word = offset / 64;
+                        if word != current {
+                            if current != usize::MAX {
+                                self.bitmap[current] |= bits;
+                            }
+                            (current, bits) = (word, 0);
+                        }
+                        bits |= 1u64 << (offset % 64);
+                        self.by_atom[offset] = ((index as u64) << 32) | slot as u64;
+                    }
+                    if current != usize::MAX {
+                        self.bitmap[current] |= bits;
                     }
                 }
             }
         }
-        if !bitmap_sorted {
-            self.keys.clear();
-            self.keys.extend(
-                self.slots.iter().enumerate().map(|(index, &slot)| {
-                    ((binned.atom[slot as usize] as u64) << 32) | index as u64
-                }),
-            );
-            self.keys.sort_unstable();
-            // Several images of one atom: order them by shift (small cells only).
-            let (slots, visits, visit_shifts) = (&self.slots, &self.visits, &self.visit_shifts);
-            let image_key = |key: u64| {
-                let index = (key & 0xFFFF_FFFF) as usize;
-                let wrap = binned.wrap[slots[index] as usize];
-                let shift = visit_shifts[visits[index] as usize].0;
-                [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]]
-            };
-            let mut start = 0;
-            while start < count {
-                let mut end = start + 1;
-                while end < count && self.keys[end] >> 32 == self.keys[start] >> 32 {
-                    end += 1;
+        if bitmap_sorted {
+            let mut place = 0;
+            let bitmap = std::mem::take(&mut self.bitmap);
+            for (word_index, &word) in bitmap.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let offset = word_index * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let packed = self.by_atom[offset];
+                    self.place(
+                        binned,
+                        place,
+                        (packed >> 32) as usize,
+                        packed as u32 as usize,
+                    );
+                    place += 1;
                 }
-                if end - start > 1 {
-                    self.keys[start..end].sort_unstable_by_key(|&key| image_key(key));
+            }
+            self.bitmap = bitmap;
+        } else {
+            self.tuples.clear();
+            for (index, visit) in self.visits.iter().enumerate() {
+                let shift = visit.wrapped_shift;
+                for slot in visit.slots.clone() {
+                    let wrap = binned.wrap[slot];
+                    self.tuples.push((
+                        binned.atom[slot],
+                        [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]],
+                        index as u32,
+                        slot as u32,
+                    ));
                 }
-                start = end;
+            }
+            self.tuples.sort_unstable();
+            for place in 0..count {
+                let (_, _, visit, slot) = self.tuples[place];
+                self.place(binned, place, visit as usize, slot as usize);
             }
         }
-        // Resize, then fill by index: one capacity check per array instead of one per push.
-        self.x.resize(count, 0.0);
-        self.y.resize(count, 0.0);
-        self.z.resize(count, 0.0);
-        self.atom.resize(count, 0);
-        self.shift.resize(count, [0; 3]);
-        for (sorted, &key) in self.keys.iter().enumerate() {
-            let index = (key & 0xFFFF_FFFF) as usize;
-            let slot = self.slots[index] as usize;
-            let (wrapped_shift, shift_vector) = self.visit_shifts[self.visits[index] as usize];
-            let wrap = binned.wrap[slot];
-            self.x[sorted] = binned.x[slot] + shift_vector[0];
-            self.y[sorted] = binned.y[slot] + shift_vector[1];
-            self.z[sorted] = binned.z[slot] + shift_vector[2];
-            self.atom[sorted] = binned.atom[slot];
-            self.shift[sorted] = [
-                wrapped_shift[0] - wrap[0],
-                wrapped_shift[1] - wrap[1],
-                wrapped_shift[2] - wrap[2],
-            ];
+        // Padding: never a hit (inf - q = inf exceeds every threshold).
+        self.x[count..].fill(f32::INFINITY);
+        self.y[count..].fill(0.0);
+        self.z[count..].fill(0.0);
+        // Eight running maxima vectorise; the values are finite.
+        let mut maxima = [0.0f32; 8];
+        for axis in [&self.x, &self.y, &self.z] {
+            for chunk in axis[..count].chunks(8) {
+                for (m, &v) in maxima.iter_mut().zip(chunk) {
+                    *m = m.max(v.abs());
+                }
+            }
         }
+        let max_abs = maxima.iter().fold(0.0f32, |a, &b| a.max(b));
+        self.radii = thresholds(search, max_abs as f64);
+    }
+
+    /// Writes the image of the atom in `slot` seen through `visit` at `place`.
+    #[inline(always)]
+    fn place(&mut self, binned: &BinnedAtoms, place: usize, visit: usize, slot: usize) {
+        let (wrapped_shift, shift_vector) = {
+            let visit = &self.visits[visit];
+            (visit.wrapped_shift, visit.shift_vector)
+        };
+        let offset = self.offset_of(binned, slot, shift_vector);
+        self.x[place] = offset[0];
+        self.y[place] = offset[1];
+        self.z[place] = offset[2];
+        self.atom[place] = binned.atom[slot];
+        let wrap = binned.wrap[slot];
+        self.shift[place] = [
+            wrapped_shift[0] - wrap[0],
+            wrapped_shift[1] - wrap[1],
+            wrapped_shift[2] - wrap[2],
+        ];
+    }
+}
+
+/// f32 filter thresholds for offsets of magnitude at most `max_abs` Angstrom per axis.
+///
+/// Each f32 offset (candidates and the receiver alike) is within `max_abs * u` of its f64
+/// value (u = 2^-24, the unit round-off) and their difference rounds by at most `2 max_abs
+/// u`, so each component of the difference is off by at most `4 max_abs u`, the distance by
+/// `sqrt(3)` times that, and the squares and sums by about `3 u` relative. The band doubles
+/// this and adds the wrapping round-off: a pair outside `radius + band` is certainly outside
+/// the radius, one inside `radius - band` certainly inside, and the rest (a few in a
+/// thousand receivers) is decided exactly.
+fn thresholds(search: &Search, max_abs: f64) -> filter::Radii {
+    const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 * 0.5;
+    let radius = search.radius;
+    let difference = 3f64.sqrt() * 4.0 * max_abs * UNIT_ROUNDOFF;
+    let band = search.wrap_band + 2.0 * (difference + 4.0 * radius * UNIT_ROUNDOFF) + 1e-7 * radius;
+    filter::Radii {
+        accept_squared: ((radius + band).powi(2) * (1.0 + 1e-6)) as f32,
+        exact_above_squared: ((radius - band).max(0.0).powi(2) * (1.0 - 1e-6)) as f32,
+        suspicious_squared: ((MINIMUM_DISTANCE_ANGSTROM + band).powi(2) * (1.0 + 1e-6)) as f32,
     }
 }
 

@@ -1,16 +1,24 @@
-//! The cell list's hot loop: which atoms of a bin lie within a radius of a point. AVX2 where
-//! the processor has it, portable code otherwise; both do the same arithmetic (no FMA), so
-//! they select the same atoms bit for bit.
+//! The cell list's hot loop: which candidate images lie within a radius of a receiver.
+//!
+//! Coordinates are f32 offsets from a point of the receiver's bin, eight per AVX2 register.
+//! The caller sizes a boundary band from the f32 round-off and decides every hit inside the
+//! band exactly, in f64, from the positions as given, so f32 only ever speeds the common
+//! case up and never changes the list. AVX2 where the processor has it, portable code
+//! otherwise; both do the same arithmetic (no FMA), so they select the same images bit for
+//! bit. Candidate arrays are padded to a multiple of [`LANES`] with `x = +inf` (never a hit).
 
-/// Squared radii of the filter, Angstrom^2.
-#[derive(Clone, Copy, Debug)]
+/// Candidates per vector step; candidate arrays are padded to a multiple of this.
+pub(super) const LANES: usize = 8;
+
+/// Squared f32 thresholds of one filter call, Angstrom^2.
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Radii {
-    /// Atoms at most this far are hits.
-    pub accept_squared: f64,
+    /// Images at most this far are hits (the radius plus the band).
+    pub accept_squared: f32,
     /// Hits at least this far are near the boundary and need an exact look.
-    pub exact_above_squared: f64,
-    /// Hits closer than this are suspicious (only the receiver itself, at 0, is expected).
-    pub minimum_squared: f64,
+    pub exact_above_squared: f32,
+    /// Images closer than this are suspicious (only the receiver itself, at 0, is expected).
+    pub suspicious_squared: f32,
 }
 
 /// What a filter call saw.
@@ -18,16 +26,16 @@ pub(super) struct Radii {
 pub(super) struct Seen {
     /// Some hit lies in the boundary band.
     pub in_band: bool,
-    /// Number of points closer than the minimum distance.
+    /// Number of images closer than the suspicious radius.
     pub too_close: u32,
 }
 
-/// Signature shared by the implementations: appends to `hits[*count..]` every `k` in
-/// `0..xs.len()` with `d2 = (xs[k]-q[0])^2 + (ys[k]-q[1])^2 + (zs[k]-q[2])^2 <=
-/// accept_squared`, in increasing order, and reports what it saw. `hits` needs room for
-/// `*count + xs.len() + 4` entries.
+/// Appends to `hits[*count..]` every `k` with `d2 = (xs[k]-q[0])^2 + (ys[k]-q[1])^2 +
+/// (zs[k]-q[2])^2 <= accept_squared`, in increasing order, and reports what it saw. The
+/// arrays have one length, a multiple of [`LANES`]; `hits` needs room for `*count +
+/// xs.len()` entries.
 pub(super) type WithinFn =
-    fn(&[f64], &[f64], &[f64], [f64; 3], &Radii, &mut [u32], &mut usize) -> Seen;
+    fn(&[f32], &[f32], &[f32], [f32; 3], &Radii, &mut [u32], &mut usize) -> Seen;
 
 /// The fastest implementation this processor supports.
 pub(super) fn select() -> WithinFn {
@@ -40,29 +48,39 @@ pub(super) fn select() -> WithinFn {
     within_portable
 }
 
+fn check_lengths(xs: &[f32], ys: &[f32], zs: &[f32], hits: &[u32], count: usize) {
+    assert!(
+        xs.len() % LANES == 0
+            && ys.len() == xs.len()
+            && zs.len() == xs.len()
+            && hits.len() >= count + xs.len(),
+        "candidate arrays must share one length, a multiple of {LANES}, and hits have room"
+    );
+}
+
 pub(super) fn within_portable(
-    xs: &[f64],
-    ys: &[f64],
-    zs: &[f64],
-    q: [f64; 3],
+    xs: &[f32],
+    ys: &[f32],
+    zs: &[f32],
+    q: [f32; 3],
     radii: &Radii,
     hits: &mut [u32],
     count: &mut usize,
 ) -> Seen {
-    assert!(hits.len() >= *count + xs.len() + 4 && ys.len() == xs.len() && zs.len() == xs.len());
+    check_lengths(xs, ys, zs, hits, *count);
     let mut c = *count;
     let mut seen = Seen::default();
     for k in 0..xs.len() {
         let dx = xs[k] - q[0];
         let dy = ys[k] - q[1];
         let dz = zs[k] - q[2];
-        let d2 = dx * dx + dy * dy + dz * dz;
+        let d2 = (dx * dx + dy * dy) + dz * dz;
         let inside = d2 <= radii.accept_squared;
         // Branch-free compaction: write unconditionally, advance when inside.
         hits[c] = k as u32;
         c += inside as usize;
         seen.in_band |= inside & (d2 >= radii.exact_above_squared);
-        seen.too_close += (d2 < radii.minimum_squared) as u32;
+        seen.too_close += (d2 < radii.suspicious_squared) as u32;
     }
     *count = c;
     seen
@@ -70,29 +88,29 @@ pub(super) fn within_portable(
 
 #[cfg(target_arch = "x86_64")]
 fn within_avx2_checked(
-    xs: &[f64],
-    ys: &[f64],
-    zs: &[f64],
-    q: [f64; 3],
+    xs: &[f32],
+    ys: &[f32],
+    zs: &[f32],
+    q: [f32; 3],
     radii: &Radii,
     hits: &mut [u32],
     count: &mut usize,
 ) -> Seen {
-    assert!(hits.len() >= *count + xs.len() + 4 && ys.len() == xs.len() && zs.len() == xs.len());
-    // SAFETY: `select` returns this function only when the processor has AVX2; the slice
-    // lengths were checked above, which is all the unchecked loads and stores rely on.
+    check_lengths(xs, ys, zs, hits, *count);
+    // SAFETY: `select` returns this function only when the processor has AVX2; the lengths
+    // were checked above, which is all the unchecked loads and stores rely on.
     unsafe { within_avx2(xs, ys, zs, q, radii, hits, count) }
 }
 
-/// For each 4-bit mask, the indices of its set bits, packed first.
+/// For each 8-bit mask, the indices of its set bits, packed first.
 #[cfg(target_arch = "x86_64")]
-const PACKED_LANES: [[u32; 4]; 16] = {
-    let mut table = [[0u32; 4]; 16];
+static PACKED_LANES: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
     let mut mask = 0;
-    while mask < 16 {
+    while mask < 256 {
         let mut filled = 0;
         let mut lane = 0;
-        while lane < 4 {
+        while lane < 8 {
             if mask & (1 << lane) != 0 {
                 table[mask][filled] = lane as u32;
                 filled += 1;
@@ -107,59 +125,54 @@ const PACKED_LANES: [[u32; 4]; 16] = {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn within_avx2(
-    xs: &[f64],
-    ys: &[f64],
-    zs: &[f64],
-    q: [f64; 3],
+    xs: &[f32],
+    ys: &[f32],
+    zs: &[f32],
+    q: [f32; 3],
     radii: &Radii,
     hits: &mut [u32],
     count: &mut usize,
 ) -> Seen {
     use std::arch::x86_64::*;
-    let n = xs.len();
     let mut c = *count;
+    let (mut band_mask, mut too_close) = (0, 0);
+    let (qx, qy, qz) = (
+        _mm256_set1_ps(q[0]),
+        _mm256_set1_ps(q[1]),
+        _mm256_set1_ps(q[2]),
+    );
+    let accept = _mm256_set1_ps(radii.accept_squared);
+    let exact_above = _mm256_set1_ps(radii.exact_above_squared);
+    let suspicious = _mm256_set1_ps(radii.suspicious_squared);
     let mut k = 0;
-    let mut band_mask = 0;
-    let mut too_close = 0;
-    // SAFETY (whole block): k + 4 <= n bounds every load; c + 4 <= count + n + 4 <=
+    // SAFETY (whole loop): k + 8 <= len bounds every load; c + 8 <= count + len <=
     // hits.len() bounds every store, as the caller checked.
     unsafe {
-        let (qx, qy, qz) = (
-            _mm256_set1_pd(q[0]),
-            _mm256_set1_pd(q[1]),
-            _mm256_set1_pd(q[2]),
-        );
-        let accept = _mm256_set1_pd(radii.accept_squared);
-        let exact_above = _mm256_set1_pd(radii.exact_above_squared);
-        let minimum = _mm256_set1_pd(radii.minimum_squared);
-        while k + 4 <= n {
-            let dx = _mm256_sub_pd(_mm256_loadu_pd(xs.as_ptr().add(k)), qx);
-            let dy = _mm256_sub_pd(_mm256_loadu_pd(ys.as_ptr().add(k)), qy);
-            let dz = _mm256_sub_pd(_mm256_loadu_pd(zs.as_ptr().add(k)), qz);
-            let d2 = _mm256_add_pd(
-                _mm256_add_pd(_mm256_mul_pd(dx, dx), _mm256_mul_pd(dy, dy)),
-                _mm256_mul_pd(dz, dz),
+        while k < xs.len() {
+            let dx = _mm256_sub_ps(_mm256_loadu_ps(xs.as_ptr().add(k)), qx);
+            let dy = _mm256_sub_ps(_mm256_loadu_ps(ys.as_ptr().add(k)), qy);
+            let dz = _mm256_sub_ps(_mm256_loadu_ps(zs.as_ptr().add(k)), qz);
+            let d2 = _mm256_add_ps(
+                _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                _mm256_mul_ps(dz, dz),
             );
-            let inside = _mm256_cmp_pd::<_CMP_LE_OQ>(d2, accept);
-            let mask = _mm256_movemask_pd(inside) as usize;
-            let band = _mm256_and_pd(inside, _mm256_cmp_pd::<_CMP_GE_OQ>(d2, exact_above));
-            band_mask |= _mm256_movemask_pd(band);
-            too_close += _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(d2, minimum)).count_ones();
-            let lanes = _mm_loadu_si128(PACKED_LANES[mask].as_ptr() as *const __m128i);
-            let indices = _mm_add_epi32(lanes, _mm_set1_epi32(k as i32));
-            _mm_storeu_si128(hits.as_mut_ptr().add(c) as *mut __m128i, indices);
+            let inside = _mm256_cmp_ps::<_CMP_LE_OQ>(d2, accept);
+            let band = _mm256_and_ps(inside, _mm256_cmp_ps::<_CMP_GE_OQ>(d2, exact_above));
+            band_mask |= _mm256_movemask_ps(band);
+            too_close += (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious)) as u32)
+                .count_ones();
+            let mask = _mm256_movemask_ps(inside) as usize;
+            let lanes = _mm256_loadu_si256(PACKED_LANES[mask].as_ptr() as *const __m256i);
+            let indices = _mm256_add_epi32(lanes, _mm256_set1_epi32(k as i32));
+            _mm256_storeu_si256(hits.as_mut_ptr().add(c) as *mut __m256i, indices);
             c += mask.count_ones() as usize;
-            k += 4;
+            k += LANES;
         }
     }
     *count = c;
-    let tail = within_portable(&xs[k..], &ys[k..], &zs[k..], q, radii, hits, count);
-    for hit in &mut hits[c..*count] {
-        *hit += k as u32;
-    }
     Seen {
-        in_band: band_mask != 0 || tail.in_band,
-        too_close: too_close + tail.too_close,
+        in_band: band_mask != 0,
+        too_close,
     }
 }
 
@@ -169,41 +182,35 @@ mod tests {
     use crate::structures::SplitMix64;
 
     #[test]
-    fn every_implementation_selects_the_same_atoms() {
+    fn every_implementation_selects_the_same_images() {
         let mut rng = SplitMix64::new(5);
-        for n in 0..40 {
-            let xs: Vec<f64> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
-            let ys: Vec<f64> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
-            let mut zs: Vec<f64> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
+        for n in (0..64).step_by(LANES) {
+            let xs: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
+            let ys: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
+            let mut zs: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
             if n > 3 {
-                zs[3] = f64::NAN;
+                zs[3] = f32::INFINITY;
             }
-            let q = [rng.range(-1.0, 1.0), 0.5, -0.25];
-            let limit = 4.0;
+            let q = [rng.range(-1.0, 1.0) as f32, 0.5, -0.25];
             let radii = Radii {
-                accept_squared: limit,
+                accept_squared: 4.0,
                 exact_above_squared: 3.5,
-                minimum_squared: 0.5,
+                suspicious_squared: 0.5,
             };
-            let expected_seen = (0..n).fold(Seen::default(), |mut seen, k| {
+            let d2 = |k: usize| {
                 let d = [xs[k] - q[0], ys[k] - q[1], zs[k] - q[2]];
-                let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-                seen.in_band |= d2 <= limit && d2 >= 3.5;
-                seen.too_close += (d2 < 0.5) as u32;
-                seen
-            });
-            let expected: Vec<u32> = (0..n)
-                .filter(|&k| {
-                    let d = [xs[k] - q[0], ys[k] - q[1], zs[k] - q[2]];
-                    d[0] * d[0] + d[1] * d[1] + d[2] * d[2] <= limit
-                })
-                .map(|k| k as u32)
-                .collect();
-            let mut hits = vec![0u32; 7 + n + 4];
+                (d[0] * d[0] + d[1] * d[1]) + d[2] * d[2]
+            };
+            let expected: Vec<u32> = (0..n).filter(|&k| d2(k) <= 4.0).map(|k| k as u32).collect();
+            let expected_seen = Seen {
+                in_band: (0..n).any(|k| d2(k) <= 4.0 && d2(k) >= 3.5),
+                too_close: (0..n).filter(|&k| d2(k) < 0.5).count() as u32,
+            };
+            let mut hits = vec![0u32; 7 + n];
             for implementation in [within_portable as WithinFn, select()] {
-                let mut count = 7;
-                let seen = implementation(&xs, &ys, &zs, q, &radii, &mut hits, &mut count);
-                assert_eq!(&hits[7..count], &expected[..]);
+                let mut c = 7;
+                let seen = implementation(&xs, &ys, &zs, q, &radii, &mut hits, &mut c);
+                assert_eq!(&hits[7..c], &expected[..]);
                 assert_eq!(seen, expected_seen);
             }
         }
