@@ -8,6 +8,12 @@ float32, eager, autograd forces) on the same structures and the same machine.
 Prints a Markdown table (also written to target/bench-cpu.md) with the median time per
 energy + forces call and the ratio. Needs the converted student model
 (target/models/student_427k.safetensors or $PAINN_STUDENT_MODEL) and torch.
+
+The criterion and PyTorch halves run minutes apart, and this VM's speed drifts by tens of
+percent from minute to minute. For the structures below 500 atoms a second table therefore
+interleaves the two in the same seconds: rounds of painn calls (through the Python
+bindings, `painn.Calculator`, ctypes overhead included) and PyTorch calls, medians over all
+rounds.
 """
 
 import argparse
@@ -37,12 +43,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30,
                         help="PyTorch calls timed per structure below 1,000 atoms (3 above)")
     args = parser.parse_args()
+    # The in-process engine of the interleaved table reads this when its pool starts.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
 
     model = Path(os.environ.get("PAINN_STUDENT_MODEL",
                                 REPO / "target/models/student_427k.safetensors"))
     env = dict(os.environ, PAINN_BENCH_PRECISIONS=args.precision,
                RAYON_NUM_THREADS=str(args.threads), PAINN_STUDENT_MODEL=str(model))
     subprocess.run(["cargo", "bench", "--bench", "model_cpu"], cwd=REPO, env=env, check=True)
+    # The engine library for the interleaved table (painn.Calculator finds target/release).
+    subprocess.run(["cargo", "build", "--release", "--lib"], cwd=REPO, env=env, check=True)
 
     from painn import reference, reference_bench  # torch is imported here
 
@@ -67,9 +77,60 @@ def main() -> None:
     for name, atoms, ours, theirs in rows:
         lines.append(f"| {name} | {atoms} | {ours * 1e3:.3f} ms | {theirs * 1e3:.1f} ms | "
                      f"{theirs / ours:.1f}x |")
+    lines += [
+        "",
+        "Interleaved in the same seconds (rounds of 40 painn calls through `painn.Calculator`",
+        "and 3 PyTorch calls; medians over all rounds):",
+        "",
+        "| structure | atoms | painn | PyTorch | speed-up | rounds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, case in structures.items():
+        if len(case["Z"]) >= 500:
+            continue
+        ours, theirs, rounds = interleaved(model, torch_model, case, args)
+        lines.append(f"| {name} | {len(case['Z'])} | {ours * 1e3:.3f} ms | {theirs * 1e3:.1f} ms | "
+                     f"{theirs / ours:.1f}x | {rounds} |")
     text = "\n".join(lines)
     (REPO / "target/bench-cpu.md").write_text(text + "\n")
     print(text)
+
+
+def interleaved(model_path: Path, torch_model, case: dict, args, rounds: int = 15):
+    """Median seconds per call of painn and of PyTorch, measured alternately in rounds."""
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    from painn import Calculator, Model, reference
+
+    torch.set_num_threads(args.threads)
+    numbers = np.asarray(case["Z"], dtype=np.int32)
+    positions = np.asarray(case["pos"], dtype=np.float64)
+    calculator = Calculator(Model(model_path), device="cpu", precision=args.precision)
+    neighbors = reference.neighbor_list(case["pos"], None, (False, False, False), torch_model.cutoff)
+
+    def ours():
+        calculator.compute(numbers, positions)
+
+    def theirs():
+        reference.evaluate(torch_model, case["Z"], case["pos"], None, (False, False, False),
+                           dtype=torch.float32, virial=False, neighbors=neighbors)
+
+    for _ in range(3):
+        ours()
+        theirs()
+    times = {"ours": [], "theirs": []}
+    for _ in range(rounds):
+        for key, function, calls in (("ours", ours, 40), ("theirs", theirs, 3)):
+            for _ in range(calls):
+                start = time.perf_counter()
+                function()
+                times[key].append(time.perf_counter() - start)
+    calculator.close()
+    return statistics.median(times["ours"]), statistics.median(times["theirs"]), rounds
 
 
 if __name__ == "__main__":
