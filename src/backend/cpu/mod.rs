@@ -111,7 +111,8 @@ struct State<T> {
 /// Below this many atoms the engine runs on one thread.
 const SMALL_SYSTEM_ATOMS: usize = 40;
 
-/// Largest filter cache, bytes (a molecule of 39 atoms needs about 14 MB in float32).
+/// Largest filter cache, bytes, counted per edge (twice what the pairs take): a molecule of
+/// 39 atoms counts about 14 MB in float32.
 const FILTER_CACHE_BYTES: usize = 32 << 20;
 
 /// The CPU engine in precision `T`.
@@ -415,6 +416,10 @@ impl<T: Real> CpuBackend<T> {
         state.pair_of_edge.resize(graph.n_edges(), 0);
         for e in 0..graph.n_edges() {
             let reverse = graph.reverse[e] as usize;
+            debug_assert_eq!(
+                graph.reverse[reverse] as usize, e,
+                "reverse is an involution"
+            );
             if reverse >= e {
                 state.pair_of_edge[e] = first_of_pair.len() as u32;
                 state.pair_of_edge[reverse] = first_of_pair.len() as u32;
