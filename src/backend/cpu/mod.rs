@@ -71,8 +71,10 @@ struct LayerState<T> {
     v_mid: Vec<T>,
     /// `|v_mid|` over x, y, z, `[n][H]`.
     norm: Vec<T>,
-    /// Update MLP pre-activation `[n][H]` and output `[n][3H]` (as, av1, av2).
+    /// Update MLP pre-activation `[n][H]`, its sigmoid (for SiLU's derivative without a
+    /// second exponential) and output `[n][3H]` (as, av1, av2).
     update_pre: Vec<T>,
+    update_sigmoid: Vec<T>,
     update_out: Vec<T>,
 }
 
@@ -83,6 +85,7 @@ struct State<T> {
     concat: Vec<T>,
     hidden: Vec<T>,
     head_pre: [Vec<T>; 2],
+    head_sigmoid: [Vec<T>; 2],
     head_act: [Vec<T>; 2],
     energies: Vec<T>,
     /// Per edge: `[d, u_x, u_y, u_z, r_x, r_y, r_z]`.
@@ -254,6 +257,20 @@ impl<T: Real> CpuBackend<T> {
         self.state = state;
         Ok(results)
     }
+}
+
+/// `out = silu(pre) = pre * sigmoid(pre)`, keeping `sigmoid(pre)` for the backward pass.
+fn silu_keeping_sigmoid<T: Real>(pre: &[T], sigmoid: &mut Vec<T>, out: &mut Vec<T>) {
+    sigmoid.clear();
+    sigmoid.extend(pre.iter().map(|&x| T::one() / (T::one() + (-x).exp())));
+    out.clear();
+    out.extend(pre.iter().zip(sigmoid.iter()).map(|(&x, &s)| x * s));
+}
+
+/// `d silu / dx` at `x` from `s = sigmoid(x)`.
+#[inline]
+fn silu_derivative_from<T: Real>(x: T, s: T) -> T {
+    s * (T::one() + x * (T::one() - s))
 }
 
 /// Per-edge geometry in the engine's precision, computed from float64 edge vectors.
@@ -529,10 +546,11 @@ impl<T: Real> CpuBackend<T> {
             layer.update_pre.resize(n * h, T::zero());
             lw.update_hidden
                 .forward(&state.concat, &mut layer.update_pre);
-            state.hidden.clear();
-            state
-                .hidden
-                .extend(layer.update_pre.iter().map(|&x| silu(x)));
+            silu_keeping_sigmoid(
+                &layer.update_pre,
+                &mut layer.update_sigmoid,
+                &mut state.hidden,
+            );
             let a_width = lw.update_out.n_out;
             layer.update_out.resize(n * a_width, T::zero());
             lw.update_out.forward(&state.hidden, &mut layer.update_out);
@@ -576,12 +594,18 @@ impl<T: Real> CpuBackend<T> {
         let head = &self.weights.head;
         state.head_pre[0].resize(n * head[0].n_out, T::zero());
         head[0].forward(&state.s_final, &mut state.head_pre[0]);
-        state.head_act[0].clear();
-        state.head_act[0].extend(state.head_pre[0].iter().map(|&x| silu(x)));
+        silu_keeping_sigmoid(
+            &state.head_pre[0],
+            &mut state.head_sigmoid[0],
+            &mut state.head_act[0],
+        );
         state.head_pre[1].resize(n * head[1].n_out, T::zero());
         head[1].forward(&state.head_act[0], &mut state.head_pre[1]);
-        state.head_act[1].clear();
-        state.head_act[1].extend(state.head_pre[1].iter().map(|&x| silu(x)));
+        silu_keeping_sigmoid(
+            &state.head_pre[1],
+            &mut state.head_sigmoid[1],
+            &mut state.head_act[1],
+        );
         state.energies.resize(n, T::zero());
         head[2].forward(&state.head_act[1], &mut state.energies);
     }
@@ -607,15 +631,21 @@ impl<T: Real> CpuBackend<T> {
                     T::zero()
                 };
                 for c in 0..q {
-                    g[c] =
-                        weight * head[2].weight[c] * silu_derivative(state.head_pre[1][i * q + c]);
+                    let k = i * q + c;
+                    g[c] = weight
+                        * head[2].weight[c]
+                        * silu_derivative_from(state.head_pre[1][k], state.head_sigmoid[1][k]);
                 }
             });
         state.g_head[0].resize(n * p, T::zero());
         let [g_head0, g_head1] = &mut state.g_head;
         head[1].backward(g_head1, g_head0, false);
-        for (g, &pre) in state.g_head[0].iter_mut().zip(&state.head_pre[0]) {
-            *g *= silu_derivative(pre);
+        for ((g, &pre), &sigmoid) in state.g_head[0]
+            .iter_mut()
+            .zip(&state.head_pre[0])
+            .zip(&state.head_sigmoid[0])
+        {
+            *g *= silu_derivative_from(pre, sigmoid);
         }
         state.gs.resize(n * h, T::zero());
         head[0].backward(&state.g_head[0], &mut state.gs, false);
@@ -674,8 +704,13 @@ impl<T: Real> CpuBackend<T> {
             state.g_hidden.resize(n * h, T::zero());
             lw.update_out
                 .backward(&state.g_update, &mut state.g_hidden, false);
-            for (g, &pre) in state.g_hidden.iter_mut().zip(&layer.update_pre) {
-                *g *= silu_derivative(pre);
+            for ((g, &pre), &sigmoid) in state
+                .g_hidden
+                .iter_mut()
+                .zip(&layer.update_pre)
+                .zip(&layer.update_sigmoid)
+            {
+                *g *= silu_derivative_from(pre, sigmoid);
             }
             state.g_concat.resize(n * 2 * h, T::zero());
             lw.update_hidden
