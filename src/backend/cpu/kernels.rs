@@ -277,11 +277,13 @@ pub fn small_product<T: Real>(
         }
         Start::Accumulate => {}
     }
+    // The float32 intrinsic tile, decided once per call (not per tile).
+    let f32_tile = f32_tile().filter(|_| as_f32(a).is_some());
     let mut r0 = 0;
     while r0 + TILE_ROWS <= m {
         let mut j0 = 0;
         while j0 + TILE_COLUMNS <= n {
-            if let Some(tile) = f32_tile() {
+            if let Some(tile) = f32_tile {
                 if let (Some(a), Some(b), Some(c)) = (as_f32(a), as_f32(b), as_f32_mut(c)) {
                     // SAFETY: the tile lies inside the matrices (r0 + 6 <= m, j0 + 16 <= n,
                     // with a, b and c sliced to m x k, k x n and m x n above).

@@ -412,14 +412,15 @@ impl<T: Real> CpuBackend<T> {
             && bytes <= FILTER_CACHE_BYTES;
         state.filter_w.resize_with(n_layers, Vec::new);
         state.filter_dw.resize_with(n_layers, Vec::new);
-        let max_degree = (0..graph.n_atoms())
-            .map(|i| graph.offsets[i + 1] - graph.offsets[i])
-            .max()
-            .unwrap_or(0);
-        if state.identity_rows.len() < max_degree {
-            state.identity_rows = (0..max_degree as u32).collect();
-        }
         if !cache {
+            // Rows evaluated on their own read their filter rows in order.
+            let max_degree = (0..graph.n_atoms())
+                .map(|i| graph.offsets[i + 1] - graph.offsets[i])
+                .max()
+                .unwrap_or(0);
+            if state.identity_rows.len() < max_degree {
+                state.identity_rows = (0..max_degree as u32).collect();
+            }
             for l in 0..n_layers {
                 state.filter_w[l].clear();
                 state.filter_dw[l].clear();
