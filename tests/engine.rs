@@ -432,27 +432,31 @@ fn atom_without_neighbours_is_finite_and_force_free(platform: Platform) {
 
 fn results_are_bitwise_reproducible(platform: Platform) {
     let model = tiny();
-    let (z, positions, lattice) = random_system(11, 40, 8);
-    let cell = Cell::new(lattice, [true; 3]).unwrap();
-    let mut runs: Vec<Results> = Vec::new();
-    for threads in [1, 2, 3, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let Some(mut calculator) = platform.calculator(&model) else {
-            return;
-        };
-        for _ in 0..2 {
-            runs.push(pool.install(|| evaluate(&mut calculator, &z, &positions, &cell)));
+    // 40 atoms take the parallel path; 12 the molecule path, whose dense products and
+    // message rows split between two threads when two are allowed.
+    for (seed, n_atoms) in [(11, 40), (12, 12)] {
+        let (z, positions, lattice) = random_system(seed, n_atoms, 8);
+        let cell = Cell::new(lattice, [true; 3]).unwrap();
+        let mut runs: Vec<Results> = Vec::new();
+        for threads in [1, 2, 3, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let Some(mut calculator) = platform.calculator(&model) else {
+                return;
+            };
+            for _ in 0..3 {
+                runs.push(pool.install(|| evaluate(&mut calculator, &z, &positions, &cell)));
+            }
         }
-    }
-    for run in &runs[1..] {
-        assert_eq!(run.energy.to_bits(), runs[0].energy.to_bits());
-        assert!(
-            run == &runs[0],
-            "results differ between calls or thread counts"
-        );
+        for run in &runs[1..] {
+            assert_eq!(run.energy.to_bits(), runs[0].energy.to_bits());
+            assert!(
+                run == &runs[0],
+                "{n_atoms} atoms: results differ between calls or thread counts"
+            );
+        }
     }
 }
 

@@ -238,7 +238,7 @@ pub fn interpolate_rows<T: Real>(
 /// twelve AVX registers in float32 (enough independent fused multiply-adds to hide their
 /// latency), and each B row loaded serves six rows of A.
 const TILE_ROWS: usize = 6;
-const TILE_COLUMNS: usize = 16;
+pub(super) const TILE_COLUMNS: usize = 16;
 
 /// What `c` starts from in [`small_product`].
 #[derive(Clone, Copy, Debug)]
@@ -251,13 +251,12 @@ pub enum Start<'a, T> {
 }
 
 /// `c[m][n] = start + a[m][k] b[k][n]` for few rows `m`, row-major, by register tiles of
-/// 4 x 16 outputs that stay in registers over the whole sum: each element of `b` is loaded
-/// once per four rows, and `c` once in all. Every output is summed in the same order
+/// 6 x 16 outputs that stay in registers over the whole sum: each element of `b` is loaded
+/// once per six rows, and `c` once in all. Every output is summed in the same order
 /// (`start`, then `k = 0, 1, ...`, one fused multiply-add each) whatever tile it falls in,
-/// so the bits do not depend on how rows are split between threads. Fused multiply-adds
-/// (one rounding each) halve the arithmetic; the portable build calls the C library's
-/// `fma` for the same bits, slowly.
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// so the bits do not depend on how rows or columns are split between threads. Fused
+/// multiply-adds (one rounding each) halve the arithmetic; the portable build calls the C
+/// library's `fma` for the same bits, slowly.
 pub fn small_product<T: Real>(
     m: usize,
     k: usize,
@@ -267,12 +266,72 @@ pub fn small_product<T: Real>(
     start: Start<'_, T>,
     c: &mut [T],
 ) {
-    let (a, b, c) = (&a[..m * k], &b[..k * n], &mut c[..m * n]);
+    let c = ProductOutput::new(&mut c[..m * n], n);
+    small_product_columns(m, k, n, a, b, start, c, 0..n);
+}
+
+/// The `[m][n]` output of a product, shared by threads that each write their own columns
+/// (a product's columns read their own part of `b`: splitting by columns splits the weight
+/// traffic, which bounds these products, where splitting by rows would not).
+#[derive(Clone, Copy)]
+pub struct ProductOutput<'a, T> {
+    pointer: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: threads holding copies write disjoint columns (`small_product_columns`' contract).
+unsafe impl<T: Send> Send for ProductOutput<'_, T> {}
+unsafe impl<T: Send> Sync for ProductOutput<'_, T> {}
+
+impl<'a, T> ProductOutput<'a, T> {
+    /// Holds `c` (rows of `n`) for the product.
+    pub fn new(c: &'a mut [T], n: usize) -> Self {
+        assert!(n > 0 && c.len() % n == 0, "an output of whole rows");
+        ProductOutput {
+            pointer: c.as_mut_ptr(),
+            len: c.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// The `count` values from `offset`, for this thread's columns only.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    fn values(&self, offset: usize, count: usize) -> &mut [T] {
+        assert!(offset + count <= self.len);
+        // SAFETY: in bounds (checked); the columns are this thread's alone.
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(offset), count) }
+    }
+}
+
+/// [`small_product`] for the output columns `columns` only: `c`'s other columns are neither
+/// read nor written, so threads may share `c` with disjoint column ranges.
+#[multiversion(targets("x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+pub fn small_product_columns<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: &[T],
+    start: Start<'_, T>,
+    c: ProductOutput<'_, T>,
+    columns: std::ops::Range<usize>,
+) {
+    let (a, b) = (&a[..m * k], &b[..k * n]);
+    assert!(c.len == m * n && columns.end <= n);
+    let width = columns.len();
     match start {
-        Start::Zero => c.fill(T::zero()),
+        Start::Zero => {
+            for r in 0..m {
+                c.values(r * n + columns.start, width).fill(T::zero());
+            }
+        }
         Start::Row(row) => {
-            for c_row in c.chunks_exact_mut(n) {
-                c_row.copy_from_slice(&row[..n]);
+            let row = &row[columns.clone()];
+            for r in 0..m {
+                c.values(r * n + columns.start, width).copy_from_slice(row);
             }
         }
         Start::Accumulate => {}
@@ -281,19 +340,22 @@ pub fn small_product<T: Real>(
     let f32_tile = f32_tile().filter(|_| as_f32(a).is_some());
     let mut r0 = 0;
     while r0 + TILE_ROWS <= m {
-        let mut j0 = 0;
-        while j0 + TILE_COLUMNS <= n {
+        let mut j0 = columns.start;
+        while j0 + TILE_COLUMNS <= columns.end {
             if let Some(tile) = f32_tile {
-                if let (Some(a), Some(b), Some(c)) = (as_f32(a), as_f32(b), as_f32_mut(c)) {
-                    // SAFETY: the tile lies inside the matrices (r0 + 6 <= m, j0 + 16 <= n,
-                    // with a, b and c sliced to m x k, k x n and m x n above).
+                if let (Some(a), Some(b)) = (as_f32(a), as_f32(b)) {
+                    // The tile's corner; its six rows of 16 lie inside c (r0 + 6 <= m,
+                    // j0 + 16 <= n) and in this thread's columns.
+                    let corner = c.values(r0 * n + j0, (TILE_ROWS - 1) * n + TILE_COLUMNS);
+                    // SAFETY: a, b and the tile are in bounds (a is m x k, b is k x n,
+                    // checked above; the corner slice spans the tile).
                     unsafe {
                         tile(
                             k,
                             n,
                             a[r0 * k..].as_ptr(),
                             b[j0..].as_ptr(),
-                            c[r0 * n + j0..].as_mut_ptr(),
+                            corner.as_mut_ptr() as *mut f32,
                         )
                     };
                     j0 += TILE_COLUMNS;
@@ -302,7 +364,7 @@ pub fn small_product<T: Real>(
             }
             let mut tile = [[T::zero(); TILE_COLUMNS]; TILE_ROWS];
             for (r, tile_row) in tile.iter_mut().enumerate() {
-                tile_row.copy_from_slice(&c[(r0 + r) * n + j0..][..TILE_COLUMNS]);
+                tile_row.copy_from_slice(c.values((r0 + r) * n + j0, TILE_COLUMNS));
             }
             let a_rows: [&[T]; TILE_ROWS] =
                 std::array::from_fn(|r| &a[(r0 + r) * k..(r0 + r + 1) * k]);
@@ -318,17 +380,18 @@ pub fn small_product<T: Real>(
                 }
             }
             for (r, tile_row) in tile.iter().enumerate() {
-                c[(r0 + r) * n + j0..][..TILE_COLUMNS].copy_from_slice(tile_row);
+                c.values((r0 + r) * n + j0, TILE_COLUMNS)
+                    .copy_from_slice(tile_row);
             }
             j0 += TILE_COLUMNS;
         }
-        if j0 < n {
-            product_remainder(r0..r0 + TILE_ROWS, j0..n, k, n, a, b, c);
+        if j0 < columns.end {
+            product_remainder(r0..r0 + TILE_ROWS, j0..columns.end, k, n, a, b, c);
         }
         r0 += TILE_ROWS;
     }
     if r0 < m {
-        product_remainder(r0..m, 0..n, k, n, a, b, c);
+        product_remainder(r0..m, columns, k, n, a, b, c);
     }
 }
 
@@ -354,13 +417,6 @@ fn as_f32<T: Real>(values: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
         // SAFETY: T is f32 (checked above): same layout, same length.
         unsafe { std::slice::from_raw_parts(values.as_ptr() as *const f32, values.len()) }
-    })
-}
-
-fn as_f32_mut<T: Real>(values: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
-        // SAFETY: T is f32 (checked above): same layout, same length, still borrowed once.
-        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut f32, values.len()) }
     })
 }
 
@@ -401,15 +457,15 @@ fn product_remainder<T: Real>(
     n: usize,
     a: &[T],
     b: &[T],
-    c: &mut [T],
+    c: ProductOutput<'_, T>,
 ) {
     for r in rows {
-        let c_row = &mut c[r * n..][..n];
+        let c_part = c.values(r * n + columns.start, columns.len());
         for kk in 0..k {
             let a_rk = a[r * k + kk];
-            let b_row = &b[kk * n..][..n];
-            for j in columns.clone() {
-                c_row[j] = a_rk.mul_add(b_row[j], c_row[j]);
+            let b_part = &b[kk * n + columns.start..][..columns.len()];
+            for (c_rj, &b_kj) in c_part.iter_mut().zip(b_part) {
+                *c_rj = a_rk.mul_add(b_kj, *c_rj);
             }
         }
     }
@@ -542,6 +598,27 @@ mod tests {
                         "{m}x{k}x{n} at {r},{j}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn products_split_by_columns_give_the_bits_of_the_whole() {
+        // Two threads of a molecule each compute a column range of one product: the halves
+        // together must be the whole product bit for bit, at tile boundaries and off them.
+        for (m, k, n) in [(12, 64, 128), (7, 20, 40), (13, 9, 33)] {
+            let a: Vec<f32> = values(m * k, 10).iter().map(|&v| v as f32).collect();
+            let b: Vec<f32> = values(k * n, 11).iter().map(|&v| v as f32).collect();
+            let bias: Vec<f32> = values(n, 12).iter().map(|&v| v as f32).collect();
+            let mut whole = vec![0.0f32; m * n];
+            small_product(m, k, n, &a, &b, Start::Row(&bias), &mut whole);
+            for split in [0, 5, 16, n / 2, n - 1, n] {
+                let mut parts = vec![f32::NAN; m * n];
+                let c = ProductOutput::new(&mut parts, n);
+                small_product_columns(m, k, n, &a, &b, Start::Row(&bias), c, 0..split);
+                small_product_columns(m, k, n, &a, &b, Start::Row(&bias), c, split..n);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&parts), bits(&whole), "{m}x{k}x{n} split at {split}");
             }
         }
     }

@@ -12,6 +12,7 @@
 
 mod kernels;
 mod real;
+mod team;
 
 use std::sync::Arc;
 
@@ -126,6 +127,9 @@ pub struct CpuBackend<T: Real> {
     state: State<T>,
     /// One-thread pool for small systems (created on first use).
     small_pool: Option<rayon::ThreadPool>,
+    /// The spinning second thread of small systems, when two threads are allowed (created
+    /// on first use).
+    small_team: Option<team::Team>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -175,6 +179,7 @@ impl<T: Real> CpuBackend<T> {
             filter_mode,
             state: State::default(),
             small_pool: None,
+            small_team: None,
         }
     }
 
@@ -192,9 +197,11 @@ impl<T: Real> CpuBackend<T> {
 impl<T: Real> Backend for CpuBackend<T> {
     fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results> {
         if graph.n_atoms() < SMALL_SYSTEM_ATOMS {
-            // A molecule's work is too small to share: waking other threads for each of the
-            // ~40 parallel loops would cost more than it saves. One hand-off to a one-thread
-            // pool, then everything runs there (results do not depend on the thread count).
+            // A molecule's work is too small to share through the pool: waking other
+            // threads for each of the ~40 parallel loops would cost more than it saves. One
+            // hand-off to a one-thread pool, then everything runs there, and the large dense
+            // products split with a second thread that spins during the call (a `Team`),
+            // when the pool allows two threads. Neither changes the bits of the results.
             let pool = match self.small_pool.take() {
                 Some(pool) => pool,
                 None => rayon::ThreadPoolBuilder::new()
@@ -203,8 +210,23 @@ impl<T: Real> Backend for CpuBackend<T> {
                     .build()
                     .map_err(|e| crate::error::Error::Unsupported(format!("thread pool: {e}")))?,
             };
-            let results = pool.install(|| self.evaluate_on_pool(graph, request));
+            if rayon::current_num_threads() < 2 {
+                self.small_team = None;
+            } else if self.small_team.is_none() {
+                self.small_team = team::Team::start();
+            }
+            let small_team = self.small_team.take();
+            let results = match &small_team {
+                Some(small_team) => {
+                    small_team.wake();
+                    pool.install(|| {
+                        team::with_team(small_team, || self.evaluate_on_pool(graph, request))
+                    })
+                }
+                None => pool.install(|| self.evaluate_on_pool(graph, request)),
+            };
             self.small_pool = Some(pool);
+            self.small_team = small_team;
             return results;
         }
         // Run on a pool thread: the parallel loops inside then start without waking and
@@ -492,18 +514,15 @@ impl<T: Real> CpuBackend<T> {
             let edges = &state.edges;
             let cached = &state.filter_w[l];
             let (pair_of_edge, identity_rows) = (&state.pair_of_edge, &state.identity_rows);
-            layer
-                .s_mid
-                .par_chunks_mut(per_task * h)
-                .zip(layer.v_mid.par_chunks_mut(per_task * 3 * h))
-                .enumerate()
-                .for_each_init(Scratch::new, |scratch, (task, (s_mid, v_mid))| {
+            // The rows of atoms `first_atom..` into `s_mid`, `v_mid` (`[atoms][H]`, `[atoms][3H]`).
+            let message_atoms =
+                |scratch: &mut Scratch<T>, first_atom: usize, s_mid: &mut [T], v_mid: &mut [T]| {
                     for (local, (s_out, v_out)) in s_mid
                         .chunks_exact_mut(h)
                         .zip(v_mid.chunks_exact_mut(3 * h))
                         .enumerate()
                     {
-                        let i = task * per_task + local;
+                        let i = first_atom + local;
                         let row = graph.offsets[i]..graph.offsets[i + 1];
                         let (w, filter_rows) = if cached.is_empty() {
                             filter.evaluate(l, &edges[row.clone()], false, scratch);
@@ -525,7 +544,25 @@ impl<T: Real> CpuBackend<T> {
                             v_out,
                         );
                     }
-                });
+                };
+            if team::active() {
+                let half = n / 2;
+                let (s_first, s_rest) = layer.s_mid.split_at_mut(half * h);
+                let (v_first, v_rest) = layer.v_mid.split_at_mut(half * 3 * h);
+                team::join(
+                    || message_atoms(&mut Scratch::new(), 0, s_first, v_first),
+                    || message_atoms(&mut Scratch::new(), half, s_rest, v_rest),
+                );
+            } else {
+                layer
+                    .s_mid
+                    .par_chunks_mut(per_task * h)
+                    .zip(layer.v_mid.par_chunks_mut(per_task * 3 * h))
+                    .enumerate()
+                    .for_each_init(Scratch::new, |scratch, (task, (s_mid, v_mid))| {
+                        message_atoms(scratch, task * per_task, s_mid, v_mid)
+                    });
+            }
 
             // Update.
             layer.norm.resize(n * h, T::zero());
@@ -747,53 +784,95 @@ impl<T: Real> CpuBackend<T> {
             let (cached_w, cached_dw) = (&state.filter_w[l], &state.filter_dw[l]);
             let (pair_of_edge, identity_rows) = (&state.pair_of_edge, &state.identity_rows);
             let need_inputs = l > 0;
-            state
-                .gs
-                .par_chunks_mut(per_task * h)
-                .zip(state.gv.par_chunks_mut(per_task * 3 * h))
-                .zip(de_dr_chunks(graph, per_task, &mut state.de_dr))
-                .enumerate()
-                .for_each_init(
-                    Scratch::new,
-                    |scratch, (task, ((gs_in, gv_in), de_dr_rows))| {
-                        let first_atom = task * per_task;
-                        let mut de_dr_rows = de_dr_rows;
-                        for (local, (gs_out, gv_out)) in gs_in
-                            .chunks_exact_mut(h)
-                            .zip(gv_in.chunks_exact_mut(3 * h))
-                            .enumerate()
-                        {
-                            let i = first_atom + local;
-                            let row = graph.offsets[i]..graph.offsets[i + 1];
-                            let (de_dr, remaining) = de_dr_rows.split_at_mut(row.len());
-                            de_dr_rows = remaining;
-                            let (w, dw, filter_rows) = if cached_dw.is_empty() {
-                                filter.evaluate(l, &edges[row.clone()], true, scratch);
-                                (&scratch.w[..], &scratch.dw[..], &identity_rows[..row.len()])
-                            } else {
-                                (&cached_w[..], &cached_dw[..], &pair_of_edge[row.clone()])
-                            };
-                            kernels::message_backward_row(
-                                h,
-                                i,
-                                &graph.sources[row.clone()],
-                                &edges[row],
-                                w,
-                                dw,
-                                filter_rows,
-                                &layer.s_in,
-                                &layer.v_in,
-                                gs_mid,
-                                gv_mid,
-                                need_inputs,
-                                T::of(U_EPSILON),
-                                gs_out,
-                                gv_out,
-                                de_dr,
-                            );
-                        }
+            // Atoms `first_atom..`: input gradients `[atoms][H]`, `[atoms][3H]` and their
+            // rows of dE/dr.
+            let message_backward_atoms =
+                |scratch: &mut Scratch<T>,
+                 first_atom: usize,
+                 gs_in: &mut [T],
+                 gv_in: &mut [T],
+                 de_dr_rows: &mut [[T; 3]]| {
+                    let mut de_dr_rows = de_dr_rows;
+                    for (local, (gs_out, gv_out)) in gs_in
+                        .chunks_exact_mut(h)
+                        .zip(gv_in.chunks_exact_mut(3 * h))
+                        .enumerate()
+                    {
+                        let i = first_atom + local;
+                        let row = graph.offsets[i]..graph.offsets[i + 1];
+                        let (de_dr, remaining) = de_dr_rows.split_at_mut(row.len());
+                        de_dr_rows = remaining;
+                        let (w, dw, filter_rows) = if cached_dw.is_empty() {
+                            filter.evaluate(l, &edges[row.clone()], true, scratch);
+                            (&scratch.w[..], &scratch.dw[..], &identity_rows[..row.len()])
+                        } else {
+                            (&cached_w[..], &cached_dw[..], &pair_of_edge[row.clone()])
+                        };
+                        kernels::message_backward_row(
+                            h,
+                            i,
+                            &graph.sources[row.clone()],
+                            &edges[row],
+                            w,
+                            dw,
+                            filter_rows,
+                            &layer.s_in,
+                            &layer.v_in,
+                            gs_mid,
+                            gv_mid,
+                            need_inputs,
+                            T::of(U_EPSILON),
+                            gs_out,
+                            gv_out,
+                            de_dr,
+                        );
+                    }
+                };
+            if team::active() {
+                let half = n / 2;
+                let (gs_first, gs_rest) = state.gs.split_at_mut(half * h);
+                let (gv_first, gv_rest) = state.gv.split_at_mut(half * 3 * h);
+                let (de_dr_first, de_dr_rest) = state.de_dr.split_at_mut(graph.offsets[half]);
+                team::join(
+                    || {
+                        message_backward_atoms(
+                            &mut Scratch::new(),
+                            0,
+                            gs_first,
+                            gv_first,
+                            de_dr_first,
+                        )
+                    },
+                    || {
+                        message_backward_atoms(
+                            &mut Scratch::new(),
+                            half,
+                            gs_rest,
+                            gv_rest,
+                            de_dr_rest,
+                        )
                     },
                 );
+            } else {
+                state
+                    .gs
+                    .par_chunks_mut(per_task * h)
+                    .zip(state.gv.par_chunks_mut(per_task * 3 * h))
+                    .zip(de_dr_chunks(graph, per_task, &mut state.de_dr))
+                    .enumerate()
+                    .for_each_init(
+                        Scratch::new,
+                        |scratch, (task, ((gs_in, gv_in), de_dr_rows))| {
+                            message_backward_atoms(
+                                scratch,
+                                task * per_task,
+                                gs_in,
+                                gv_in,
+                                de_dr_rows,
+                            )
+                        },
+                    );
+            }
         }
     }
 }

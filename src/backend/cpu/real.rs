@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::kernels;
+use super::team;
 use crate::model::Linear;
 
 /// float32 or float64.
@@ -134,6 +135,9 @@ fn rows_per_task(rows: usize) -> usize {
 /// Below this many rows a dot-product kernel beats packing the weights for a GEMM.
 const SMALL_ROWS: usize = 32;
 
+/// Smallest product (multiply-adds) that a molecule splits between its two threads.
+const PAIR_MIN_PRODUCT: usize = 16 * 1024;
+
 impl<T: Real> Dense<T> {
     pub fn from_model(linear: &Linear) -> Self {
         let weight: Vec<T> = linear.weight.iter().map(|&v| T::of(v)).collect();
@@ -150,6 +154,21 @@ impl<T: Real> Dense<T> {
             weight_t,
             bias: linear.bias.iter().map(|&v| T::of(v)).collect(),
         }
+    }
+
+    /// Where to split the `n` output columns of a product over `m` rows between the two
+    /// threads of a molecule's [`team`]: after a whole number of register tiles, and only
+    /// when the product is large enough to pay for the hand-off (about a microsecond).
+    /// Columns, not rows: each thread then reads only its half of the weights, and reading
+    /// the weights (from the shared cache) is what bounds these products.
+    fn pair_split(&self, m: usize, n: usize) -> Option<usize> {
+        if m >= SMALL_ROWS || n < 2 * kernels::TILE_COLUMNS || !team::active() {
+            return None;
+        }
+        if m * self.n_in * self.n_out < PAIR_MIN_PRODUCT {
+            return None;
+        }
+        Some((n / kernels::TILE_COLUMNS).div_ceil(2) * kernels::TILE_COLUMNS)
     }
 
     /// `y[m][n_out] = x[m][n_in] W^T + b` for one block of rows (single-threaded).
@@ -231,6 +250,18 @@ impl<T: Real> Dense<T> {
 
     /// [`forward_rows`](Self::forward_rows) over all rows, in parallel.
     pub fn forward(&self, x: &[T], y: &mut [T]) {
+        let m = x.len() / self.n_in;
+        if let Some(split) = self.pair_split(m, self.n_out) {
+            let (k, n) = (self.n_in, self.n_out);
+            let start = kernels::Start::Row(&self.bias);
+            let y = kernels::ProductOutput::new(&mut y[..m * n], n);
+            let weight_t = &self.weight_t;
+            team::join(
+                || kernels::small_product_columns(m, k, n, x, weight_t, start, y, 0..split),
+                || kernels::small_product_columns(m, k, n, x, weight_t, start, y, split..n),
+            );
+            return;
+        }
         let per_task = rows_per_task(x.len() / self.n_in);
         x.par_chunks(per_task * self.n_in)
             .zip(y.par_chunks_mut(per_task * self.n_out))
@@ -239,6 +270,22 @@ impl<T: Real> Dense<T> {
 
     /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
     pub fn backward(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
+        let m = gy.len() / self.n_out;
+        if let Some(split) = self.pair_split(m, self.n_in) {
+            let (k, n) = (self.n_out, self.n_in);
+            let start = if accumulate {
+                kernels::Start::Accumulate
+            } else {
+                kernels::Start::Zero
+            };
+            let gx = kernels::ProductOutput::new(&mut gx[..m * n], n);
+            let weight = &self.weight;
+            team::join(
+                || kernels::small_product_columns(m, k, n, gy, weight, start, gx, 0..split),
+                || kernels::small_product_columns(m, k, n, gy, weight, start, gx, split..n),
+            );
+            return;
+        }
         let per_task = rows_per_task(gy.len() / self.n_out);
         gy.par_chunks(per_task * self.n_out)
             .zip(gx.par_chunks_mut(per_task * self.n_in))
