@@ -546,13 +546,21 @@ impl<T: Real> CpuBackend<T> {
                     }
                 };
             if team::active() {
-                let half = n / 2;
-                let (s_first, s_rest) = layer.s_mid.split_at_mut(half * h);
-                let (v_first, v_rest) = layer.v_mid.split_at_mut(half * 3 * h);
-                team::join(
-                    || message_atoms(&mut Scratch::new(), 0, s_first, v_first),
-                    || message_atoms(&mut Scratch::new(), half, s_rest, v_rest),
+                let (s_mid, v_mid) = (
+                    team::SharedSlice::new(&mut layer.s_mid),
+                    team::SharedSlice::new(&mut layer.v_mid),
                 );
+                team::for_each_block(n.div_ceil(per_task), |task| {
+                    let atoms = task * per_task..((task + 1) * per_task).min(n);
+                    // SAFETY: each task writes the rows of its own atoms.
+                    let (s_mid, v_mid) = unsafe {
+                        (
+                            s_mid.part(atoms.start * h..atoms.end * h),
+                            v_mid.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                        )
+                    };
+                    message_atoms(&mut Scratch::new(), atoms.start, s_mid, v_mid);
+                });
             } else {
                 layer
                     .s_mid
@@ -829,30 +837,23 @@ impl<T: Real> CpuBackend<T> {
                     }
                 };
             if team::active() {
-                let half = n / 2;
-                let (gs_first, gs_rest) = state.gs.split_at_mut(half * h);
-                let (gv_first, gv_rest) = state.gv.split_at_mut(half * 3 * h);
-                let (de_dr_first, de_dr_rest) = state.de_dr.split_at_mut(graph.offsets[half]);
-                team::join(
-                    || {
-                        message_backward_atoms(
-                            &mut Scratch::new(),
-                            0,
-                            gs_first,
-                            gv_first,
-                            de_dr_first,
-                        )
-                    },
-                    || {
-                        message_backward_atoms(
-                            &mut Scratch::new(),
-                            half,
-                            gs_rest,
-                            gv_rest,
-                            de_dr_rest,
-                        )
-                    },
+                let (gs, gv, de_dr) = (
+                    team::SharedSlice::new(&mut state.gs),
+                    team::SharedSlice::new(&mut state.gv),
+                    team::SharedSlice::new(&mut state.de_dr),
                 );
+                team::for_each_block(n.div_ceil(per_task), |task| {
+                    let atoms = task * per_task..((task + 1) * per_task).min(n);
+                    // SAFETY: each task writes the rows of its own atoms and their edges.
+                    let (gs, gv, de_dr) = unsafe {
+                        (
+                            gs.part(atoms.start * h..atoms.end * h),
+                            gv.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                            de_dr.part(graph.offsets[atoms.start]..graph.offsets[atoms.end]),
+                        )
+                    };
+                    message_backward_atoms(&mut Scratch::new(), atoms.start, gs, gv, de_dr);
+                });
             } else {
                 state
                     .gs

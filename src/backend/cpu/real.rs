@@ -138,6 +138,10 @@ const SMALL_ROWS: usize = 32;
 /// Smallest product (multiply-adds) that a molecule splits between its two threads.
 const PAIR_MIN_PRODUCT: usize = 16 * 1024;
 
+/// Output columns per block of a product split between two threads: two register tiles
+/// (about a microsecond of work for a molecule's hidden layers).
+const PAIR_BLOCK_COLUMNS: usize = 2 * kernels::TILE_COLUMNS;
+
 impl<T: Real> Dense<T> {
     pub fn from_model(linear: &Linear) -> Self {
         let weight: Vec<T> = linear.weight.iter().map(|&v| T::of(v)).collect();
@@ -156,19 +160,16 @@ impl<T: Real> Dense<T> {
         }
     }
 
-    /// Where to split the `n` output columns of a product over `m` rows between the two
-    /// threads of a molecule's [`team`]: after a whole number of register tiles, and only
-    /// when the product is large enough to pay for the hand-off (about a microsecond).
-    /// Columns, not rows: each thread then reads only its half of the weights, and reading
-    /// the weights (from the shared cache) is what bounds these products.
-    fn pair_split(&self, m: usize, n: usize) -> Option<usize> {
-        if m >= SMALL_ROWS || n < 2 * kernels::TILE_COLUMNS || !team::active() {
-            return None;
-        }
-        if m * self.n_in * self.n_out < PAIR_MIN_PRODUCT {
-            return None;
-        }
-        Some((n / kernels::TILE_COLUMNS).div_ceil(2) * kernels::TILE_COLUMNS)
+    /// Whether a product over `m` rows with `n` output columns splits between the two
+    /// threads of a molecule's [`team`], in blocks of [`PAIR_BLOCK_COLUMNS`]: only when it
+    /// is large enough to pay for the hand-off (about a microsecond). Columns, not rows: a
+    /// block reads only its columns of the weights, and reading the weights (from the
+    /// shared cache) is what bounds these products.
+    fn pair_splits(&self, m: usize, n: usize) -> bool {
+        m < SMALL_ROWS
+            && n >= 2 * PAIR_BLOCK_COLUMNS
+            && m * self.n_in * self.n_out >= PAIR_MIN_PRODUCT
+            && team::active()
     }
 
     /// `y[m][n_out] = x[m][n_in] W^T + b` for one block of rows (single-threaded).
@@ -251,15 +252,15 @@ impl<T: Real> Dense<T> {
     /// [`forward_rows`](Self::forward_rows) over all rows, in parallel.
     pub fn forward(&self, x: &[T], y: &mut [T]) {
         let m = x.len() / self.n_in;
-        if let Some(split) = self.pair_split(m, self.n_out) {
+        if self.pair_splits(m, self.n_out) {
             let (k, n) = (self.n_in, self.n_out);
             let start = kernels::Start::Row(&self.bias);
             let y = kernels::ProductOutput::new(&mut y[..m * n], n);
             let weight_t = &self.weight_t;
-            team::join(
-                || kernels::small_product_columns(m, k, n, x, weight_t, start, y, 0..split),
-                || kernels::small_product_columns(m, k, n, x, weight_t, start, y, split..n),
-            );
+            team::for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
+                let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
+                kernels::small_product_columns(m, k, n, x, weight_t, start, y, columns);
+            });
             return;
         }
         let per_task = rows_per_task(x.len() / self.n_in);
@@ -271,7 +272,7 @@ impl<T: Real> Dense<T> {
     /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
     pub fn backward(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
         let m = gy.len() / self.n_out;
-        if let Some(split) = self.pair_split(m, self.n_in) {
+        if self.pair_splits(m, self.n_in) {
             let (k, n) = (self.n_out, self.n_in);
             let start = if accumulate {
                 kernels::Start::Accumulate
@@ -280,10 +281,10 @@ impl<T: Real> Dense<T> {
             };
             let gx = kernels::ProductOutput::new(&mut gx[..m * n], n);
             let weight = &self.weight;
-            team::join(
-                || kernels::small_product_columns(m, k, n, gy, weight, start, gx, 0..split),
-                || kernels::small_product_columns(m, k, n, gy, weight, start, gx, split..n),
-            );
+            team::for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
+                let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
+                kernels::small_product_columns(m, k, n, gy, weight, start, gx, columns);
+            });
             return;
         }
         let per_task = rows_per_task(gy.len() / self.n_out);

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// How long the helper spins for new work after its last job before it parks.
 const SPIN_WINDOW: Duration = Duration::from_millis(2);
 
+/// Spins between two offers of the core to other threads (a few microseconds).
+const YIELD_EVERY: u32 = 128;
+
 /// A type-erased pointer to a job on the caller's stack, valid until `finished` reaches
 /// `number` (or the caller takes the job back from the mailbox).
 #[derive(Clone, Copy)]
@@ -145,7 +148,7 @@ impl Team {
                 let mut spins = 0u32;
                 while self.shared.finished.load(Ordering::Acquire) < self.number {
                     spins = spins.wrapping_add(1);
-                    if spins % 1024 == 0 {
+                    if spins % YIELD_EVERY == 0 {
                         thread::yield_now();
                     } else {
                         std::hint::spin_loop();
@@ -189,12 +192,16 @@ fn helper_loop(shared: &Shared) {
         let posted = shared.posted.load(Ordering::Acquire);
         if posted == seen {
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 && last_work.elapsed() > SPIN_WINDOW {
+            if spins % YIELD_EVERY != 0 {
+                std::hint::spin_loop();
+            } else if last_work.elapsed() > SPIN_WINDOW {
                 // A later `wake` or `join` unparks; a stale token only costs one more lap.
                 thread::park();
                 last_work = Instant::now();
             } else {
-                std::hint::spin_loop();
+                // Give the core away if anything else wants it (an oversubscribed machine):
+                // the caller claims the blocks this thread does not.
+                thread::yield_now();
             }
             continue;
         }
@@ -240,6 +247,62 @@ pub fn join<A: FnOnce(), B: FnOnce() + Send>(here: A, there: B) {
     }
 }
 
+/// Runs `body(block)` for every block in `0..n_blocks`, on both threads of the current team
+/// when there is one: each thread claims the next unclaimed block until none is left, so a
+/// helper that starts late or is interrupted leaves its share to this thread (which then
+/// waits at most for the one block the helper holds). Without a team, in order here.
+pub fn for_each_block(n_blocks: usize, body: impl Fn(usize) + Sync) {
+    if !active() || n_blocks < 2 {
+        (0..n_blocks).for_each(body);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let claim_and_run = || {
+        loop {
+            let block = next.fetch_add(1, Ordering::Relaxed);
+            if block >= n_blocks {
+                break;
+            }
+            body(block);
+        }
+    };
+    join(claim_and_run, claim_and_run);
+}
+
+/// A mutable slice shared by the threads of [`for_each_block`], each block taking its own
+/// disjoint part.
+pub struct SharedSlice<'a, T> {
+    pointer: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the parts handed out are disjoint (`part`'s contract), like `split_at_mut`.
+unsafe impl<T: Send> Send for SharedSlice<'_, T> {}
+unsafe impl<T: Send> Sync for SharedSlice<'_, T> {}
+
+impl<'a, T> SharedSlice<'a, T> {
+    pub fn new(values: &'a mut [T]) -> Self {
+        SharedSlice {
+            pointer: values.as_mut_ptr(),
+            len: values.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// The values in `range`.
+    ///
+    /// # Safety
+    /// No other part alive at the same time may overlap `range`.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, range: std::ops::Range<usize>) -> &mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked); disjoint from other live parts (the caller's
+        // contract).
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(range.start), range.len()) }
+    }
+}
+
 /// Whether this thread has a team (two threads for the next [`join`]).
 pub fn active() -> bool {
     CURRENT.with(|current| !current.get().is_null())
@@ -269,6 +332,22 @@ mod tests {
         let mut value = 0;
         team.join(|| {}, || value = 7);
         assert_eq!(value, 7);
+    }
+
+    #[test]
+    fn every_block_runs_once_on_either_thread() {
+        let team = Team::start().expect("a helper thread");
+        with_team(&team, || {
+            for n_blocks in [0usize, 1, 2, 7, 100] {
+                let mut counts = vec![0u32; n_blocks];
+                let shared = SharedSlice::new(&mut counts);
+                for_each_block(n_blocks, |block| {
+                    // SAFETY: one block, one element.
+                    unsafe { shared.part(block..block + 1)[0] += 1 };
+                });
+                assert!(counts.iter().all(|&c| c == 1), "{n_blocks}: {counts:?}");
+            }
+        });
     }
 
     #[test]
