@@ -15,6 +15,7 @@ mod real;
 mod team;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -127,9 +128,8 @@ pub struct CpuBackend<T: Real> {
     state: State<T>,
     /// One-thread pool for small systems (created on first use).
     small_pool: Option<rayon::ThreadPool>,
-    /// The spinning second thread of small systems, when two threads are allowed (created
-    /// on first use).
-    small_team: Option<team::Team>,
+    /// One thread or two for small systems, from measured call times.
+    small_mode: team::ModeChoice,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -179,7 +179,7 @@ impl<T: Real> CpuBackend<T> {
             filter_mode,
             state: State::default(),
             small_pool: None,
-            small_team: None,
+            small_mode: team::ModeChoice::default(),
         }
     }
 
@@ -199,9 +199,10 @@ impl<T: Real> Backend for CpuBackend<T> {
         if graph.n_atoms() < SMALL_SYSTEM_ATOMS {
             // A molecule's work is too small to share through the pool: waking other
             // threads for each of the ~40 parallel loops would cost more than it saves. One
-            // hand-off to a one-thread pool, then everything runs there, and the large dense
-            // products split with a second thread that spins during the call (a `Team`),
-            // when the pool allows two threads. Neither changes the bits of the results.
+            // hand-off to a one-thread pool, then everything runs there; when two threads are
+            // allowed, this thread, instead of sleeping until the pool is done, takes blocks
+            // of the dense products and message rows (a `Team`), on the calls where that
+            // measured faster (`ModeChoice`). Neither changes the bits.
             let pool = match self.small_pool.take() {
                 Some(pool) => pool,
                 None => rayon::ThreadPoolBuilder::new()
@@ -210,23 +211,38 @@ impl<T: Real> Backend for CpuBackend<T> {
                     .build()
                     .map_err(|e| crate::error::Error::Unsupported(format!("thread pool: {e}")))?,
             };
-            if rayon::current_num_threads() < 2 {
-                self.small_team = None;
-            } else if self.small_team.is_none() {
-                self.small_team = team::Team::start();
-            }
-            let small_team = self.small_team.take();
-            let results = match &small_team {
-                Some(small_team) => {
-                    small_team.wake();
-                    pool.install(|| {
-                        team::with_team(small_team, || self.evaluate_on_pool(graph, request))
-                    })
-                }
-                None => pool.install(|| self.evaluate_on_pool(graph, request)),
+            let two_threads =
+                rayon::current_num_threads() >= 2 && self.small_mode.two_threads(graph.n_atoms());
+            let start = std::time::Instant::now();
+            let results = if !two_threads {
+                pool.install(|| self.evaluate_on_pool(graph, request))
+            } else {
+                let small_team = team::Team::default();
+                let done = AtomicBool::new(false);
+                let mut results = None;
+                pool.in_place_scope(|scope| {
+                    scope.spawn(|_| {
+                        // Set even if the evaluation panics (the panic then resumes here).
+                        struct SetOnDrop<'a>(&'a AtomicBool);
+                        impl Drop for SetOnDrop<'_> {
+                            fn drop(&mut self) {
+                                self.0.store(true, Ordering::Release);
+                            }
+                        }
+                        let _done = SetOnDrop(&done);
+                        results = Some(team::with_team(&small_team, || {
+                            self.evaluate_on_pool(graph, request)
+                        }));
+                    });
+                    small_team.serve(&done);
+                });
+                results.expect("the evaluation ran")
             };
+            if rayon::current_num_threads() >= 2 {
+                self.small_mode
+                    .record(two_threads, start.elapsed().as_secs_f64());
+            }
             self.small_pool = Some(pool);
-            self.small_team = small_team;
             return results;
         }
         // Run on a pool thread: the parallel loops inside then start without waking and

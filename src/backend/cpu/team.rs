@@ -1,28 +1,26 @@
-//! A second thread for small molecules: it spins while a call is under way, so the dense
-//! products of a molecule (a few microseconds each) can split between two cores without
-//! waking a sleeping thread for each of them (a futex wake costs about as much as the work).
+//! Two threads for one small molecule, without waking a sleeping thread for each parallel
+//! step (a futex wake costs about as much as a molecule's dense product).
 //!
-//! The engine hands it one closure at a time through [`Team::join`], which runs two closures
-//! (one here, one there) and returns when both are done, like `rayon::join`. Which thread
-//! runs which half never changes the arithmetic, so results keep their bits. After a call the
-//! helper keeps spinning for [`SPIN_WINDOW`] (MD steps follow each other closely, as OpenMP
-//! runtimes do), then parks until the next call wakes it.
+//! The thread that calls the engine hands the evaluation to the engine's one-thread pool
+//! (whose worker then runs it) and, instead of sleeping until it is done, serves as the
+//! molecule's second thread ([`Team::serve`]): it spins, taking the jobs the worker posts
+//! through [`Team::join`] and [`for_each_block`], until the evaluation ends. No thread spins
+//! between calls, and the caller is already running on its core, so the two threads land
+//! on two cores without the scheduler's help.
+//!
+//! Which thread runs which block never changes the arithmetic, so results keep their bits.
 
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
-
-/// How long the helper spins for new work after its last job before it parks.
-const SPIN_WINDOW: Duration = Duration::from_millis(2);
+use std::thread;
 
 /// Spins between two offers of the core to other threads (a few microseconds).
 const YIELD_EVERY: u32 = 128;
 
-/// A type-erased pointer to a job on the caller's stack, valid until `finished` reaches
-/// `number` (or the caller takes the job back from the mailbox).
+/// A type-erased pointer to a job on the poster's stack, valid until `finished` reaches
+/// `number` (or the poster takes the job back from the mailbox).
 #[derive(Clone, Copy)]
 struct JobRef {
     data: *const (),
@@ -30,26 +28,21 @@ struct JobRef {
     number: usize,
 }
 
-// SAFETY: the pointee is a `StackJob` whose closure is `Send`; the caller keeps it alive and
-// untouched until the helper reports it finished.
+// SAFETY: the pointee is a `StackJob` whose closure is `Send`; the poster keeps it alive and
+// untouched until the server reports it finished.
 unsafe impl Send for JobRef {}
 
-struct Shared {
-    /// Jobs posted so far; the helper runs the job in `job` when this moves past what it saw.
+/// The mailbox between the thread evaluating a molecule and the thread serving it.
+#[derive(Default)]
+pub struct Team {
+    /// Jobs posted so far; the server runs the job in `job` when this moves past what it saw.
     posted: AtomicUsize,
-    /// Jobs the helper has finished.
+    /// The number of the last job the server finished.
     finished: AtomicUsize,
     job: Mutex<Option<JobRef>>,
-    stop: AtomicBool,
 }
 
-/// The caller's side: one helper thread and the mailbox to it.
-pub struct Team {
-    shared: Arc<Shared>,
-    helper: Option<JoinHandle<()>>,
-}
-
-/// A closure waiting on the caller's stack, with room for the helper's panic.
+/// A closure waiting on the poster's stack, with room for the server's panic.
 struct StackJob<F> {
     closure: UnsafeCell<Option<F>>,
     panic: UnsafeCell<Option<Box<dyn Any + Send>>>,
@@ -73,59 +66,31 @@ impl<F: FnOnce() + Send> StackJob<F> {
 }
 
 impl Team {
-    /// Starts the helper thread, or returns `None` when the system will not start one.
-    pub fn start() -> Option<Team> {
-        let shared = Arc::new(Shared {
-            posted: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
-            job: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        });
-        let helper_shared = Arc::clone(&shared);
-        let helper = thread::Builder::new()
-            .name("painn-pair".into())
-            .spawn(move || helper_loop(&helper_shared))
-            .ok()?;
-        Some(Team {
-            shared,
-            helper: Some(helper),
-        })
-    }
-
-    /// Tells a parked helper that work is coming (a call is starting), so that it is
-    /// spinning by the time the first job arrives.
-    pub fn wake(&self) {
-        if let Some(helper) = &self.helper {
-            helper.thread().unpark();
-        }
-    }
-
-    /// Runs `here` on this thread and `there` on the helper; returns when both are done.
-    /// If the helper has not picked `there` up by the time `here` is done (its core busy with
-    /// something else), this thread takes it back and runs it, so a missing helper costs no
-    /// more than running both halves here. A panic in either is resumed here, after both
-    /// have finished.
+    /// Runs `here` on this thread and `there` on the serving thread; returns when both are
+    /// done. If the server has not picked `there` up by the time `here` is done (its core
+    /// busy with something else), this thread takes it back and runs it, so a missing server
+    /// costs no more than running both halves here. A panic in either is resumed here, after
+    /// both have finished.
     pub fn join<A: FnOnce(), B: FnOnce() + Send>(&self, here: A, there: B) {
         let job = StackJob {
             closure: UnsafeCell::new(Some(there)),
             panic: UnsafeCell::new(None),
         };
         let number = {
-            let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
-            let number = self.shared.posted.load(Ordering::Relaxed) + 1;
+            let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+            let number = self.posted.load(Ordering::Relaxed) + 1;
             *slot = Some(JobRef {
                 data: &job as *const StackJob<B> as *const (),
                 run: StackJob::<B>::run,
                 number,
             });
-            self.shared.posted.store(number, Ordering::Release);
+            self.posted.store(number, Ordering::Release);
             number
         };
-        self.wake();
-        // Whatever happens to `here`, the job must not leave this frame before the helper
+        // Whatever happens to `here`, the job must not leave this frame before the server
         // is done with it (or it is taken back).
         struct Settle<'a> {
-            shared: &'a Shared,
+            team: &'a Team,
             number: usize,
             /// Run a job taken back (false while unwinding: it is dropped instead).
             run_taken_back: bool,
@@ -133,7 +98,7 @@ impl Team {
         impl Drop for Settle<'_> {
             fn drop(&mut self) {
                 let taken_back = self
-                    .shared
+                    .team
                     .job
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -146,7 +111,7 @@ impl Team {
                     return;
                 }
                 let mut spins = 0u32;
-                while self.shared.finished.load(Ordering::Acquire) < self.number {
+                while self.team.finished.load(Ordering::Acquire) < self.number {
                     spins = spins.wrapping_add(1);
                     if spins % YIELD_EVERY == 0 {
                         thread::yield_now();
@@ -157,63 +122,48 @@ impl Team {
             }
         }
         let mut settle = Settle {
-            shared: &self.shared,
+            team: self,
             number,
             run_taken_back: false,
         };
         here();
         settle.run_taken_back = true;
         drop(settle);
-        // SAFETY: the job has finished, here or on the helper.
+        // SAFETY: the job has finished, here or on the server.
         if let Some(payload) = unsafe { (*job.panic.get()).take() } {
             std::panic::resume_unwind(payload);
         }
     }
 }
 
-impl Drop for Team {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(helper) = self.helper.take() {
-            helper.thread().unpark();
-            let _ = helper.join();
-        }
-    }
-}
-
-fn helper_loop(shared: &Shared) {
-    let mut seen = 0usize;
-    let mut last_work = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let posted = shared.posted.load(Ordering::Acquire);
-        if posted == seen {
-            spins = spins.wrapping_add(1);
-            if spins % YIELD_EVERY != 0 {
-                std::hint::spin_loop();
-            } else if last_work.elapsed() > SPIN_WINDOW {
-                // A later `wake` or `join` unparks; a stale token only costs one more lap.
-                thread::park();
-                last_work = Instant::now();
-            } else {
-                // Give the core away if anything else wants it (an oversubscribed machine):
-                // the caller claims the blocks this thread does not.
-                thread::yield_now();
+impl Team {
+    /// Runs the jobs posted to this team until `done` is set (by the evaluating thread, when
+    /// it has finished; no job is in flight then).
+    pub fn serve(&self, done: &AtomicBool) {
+        let mut seen = self.posted.load(Ordering::Acquire);
+        let mut spins = 0u32;
+        while !done.load(Ordering::Acquire) {
+            let posted = self.posted.load(Ordering::Acquire);
+            if posted == seen {
+                spins = spins.wrapping_add(1);
+                if spins % YIELD_EVERY == 0 {
+                    // Give the core away if anything else wants it (an oversubscribed
+                    // machine): the evaluating thread claims the blocks this one does not.
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
             }
-            continue;
+            seen = posted;
+            let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            // None: the poster took the job back and ran it itself.
+            if let Some(job) = job {
+                // SAFETY: the poster keeps the job alive until `finished` reaches its number.
+                unsafe { (job.run)(job.data) };
+                self.finished.store(job.number, Ordering::Release);
+            }
         }
-        seen = posted;
-        let job = shared.job.lock().unwrap_or_else(|e| e.into_inner()).take();
-        // None: the caller took the job back and ran it itself.
-        if let Some(job) = job {
-            // SAFETY: the caller keeps the job alive until `finished` reaches its number.
-            unsafe { (job.run)(job.data) };
-            shared.finished.store(job.number, Ordering::Release);
-        }
-        last_work = Instant::now();
     }
 }
 
@@ -308,45 +258,121 @@ pub fn active() -> bool {
     CURRENT.with(|current| !current.get().is_null())
 }
 
+/// Chooses between one thread and two for the calls on one molecule, from their measured
+/// times: a second thread helps when the two run on two physical cores, and hurts when the
+/// system puts them on one (hyperthreads of one core on a virtual machine's host, or a core
+/// busy with another process), which can change while a simulation runs. Every
+/// [`PROBE_EVERY`]th call tries the mode not in use; both keep a moving average. Results do
+/// not depend on the choice (the same bits either way), only the time does.
+#[derive(Clone, Debug, Default)]
+pub struct ModeChoice {
+    /// Moving averages of seconds per call: one thread, two threads (0: not yet measured).
+    average_seconds: [f64; 2],
+    calls: u64,
+    n_atoms: usize,
+}
+
+/// One call in this many runs in the mode not currently preferred.
+const PROBE_EVERY: u64 = 16;
+
+impl ModeChoice {
+    /// Whether the next call on `n_atoms` atoms should use two threads.
+    pub fn two_threads(&mut self, n_atoms: usize) -> bool {
+        if n_atoms != self.n_atoms {
+            *self = ModeChoice {
+                n_atoms,
+                ..ModeChoice::default()
+            };
+        }
+        self.calls += 1;
+        let [one, two] = self.average_seconds;
+        // Measure each mode first, then the faster, probing the other now and then.
+        let preferred_two = if one == 0.0 {
+            false
+        } else if two == 0.0 {
+            true
+        } else {
+            two < one
+        };
+        if self.calls % PROBE_EVERY == 0 {
+            !preferred_two
+        } else {
+            preferred_two
+        }
+    }
+
+    /// Records the time of a call made in the mode `two_threads` chose.
+    pub fn record(&mut self, two_threads: bool, seconds: f64) {
+        let average = &mut self.average_seconds[usize::from(two_threads)];
+        *average = if *average == 0.0 {
+            seconds
+        } else {
+            0.75 * *average + 0.25 * seconds
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn join_runs_both_halves_and_waits_for_them() {
-        let team = Team::start().expect("a helper thread");
-        for round in 0..1000u64 {
-            let (mut left, mut right) = (0u64, 0u64);
-            team.join(|| left = round * 2, || right = round * 3 + 1);
-            assert_eq!((left, right), (round * 2, round * 3 + 1));
-        }
+    /// Runs `body` with a team served by a second thread.
+    fn with_server(body: impl FnOnce(&Team) + Send) {
+        let team = Team::default();
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            scope.spawn(|| team.serve(&done));
+            body(&team);
+            done.store(true, Ordering::Release);
+        });
     }
 
     #[test]
-    fn a_panic_on_the_helper_reaches_the_caller_and_the_team_goes_on() {
-        let team = Team::start().expect("a helper thread");
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            team.join(|| {}, || panic!("helper half failed"))
-        }));
-        assert!(outcome.is_err());
-        let mut value = 0;
-        team.join(|| {}, || value = 7);
-        assert_eq!(value, 7);
+    fn join_runs_both_halves_and_waits_for_them() {
+        with_server(|team| {
+            for round in 0..1000u64 {
+                let (mut left, mut right) = (0u64, 0u64);
+                team.join(|| left = round * 2, || right = round * 3 + 1);
+                assert_eq!((left, right), (round * 2, round * 3 + 1));
+            }
+        });
+    }
+
+    #[test]
+    fn a_join_without_a_server_runs_both_halves_here() {
+        let team = Team::default();
+        let (mut left, mut right) = (0, 0);
+        team.join(|| left = 1, || right = 2);
+        assert_eq!((left, right), (1, 2));
+    }
+
+    #[test]
+    fn a_panic_on_the_server_reaches_the_poster_and_the_team_goes_on() {
+        with_server(|team| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                team.join(|| {}, || panic!("the served half failed"))
+            }));
+            assert!(outcome.is_err());
+            let mut value = 0;
+            team.join(|| {}, || value = 7);
+            assert_eq!(value, 7);
+        });
     }
 
     #[test]
     fn every_block_runs_once_on_either_thread() {
-        let team = Team::start().expect("a helper thread");
-        with_team(&team, || {
-            for n_blocks in [0usize, 1, 2, 7, 100] {
-                let mut counts = vec![0u32; n_blocks];
-                let shared = SharedSlice::new(&mut counts);
-                for_each_block(n_blocks, |block| {
-                    // SAFETY: one block, one element.
-                    unsafe { shared.part(block..block + 1)[0] += 1 };
-                });
-                assert!(counts.iter().all(|&c| c == 1), "{n_blocks}: {counts:?}");
-            }
+        with_server(|team| {
+            with_team(team, || {
+                for n_blocks in [0usize, 1, 2, 7, 100] {
+                    let mut counts = vec![0u32; n_blocks];
+                    let shared = SharedSlice::new(&mut counts);
+                    for_each_block(n_blocks, |block| {
+                        // SAFETY: one block, one element.
+                        unsafe { shared.part(block..block + 1)[0] += 1 };
+                    });
+                    assert!(counts.iter().all(|&c| c == 1), "{n_blocks}: {counts:?}");
+                }
+            });
         });
     }
 
@@ -360,5 +386,29 @@ mod tests {
             || log.lock().unwrap().push(2),
         );
         assert_eq!(order, [1, 2]);
+    }
+
+    #[test]
+    fn the_faster_mode_is_chosen_and_the_other_probed() {
+        let mut choice = ModeChoice::default();
+        let mut runs = [0u32; 2];
+        // Two threads take 2 units, one takes 3, then the machine changes and two take 5.
+        for call in 0..400 {
+            let two = choice.two_threads(12);
+            runs[usize::from(two)] += 1;
+            let seconds = match (two, call < 200) {
+                (true, true) => 2.0,
+                (true, false) => 5.0,
+                (false, _) => 3.0,
+            };
+            choice.record(two, seconds);
+            if call == 199 {
+                assert!(runs[1] > 160 && runs[0] < 40, "{runs:?}");
+                runs = [0; 2];
+            }
+        }
+        assert!(runs[0] > 160 && runs[1] < 40, "{runs:?}");
+        // Another molecule starts over.
+        assert!(!choice.two_threads(20));
     }
 }
