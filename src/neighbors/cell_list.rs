@@ -7,11 +7,11 @@
 //!    search sphere spans `reach` bins on each side, one in the common case and several when
 //!    the cell is thinner than the radius (then several images of one atom appear). Dense
 //!    bins when their number is O(n), hashed otherwise (sparse or huge open systems).
-//! 3. For each receiver, the atoms of the neighbouring bins are filtered by distance
-//!    ([`super::filter`]), in parallel over chunks of bins, giving unsorted rows.
-//! 4. Rows are transposed into CSR by receiver. Because the list is symmetric, walking
-//!    the unsorted rows in increasing atom index and appending `(j <- i, -n)` to row `j`
-//!    leaves every row sorted by source, so no per-row sort is needed.
+//! 3. For each bin, the atom images of the neighbouring bins are gathered sorted by (atom,
+//!    image) (a bitmap over their atom indices when the input is spatially ordered, a sort
+//!    otherwise); each receiver of the bin filters them by distance ([`super::filter`]),
+//!    which keeps that order, so every row comes out sorted. In parallel over chunks of bins.
+//! 4. Rows, found in bin order, are placed in CSR by receiver index.
 
 use std::collections::HashMap;
 use std::ops::Range;
