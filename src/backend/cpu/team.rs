@@ -54,7 +54,8 @@ impl<F: FnOnce() + Send> StackJob<F> {
     unsafe fn run(data: *const ()) {
         // SAFETY: forwarded contract.
         let job = unsafe { &*(data as *const StackJob<F>) };
-        // SAFETY: the helper alone touches the job while it runs.
+        // SAFETY: one thread runs the job (the server, or the poster after taking it
+        // back), and it alone touches the job meanwhile.
         let closure = unsafe { (*job.closure.get()).take() };
         if let Some(closure) = closure {
             if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(closure)) {
@@ -199,8 +200,8 @@ pub fn join<A: FnOnce(), B: FnOnce() + Send>(here: A, there: B) {
 
 /// Runs `body(block)` for every block in `0..n_blocks`, on both threads of the current team
 /// when there is one: each thread claims the next unclaimed block until none is left, so a
-/// helper that starts late or is interrupted leaves its share to this thread (which then
-/// waits at most for the one block the helper holds). Without a team, in order here.
+/// server that starts late or is interrupted leaves its share to this thread (which then
+/// waits at most for the one block the server holds). Without a team, in order here.
 pub fn for_each_block(n_blocks: usize, body: impl Fn(usize) + Sync) {
     if !active() || n_blocks < 2 {
         (0..n_blocks).for_each(body);
