@@ -302,13 +302,16 @@ impl ModeChoice {
         }
     }
 
-    /// Records the time of a call made in the mode `two_threads` chose.
+    /// Records the time of a call made in the mode `two_threads` chose. A call slower than
+    /// twice the average counts as twice the average: one interrupted call (another
+    /// program's threads, a page fault) should not flip the choice, a lasting change still
+    /// does within a few calls.
     pub fn record(&mut self, two_threads: bool, seconds: f64) {
         let average = &mut self.average_seconds[usize::from(two_threads)];
         *average = if *average == 0.0 {
             seconds
         } else {
-            0.75 * *average + 0.25 * seconds
+            0.75 * *average + 0.25 * seconds.min(2.0 * *average)
         };
     }
 }
@@ -409,6 +412,14 @@ mod tests {
             }
         }
         assert!(runs[0] > 160 && runs[1] < 40, "{runs:?}");
+        // One interrupted call does not flip the choice back.
+        let mut choice = ModeChoice::default();
+        for call in 0..64 {
+            let two = choice.two_threads(12);
+            let seconds = if two { 2.0 } else { 3.0 };
+            choice.record(two, if call == 40 { 100.0 } else { seconds });
+        }
+        assert!(choice.two_threads(12));
         // Another molecule starts over.
         assert!(!choice.two_threads(20));
     }
