@@ -7,6 +7,7 @@
 use multiversion::multiversion;
 
 use super::real::Real;
+use super::team::SharedSlice;
 use crate::model::filter::NODE_VECTORS;
 
 /// Lanes of the vectorisable reductions.
@@ -270,72 +271,46 @@ pub fn small_product<T: Real>(
     start: Start<'_, T>,
     c: &mut [T],
 ) {
-    let c = ProductOutput::new(&mut c[..m * n], n);
-    small_product_columns(m, k, n, a, b, start, c, 0..n);
+    let c = SharedSlice::new(&mut c[..m * n]);
+    // SAFETY: `c` is borrowed mutably for the whole product, by this thread alone.
+    unsafe { small_product_columns(m, k, n, a, b, start, &c, 0..n) };
 }
 
-/// The `[m][n]` output of a product, shared by threads that each write their own columns
-/// (a product's columns read their own part of `b`: splitting by columns splits the weight
-/// traffic, which bounds these products, where splitting by rows would not).
-#[derive(Clone, Copy)]
-pub struct ProductOutput<'a, T> {
-    pointer: *mut T,
-    len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [T]>,
-}
-
-// SAFETY: threads holding copies write disjoint columns (`small_product_columns`' contract).
-unsafe impl<T: Send> Send for ProductOutput<'_, T> {}
-unsafe impl<T: Send> Sync for ProductOutput<'_, T> {}
-
-impl<'a, T> ProductOutput<'a, T> {
-    /// Holds `c` (rows of `n`) for the product.
-    pub fn new(c: &'a mut [T], n: usize) -> Self {
-        assert!(n > 0 && c.len() % n == 0, "an output of whole rows");
-        ProductOutput {
-            pointer: c.as_mut_ptr(),
-            len: c.len(),
-            _borrow: std::marker::PhantomData,
-        }
-    }
-
-    /// The `count` values from `offset`, for this thread's columns only.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    fn values(&self, offset: usize, count: usize) -> &mut [T] {
-        assert!(offset + count <= self.len);
-        // SAFETY: in bounds (checked); the columns are this thread's alone.
-        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(offset), count) }
-    }
-}
-
-/// [`small_product`] for the output columns `columns` only: `c`'s other columns are neither
-/// read nor written, so threads may share `c` with disjoint column ranges.
+/// [`small_product`] for the output columns `columns` of `c` (`[m][n]`) only: its other
+/// columns are neither read nor written, so threads may share `c` with disjoint column
+/// ranges. Splitting by columns splits the weight traffic (each column reads its own part
+/// of `b`), which bounds these products; splitting by rows would not.
+///
+/// # Safety
+/// No other thread reads or writes `c`'s columns `columns` during the call.
 #[multiversion(targets("x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
-pub fn small_product_columns<T: Real>(
+pub unsafe fn small_product_columns<T: Real>(
     m: usize,
     k: usize,
     n: usize,
     a: &[T],
     b: &[T],
     start: Start<'_, T>,
-    c: ProductOutput<'_, T>,
+    c: &SharedSlice<'_, T>,
     columns: std::ops::Range<usize>,
 ) {
     let (a, b) = (&a[..m * k], &b[..k * n]);
-    assert!(c.len == m * n && columns.end <= n);
+    assert!(c.len() == m * n && columns.end <= n);
+    // `count` values of `c` from `offset`, all in this call's columns.
+    // SAFETY: the columns are this call's alone (the function's contract).
+    let values = |offset: usize, count: usize| unsafe { c.part(offset..offset + count) };
     let width = columns.len();
     match start {
         Start::Zero => {
             for r in 0..m {
-                c.values(r * n + columns.start, width).fill(T::zero());
+                values(r * n + columns.start, width).fill(T::zero());
             }
         }
         Start::Row(row) => {
             let row = &row[columns.clone()];
             for r in 0..m {
-                c.values(r * n + columns.start, width).copy_from_slice(row);
+                values(r * n + columns.start, width).copy_from_slice(row);
             }
         }
         Start::Accumulate => {}
@@ -350,7 +325,7 @@ pub fn small_product_columns<T: Real>(
                 if let (Some(a), Some(b)) = (as_f32(a), as_f32(b)) {
                     // The tile's corner; its six rows of 16 lie inside c (r0 + 6 <= m,
                     // j0 + 16 <= n) and in this thread's columns.
-                    let corner = c.values(r0 * n + j0, (TILE_ROWS - 1) * n + TILE_COLUMNS);
+                    let corner = values(r0 * n + j0, (TILE_ROWS - 1) * n + TILE_COLUMNS);
                     // SAFETY: a, b and the tile are in bounds (a is m x k, b is k x n,
                     // checked above; the corner slice spans the tile).
                     unsafe {
@@ -369,7 +344,7 @@ pub fn small_product_columns<T: Real>(
             }
             let mut tile = [[T::zero(); TILE_COLUMNS]; TILE_ROWS];
             for (r, tile_row) in tile.iter_mut().enumerate() {
-                tile_row.copy_from_slice(c.values((r0 + r) * n + j0, TILE_COLUMNS));
+                tile_row.copy_from_slice(values((r0 + r) * n + j0, TILE_COLUMNS));
             }
             let a_rows: [&[T]; TILE_ROWS] =
                 std::array::from_fn(|r| &a[(r0 + r) * k..(r0 + r + 1) * k]);
@@ -385,13 +360,15 @@ pub fn small_product_columns<T: Real>(
                 }
             }
             for (r, tile_row) in tile.iter().enumerate() {
-                c.values((r0 + r) * n + j0, TILE_COLUMNS)
-                    .copy_from_slice(tile_row);
+                values((r0 + r) * n + j0, TILE_COLUMNS).copy_from_slice(tile_row);
             }
             j0 += TILE_COLUMNS;
         }
         if j0 < columns.end {
-            product_remainder(r0..r0 + TILE_ROWS, j0..columns.end, k, n, a, b, c);
+            // SAFETY: the same columns, the same contract.
+            unsafe {
+                product_remainder(r0..r0 + TILE_ROWS, j0..columns.end, k, n, a, b, c);
+            }
         }
         r0 += TILE_ROWS;
     }
@@ -410,7 +387,7 @@ pub fn small_product_columns<T: Real>(
             while j0 + TILE_COLUMNS <= columns.end {
                 let mut c_tile = [[0.0f32; TILE_COLUMNS]; TILE_ROWS];
                 for (r, c_row) in c_tile.iter_mut().enumerate().take(rows) {
-                    let values = c.values((r0 + r) * n + j0, TILE_COLUMNS);
+                    let values = values((r0 + r) * n + j0, TILE_COLUMNS);
                     // SAFETY: T is f32 (as_f32 succeeded for a): same layout.
                     let values = unsafe { &*(values as *const [T] as *const [f32]) };
                     c_row.copy_from_slice(values);
@@ -428,7 +405,7 @@ pub fn small_product_columns<T: Real>(
                     )
                 };
                 for (r, c_row) in c_tile.iter().enumerate().take(rows) {
-                    let values = c.values((r0 + r) * n + j0, TILE_COLUMNS);
+                    let values = values((r0 + r) * n + j0, TILE_COLUMNS);
                     // SAFETY: as above.
                     let values = unsafe { &mut *(values as *mut [T] as *mut [f32]) };
                     values.copy_from_slice(c_row);
@@ -437,7 +414,10 @@ pub fn small_product_columns<T: Real>(
             }
         }
         if j0 < columns.end {
-            product_remainder(r0..m, j0..columns.end, k, n, a, b, c);
+            // SAFETY: the same columns, the same contract.
+            unsafe {
+                product_remainder(r0..m, j0..columns.end, k, n, a, b, c);
+            }
         }
     }
 }
@@ -504,17 +484,21 @@ unsafe fn tile_f32_avx2(
 
 /// The outputs of [`small_product`] outside full tiles, summed in the same order.
 #[inline(always)]
-fn product_remainder<T: Real>(
+///
+/// # Safety
+/// As [`small_product_columns`]: `c`'s columns `columns` are this thread's alone.
+unsafe fn product_remainder<T: Real>(
     rows: std::ops::Range<usize>,
     columns: std::ops::Range<usize>,
     k: usize,
     n: usize,
     a: &[T],
     b: &[T],
-    c: ProductOutput<'_, T>,
+    c: &SharedSlice<'_, T>,
 ) {
     for r in rows {
-        let c_part = c.values(r * n + columns.start, columns.len());
+        // SAFETY: in this call's columns (the function's contract).
+        let c_part = unsafe { c.part(r * n + columns.start..r * n + columns.end) };
         for kk in 0..k {
             let a_rk = a[r * k + kk];
             let b_part = &b[kk * n + columns.start..][..columns.len()];
@@ -579,7 +563,7 @@ mod tests {
 
     #[test]
     fn small_products_match_the_definition_with_and_without_remainders() {
-        // Sizes off the 4 x 16 tiles exercise the remainder loops.
+        // Sizes off the 6 x 16 tiles exercise the remainder loops.
         for (m, n_in, n_out) in [
             (1, 4, 8),
             (3, 7, 5),
@@ -676,9 +660,12 @@ mod tests {
             small_product(m, k, n, &a, &b, Start::Row(&bias), &mut whole);
             for split in [0, 5, 16, n / 2, n - 1, n] {
                 let mut parts = vec![f32::NAN; m * n];
-                let c = ProductOutput::new(&mut parts, n);
-                small_product_columns(m, k, n, &a, &b, Start::Row(&bias), c, 0..split);
-                small_product_columns(m, k, n, &a, &b, Start::Row(&bias), c, split..n);
+                let c = SharedSlice::new(&mut parts);
+                // SAFETY: one thread, one range at a time.
+                unsafe {
+                    small_product_columns(m, k, n, &a, &b, Start::Row(&bias), &c, 0..split);
+                    small_product_columns(m, k, n, &a, &b, Start::Row(&bias), &c, split..n);
+                }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&parts), bits(&whole), "{m}x{k}x{n} split at {split}");
             }

@@ -253,14 +253,8 @@ impl<T: Real> Dense<T> {
     pub fn forward(&self, x: &[T], y: &mut [T]) {
         let m = x.len() / self.n_in;
         if self.pair_splits(m, self.n_out) {
-            let (k, n) = (self.n_in, self.n_out);
             let start = kernels::Start::Row(&self.bias);
-            let y = kernels::ProductOutput::new(&mut y[..m * n], n);
-            let weight_t = &self.weight_t;
-            team::for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
-                let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
-                kernels::small_product_columns(m, k, n, x, weight_t, start, y, columns);
-            });
+            paired_product(m, self.n_in, self.n_out, x, &self.weight_t, start, y);
             return;
         }
         let per_task = rows_per_task(x.len() / self.n_in);
@@ -273,18 +267,12 @@ impl<T: Real> Dense<T> {
     pub fn backward(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
         let m = gy.len() / self.n_out;
         if self.pair_splits(m, self.n_in) {
-            let (k, n) = (self.n_out, self.n_in);
             let start = if accumulate {
                 kernels::Start::Accumulate
             } else {
                 kernels::Start::Zero
             };
-            let gx = kernels::ProductOutput::new(&mut gx[..m * n], n);
-            let weight = &self.weight;
-            team::for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
-                let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
-                kernels::small_product_columns(m, k, n, gy, weight, start, gx, columns);
-            });
+            paired_product(m, self.n_out, self.n_in, gy, &self.weight, start, gx);
             return;
         }
         let per_task = rows_per_task(gy.len() / self.n_out);
@@ -292,6 +280,26 @@ impl<T: Real> Dense<T> {
             .zip(gx.par_chunks_mut(per_task * self.n_in))
             .for_each(|(gy, gx)| self.backward_rows(gy, gx, accumulate));
     }
+}
+
+/// `c[m][n] = start + a[m][k] b[k][n]` ([`kernels::small_product`]) on both threads of the
+/// molecule's team, in blocks of [`PAIR_BLOCK_COLUMNS`] output columns.
+#[allow(clippy::too_many_arguments)]
+fn paired_product<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: &[T],
+    start: kernels::Start<'_, T>,
+    c: &mut [T],
+) {
+    let c = team::SharedSlice::new(&mut c[..m * n]);
+    team::for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
+        let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
+        // SAFETY: each block is run once, by one thread, on its own columns.
+        unsafe { kernels::small_product_columns(m, k, n, a, b, start, &c, columns) };
+    });
 }
 
 #[inline]

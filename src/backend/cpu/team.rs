@@ -220,8 +220,8 @@ pub fn for_each_block(n_blocks: usize, body: impl Fn(usize) + Sync) {
     join(claim_and_run, claim_and_run);
 }
 
-/// A mutable slice shared by the threads of [`for_each_block`], each block taking its own
-/// disjoint part.
+/// A mutable slice shared by threads that each take their own disjoint part: the blocks of
+/// [`for_each_block`], the column ranges of a product split between two threads.
 pub struct SharedSlice<'a, T> {
     pointer: *mut T,
     len: usize,
@@ -239,6 +239,10 @@ impl<'a, T> SharedSlice<'a, T> {
             len: values.len(),
             _borrow: std::marker::PhantomData,
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     /// The values in `range`.
