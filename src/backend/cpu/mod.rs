@@ -11,11 +11,11 @@
 //! 5. forces and virials from `dE/dr_ij` and its reverse edge (a gather, no atomics).
 
 mod kernels;
+mod parallel;
 mod real;
 mod team;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -126,8 +126,10 @@ pub struct CpuBackend<T: Real> {
     weights: Weights<T>,
     filter_mode: FilterMode,
     state: State<T>,
-    /// One-thread pool for small systems (created on first use).
+    /// One-thread pool whose worker serves as a molecule's second thread (created on first
+    /// use), and the team through which it does.
     small_pool: Option<rayon::ThreadPool>,
+    small_team: Arc<team::Team>,
     /// One thread or two for small systems, from measured call times.
     small_mode: team::ModeChoice,
 }
@@ -179,6 +181,7 @@ impl<T: Real> CpuBackend<T> {
             filter_mode,
             state: State::default(),
             small_pool: None,
+            small_team: Arc::default(),
             small_mode: team::ModeChoice::default(),
         }
     }
@@ -197,65 +200,62 @@ impl<T: Real> CpuBackend<T> {
 impl<T: Real> Backend for CpuBackend<T> {
     fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results> {
         if graph.n_atoms() < SMALL_SYSTEM_ATOMS {
-            // A molecule's work is too small to share through the pool: waking other
-            // threads for each of the ~40 parallel loops would cost more than it saves. One
-            // hand-off to a one-thread pool, then everything runs there; when two threads are
-            // allowed, this thread, instead of sleeping until the pool is done, takes blocks
-            // of the dense products and message rows (a `Team`), on the calls where that
-            // measured faster (`ModeChoice`). Neither changes the bits.
-            let pool = match self.small_pool.take() {
-                Some(pool) => pool,
-                None => rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .thread_name(|_| "painn-small".into())
-                    .build()
-                    .map_err(|e| crate::error::Error::Unsupported(format!("thread pool: {e}")))?,
-            };
+            // A molecule's work is too small to share through the pool: its ~40 loops would
+            // each wake a sleeping worker. It runs here, on the calling thread, its loops in
+            // order; when two threads are allowed, the engine's one-thread pool serves as a
+            // second thread for the call (a `Team`), taking blocks of the dense products and
+            // message rows, on the calls where that measured faster (`ModeChoice`). Neither
+            // changes the bits.
             let two_threads =
                 rayon::current_num_threads() >= 2 && self.small_mode.two_threads(graph.n_atoms());
             let start = std::time::Instant::now();
-            let results = if !two_threads {
-                pool.install(|| self.evaluate_on_pool(graph, request))
+            let results = if two_threads {
+                let pool = match self.small_pool.take() {
+                    Some(pool) => pool,
+                    None => rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(|_| "painn-small".into())
+                        .build()
+                        .map_err(|e| {
+                            crate::error::Error::Unsupported(format!("thread pool: {e}"))
+                        })?,
+                };
+                let small_team = Arc::clone(&self.small_team);
+                let call = small_team.begin_call();
+                let server = Arc::clone(&small_team);
+                pool.spawn(move || server.serve_call(call));
+                self.small_pool = Some(pool);
+                // Ends the call (so the server returns) even if the evaluation panics.
+                struct EndCall<'a>(&'a team::Team, usize);
+                impl Drop for EndCall<'_> {
+                    fn drop(&mut self) {
+                        self.0.end_call(self.1);
+                    }
+                }
+                let _end = EndCall(&small_team, call);
+                parallel::in_order(|| {
+                    team::with_team(&small_team, || self.evaluate_here(graph, request))
+                })
             } else {
-                let small_team = team::Team::default();
-                let done = AtomicBool::new(false);
-                let mut results = None;
-                pool.in_place_scope(|scope| {
-                    scope.spawn(|_| {
-                        // Set even if the evaluation panics (the panic then resumes here).
-                        struct SetOnDrop<'a>(&'a AtomicBool);
-                        impl Drop for SetOnDrop<'_> {
-                            fn drop(&mut self) {
-                                self.0.store(true, Ordering::Release);
-                            }
-                        }
-                        let _done = SetOnDrop(&done);
-                        results = Some(team::with_team(&small_team, || {
-                            self.evaluate_on_pool(graph, request)
-                        }));
-                    });
-                    small_team.serve(&done);
-                });
-                results.expect("the evaluation ran")
+                parallel::in_order(|| self.evaluate_here(graph, request))
             };
             if rayon::current_num_threads() >= 2 {
                 self.small_mode
                     .record(two_threads, start.elapsed().as_secs_f64());
             }
-            self.small_pool = Some(pool);
             return results;
         }
         // Run on a pool thread: the parallel loops inside then start without waking and
         // waiting for the pool each time.
         if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.evaluate_on_pool(graph, request));
+            return rayon::scope(|_| self.evaluate_here(graph, request));
         }
-        self.evaluate_on_pool(graph, request)
+        self.evaluate_here(graph, request)
     }
 }
 
 impl<T: Real> CpuBackend<T> {
-    fn evaluate_on_pool(&mut self, graph: &Graph, request: Request) -> Result<Results> {
+    fn evaluate_here(&mut self, graph: &Graph, request: Request) -> Result<Results> {
         let n = graph.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -561,7 +561,7 @@ impl<T: Real> CpuBackend<T> {
                         );
                     }
                 };
-            if team::active() {
+            if parallel::runs_in_order() {
                 let (s_mid, v_mid) = (
                     team::SharedSlice::new(&mut layer.s_mid),
                     team::SharedSlice::new(&mut layer.v_mid),
@@ -591,12 +591,12 @@ impl<T: Real> CpuBackend<T> {
             // Update.
             layer.norm.resize(n * h, T::zero());
             state.concat.resize(n * 2 * h, T::zero());
-            layer
-                .norm
-                .par_chunks_mut(h)
-                .zip(state.concat.par_chunks_mut(2 * h))
-                .enumerate()
-                .for_each(|(i, (norm, concat))| {
+            parallel::for_each_chunk_pair(
+                &mut layer.norm,
+                h,
+                &mut state.concat,
+                2 * h,
+                |i, norm, concat| {
                     let v = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
                     for c in 0..h {
                         norm[c] = (v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c])
@@ -604,7 +604,8 @@ impl<T: Real> CpuBackend<T> {
                     }
                     concat[..h].copy_from_slice(&layer.s_mid[i * h..(i + 1) * h]);
                     concat[h..].copy_from_slice(norm);
-                });
+                },
+            );
             layer.update_pre.resize(n * h, T::zero());
             lw.update_hidden
                 .forward(&state.concat, &mut layer.update_pre);
@@ -628,7 +629,7 @@ impl<T: Real> CpuBackend<T> {
                 next.v_in.resize(n * 3 * h, T::zero());
                 (&mut next.s_in, Some(&mut next.v_in))
             };
-            s_next.par_chunks_mut(h).enumerate().for_each(|(i, s)| {
+            parallel::for_each_chunk(s_next, h, |i, s| {
                 let a = &layer.update_out[i * a_width..i * a_width + h];
                 let s_mid = &layer.s_mid[i * h..(i + 1) * h];
                 for c in 0..h {
@@ -637,7 +638,7 @@ impl<T: Real> CpuBackend<T> {
             });
             if let Some(v_next) = v_next {
                 let m = lw.mixing;
-                v_next.par_chunks_mut(3 * h).enumerate().for_each(|(i, v)| {
+                parallel::for_each_chunk(v_next, 3 * h, |i, v| {
                     let a = &layer.update_out[i * 3 * h..(i + 1) * 3 * h];
                     let (av1, av2) = (&a[h..2 * h], &a[2 * h..]);
                     let vm = &layer.v_mid[i * 3 * h..(i + 1) * 3 * h];
@@ -683,22 +684,19 @@ impl<T: Real> CpuBackend<T> {
         // Energy head: dE/dE_i is 1 for the atoms that count, 0 for ghosts.
         let (q, p) = (head[2].n_in, head[1].n_in);
         state.g_head[1].resize(n * q, T::zero());
-        state.g_head[1]
-            .par_chunks_mut(q)
-            .enumerate()
-            .for_each(|(i, g)| {
-                let weight = if i < graph.n_energy_atoms {
-                    T::one()
-                } else {
-                    T::zero()
-                };
-                for c in 0..q {
-                    let k = i * q + c;
-                    g[c] = weight
-                        * head[2].weight[c]
-                        * silu_derivative_from(state.head_pre[1][k], state.head_sigmoid[1][k]);
-                }
-            });
+        parallel::for_each_chunk(&mut state.g_head[1], q, |i, g| {
+            let weight = if i < graph.n_energy_atoms {
+                T::one()
+            } else {
+                T::zero()
+            };
+            for c in 0..q {
+                let k = i * q + c;
+                g[c] = weight
+                    * head[2].weight[c]
+                    * silu_derivative_from(state.head_pre[1][k], state.head_sigmoid[1][k]);
+            }
+        });
         state.g_head[0].resize(n * p, T::zero());
         let [g_head0, g_head1] = &mut state.g_head;
         head[1].backward(g_head1, g_head0, false);
@@ -728,12 +726,12 @@ impl<T: Real> CpuBackend<T> {
             state.gv_mid.resize(n * 3 * h, T::zero());
             let m = lw.mixing;
             let (gs, gv) = (&state.gs, &state.gv);
-            state
-                .g_update
-                .par_chunks_mut(a_width)
-                .zip(state.gv_mid.par_chunks_mut(3 * h))
-                .enumerate()
-                .for_each(|(i, (g_a, gv_mid))| {
+            parallel::for_each_chunk_pair(
+                &mut state.g_update,
+                a_width,
+                &mut state.gv_mid,
+                3 * h,
+                |i, g_a, gv_mid| {
                     g_a[..h].copy_from_slice(&gs[i * h..(i + 1) * h]);
                     if last {
                         // The last layer's vectors never reach the energy.
@@ -762,7 +760,8 @@ impl<T: Real> CpuBackend<T> {
                             gv_mid[x * h + c] = gv_out[x * h + c] * av1[c] + back_mixed * av2[c];
                         }
                     }
-                });
+                },
+            );
             state.g_hidden.resize(n * h, T::zero());
             lw.update_out
                 .backward(&state.g_update, &mut state.g_hidden, false);
@@ -779,12 +778,12 @@ impl<T: Real> CpuBackend<T> {
                 .backward(&state.g_hidden, &mut state.g_concat, false);
             state.gs_mid.resize(n * h, T::zero());
             let g_concat = &state.g_concat;
-            state
-                .gs_mid
-                .par_chunks_mut(h)
-                .zip(state.gv_mid.par_chunks_mut(3 * h))
-                .enumerate()
-                .for_each(|(i, (gs_mid, gv_mid))| {
+            parallel::for_each_chunk_pair(
+                &mut state.gs_mid,
+                h,
+                &mut state.gv_mid,
+                3 * h,
+                |i, gs_mid, gv_mid| {
                     let gc = &g_concat[i * 2 * h..(i + 1) * 2 * h];
                     let gs_out = &gs[i * h..(i + 1) * h];
                     let norm = &layer.norm[i * h..(i + 1) * h];
@@ -799,7 +798,8 @@ impl<T: Real> CpuBackend<T> {
                             }
                         }
                     }
-                });
+                },
+            );
 
             // Message backward: gradients of the layer inputs (a gather over each row,
             // using w(d_ij) = w(d_ji)) and dE/dr_ij of every edge of the row.
@@ -852,7 +852,7 @@ impl<T: Real> CpuBackend<T> {
                         );
                     }
                 };
-            if team::active() {
+            if parallel::runs_in_order() {
                 let (gs, gv, de_dr) = (
                     team::SharedSlice::new(&mut state.gs),
                     team::SharedSlice::new(&mut state.gv),
@@ -925,38 +925,32 @@ fn forces_and_virials<T: Real>(
     let vectors = graph.vectors;
     let gradient = |e: usize| -> [f64; 3] { de_dr[e].map(|v| v.f64()) };
     if request.forces {
-        results.forces = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let mut f = [0.0; 3];
-                for e in graph.offsets[i]..graph.offsets[i + 1] {
-                    let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
-                    for x in 0..3 {
-                        f[x] += g[x] - g_reverse[x];
-                    }
+        results.forces = parallel::map_indices(n, |i| {
+            let mut f = [0.0; 3];
+            for e in graph.offsets[i]..graph.offsets[i + 1] {
+                let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
+                for x in 0..3 {
+                    f[x] += g[x] - g_reverse[x];
                 }
-                f
-            })
-            .collect();
+            }
+            f
+        });
     }
     // Per-atom virial: each edge's r_ij (x) f_ij split half to each end, f_ij = -dE/dr_ij.
     if request.atom_virials {
-        results.atom_virials = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let mut w = [[0.0; 3]; 3];
-                for e in graph.offsets[i]..graph.offsets[i + 1] {
-                    let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
-                    let r = vectors[e];
-                    for a in 0..3 {
-                        for b in 0..3 {
-                            w[a][b] -= 0.5 * r[a] * (g[b] - g_reverse[b]);
-                        }
+        results.atom_virials = parallel::map_indices(n, |i| {
+            let mut w = [[0.0; 3]; 3];
+            for e in graph.offsets[i]..graph.offsets[i + 1] {
+                let (g, g_reverse) = (gradient(e), gradient(graph.reverse[e] as usize));
+                let r = vectors[e];
+                for a in 0..3 {
+                    for b in 0..3 {
+                        w[a][b] -= 0.5 * r[a] * (g[b] - g_reverse[b]);
                     }
                 }
-                w
-            })
-            .collect();
+            }
+            w
+        });
     }
     if request.virial {
         // Summed edge by edge in row order, not from the per-atom halves, so that the

@@ -1,8 +1,8 @@
 //! The floating-point types the CPU engine runs in, and the dense-layer arithmetic on them.
 
-use rayon::prelude::*;
 
 use super::kernels;
+use super::parallel;
 use super::team;
 use crate::model::Linear;
 
@@ -258,9 +258,13 @@ impl<T: Real> Dense<T> {
             return;
         }
         let per_task = rows_per_task(x.len() / self.n_in);
-        x.par_chunks(per_task * self.n_in)
-            .zip(y.par_chunks_mut(per_task * self.n_out))
-            .for_each(|(x, y)| self.forward_rows(x, y));
+        parallel::for_each_chunk_into(
+            x,
+            per_task * self.n_in,
+            y,
+            per_task * self.n_out,
+            |x, y| self.forward_rows(x, y),
+        );
     }
 
     /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
@@ -276,9 +280,13 @@ impl<T: Real> Dense<T> {
             return;
         }
         let per_task = rows_per_task(gy.len() / self.n_out);
-        gy.par_chunks(per_task * self.n_out)
-            .zip(gx.par_chunks_mut(per_task * self.n_in))
-            .for_each(|(gy, gx)| self.backward_rows(gy, gx, accumulate));
+        parallel::for_each_chunk_into(
+            gy,
+            per_task * self.n_out,
+            gx,
+            per_task * self.n_in,
+            |gy, gx| self.backward_rows(gy, gx, accumulate),
+        );
     }
 }
 

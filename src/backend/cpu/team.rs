@@ -1,19 +1,20 @@
 //! Two threads for one small molecule, without waking a sleeping thread for each parallel
 //! step (a futex wake costs about as much as a molecule's dense product).
 //!
-//! The thread that calls the engine hands the evaluation to the engine's one-thread pool
-//! (whose worker then runs it) and, instead of sleeping until it is done, serves as the
-//! molecule's second thread ([`Team::serve`]): it spins, taking the jobs the worker posts
-//! through [`Team::join`] and [`for_each_block`], until the evaluation ends. No thread spins
-//! between calls, and the caller is already running on its core, so the two threads land
-//! on two cores without the scheduler's help.
+//! The thread that calls the engine evaluates the molecule itself. For each call it hands
+//! one job to the engine's one-thread pool: serve this call ([`Team::serve_call`]). The
+//! pool's worker then spins, taking the jobs the evaluating thread posts through
+//! [`Team::join`] and [`for_each_block`], until the call ends. The evaluating thread never
+//! waits for the server to start: blocks are claimed from a shared counter and a job not
+//! yet picked up is taken back, so a late server costs no more than one thread. No thread
+//! spins between calls.
 //!
 //! Which thread runs which block never changes the arithmetic, so results keep their bits.
 
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 /// Spins between two offers of the core to other threads (a few microseconds).
@@ -35,6 +36,9 @@ unsafe impl Send for JobRef {}
 /// The mailbox between the thread evaluating a molecule and the thread serving it.
 #[derive(Default)]
 pub struct Team {
+    /// Calls begun and calls ended ([`Team::begin_call`], [`Team::end_call`]).
+    calls_begun: AtomicUsize,
+    calls_ended: AtomicUsize,
     /// Jobs posted so far; the server runs the job in `job` when this moves past what it saw.
     posted: AtomicUsize,
     /// The number of the last job the server finished.
@@ -138,12 +142,30 @@ impl Team {
 }
 
 impl Team {
-    /// Runs the jobs posted to this team until `done` is set (by the evaluating thread, when
-    /// it has finished; no job is in flight then).
-    pub fn serve(&self, done: &AtomicBool) {
-        let mut seen = self.posted.load(Ordering::Acquire);
+    /// Numbers a new call, for [`Team::serve_call`] and [`Team::end_call`].
+    pub fn begin_call(&self) -> usize {
+        self.calls_begun.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Marks `call` (and every call before it) ended: its server returns.
+    pub fn end_call(&self, call: usize) {
+        self.calls_ended.fetch_max(call, Ordering::Release);
+    }
+
+    /// Serves until `call` has ended. A server that starts after its call has ended returns
+    /// at once; one still running when the next call posts may take that call's jobs, which
+    /// is as good as the next call's own server taking them.
+    pub fn serve_call(&self, call: usize) {
+        self.serve(|| self.calls_ended.load(Ordering::Acquire) >= call);
+    }
+
+    /// Runs the jobs posted to this team until `stop()` (the evaluating thread has finished;
+    /// no job is in flight then).
+    pub fn serve(&self, stop: impl Fn() -> bool) {
+        // Look in the mailbox once at the start: a job may wait there already.
+        let mut seen = usize::MAX;
         let mut spins = 0u32;
-        while !done.load(Ordering::Acquire) {
+        while !stop() {
             let posted = self.posted.load(Ordering::Acquire);
             if posted == seen {
                 spins = spins.wrapping_add(1);
@@ -323,13 +345,14 @@ impl ModeChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     /// Runs `body` with a team served by a second thread.
     fn with_server(body: impl FnOnce(&Team) + Send) {
         let team = Team::default();
         let done = AtomicBool::new(false);
         thread::scope(|scope| {
-            scope.spawn(|| team.serve(&done));
+            scope.spawn(|| team.serve(|| done.load(Ordering::Acquire)));
             body(&team);
             done.store(true, Ordering::Release);
         });
@@ -344,6 +367,32 @@ mod tests {
                 assert_eq!((left, right), (round * 2, round * 3 + 1));
             }
         });
+    }
+
+    /// The engine's pattern: one server job per call, started whenever the pool gets to it,
+    /// returning when its call ends, also when it starts after that.
+    #[test]
+    fn a_call_server_returns_when_its_call_ends() {
+        let team = std::sync::Arc::new(Team::default());
+        for round in 0..200usize {
+            let call = team.begin_call();
+            let server = std::sync::Arc::clone(&team);
+            let late = round % 3 == 0;
+            let handle = (!late).then(|| thread::spawn(move || server.serve_call(call)));
+            let sum = AtomicUsize::new(0);
+            with_team(&team, || {
+                for_each_block(10, |block| {
+                    sum.fetch_add(block + round, Ordering::Relaxed);
+                })
+            });
+            team.end_call(call);
+            assert_eq!(sum.into_inner(), 45 + 10 * round);
+            match handle {
+                Some(handle) => handle.join().unwrap(),
+                // Started after its call ended: returns at once.
+                None => team.serve_call(call),
+            }
+        }
     }
 
     #[test]
