@@ -113,7 +113,11 @@ struct State<T> {
     identity_rows: Vec<u32>,
 }
 
-/// Below this many atoms the engine runs on one thread.
+/// Pairs of edges per block of a molecule's filter evaluation.
+const FILTER_BLOCK_PAIRS: usize = 16;
+
+/// Below this many atoms the engine runs on the calling thread, with at most one helper (a
+/// [`team::Team`]), its loops in order.
 const SMALL_SYSTEM_ATOMS: usize = 40;
 
 /// Largest filter cache, bytes, counted per edge (twice what the pairs take): a molecule of
@@ -484,20 +488,48 @@ impl<T: Real> CpuBackend<T> {
         }
         let geometry: Vec<kernels::EdgeGeometry<T>> =
             first_of_pair.iter().map(|&e| state.edges[e]).collect();
-        let filter = self.filter();
+        let table = self.model.filter_table();
+        let n_pairs = geometry.len();
         for l in 0..n_layers {
-            let mut scratch = Scratch {
-                w: std::mem::take(&mut state.filter_w[l]),
-                dw: std::mem::take(&mut state.filter_dw[l]),
-                ..Scratch::new()
-            };
-            filter.evaluate(l, &geometry, derivative, &mut scratch);
-            if !derivative {
-                scratch.dw.clear();
-            }
-            state.filter_w[l] = scratch.w;
-            state.filter_dw[l] = scratch.dw;
+            state.filter_w[l].resize(n_pairs * width, T::zero());
+            state.filter_dw[l].resize(if derivative { n_pairs * width } else { 0 }, T::zero());
         }
+        // In blocks of pairs of one layer, on both threads of a molecule's team: the table
+        // reads (a few kB per pair, scattered over a table larger than the cache) are what
+        // this costs, and two threads keep twice as many in flight.
+        let blocks_per_layer = n_pairs.div_ceil(FILTER_BLOCK_PAIRS);
+        let w: Vec<_> = state
+            .filter_w
+            .iter_mut()
+            .map(|w| team::SharedSlice::new(w))
+            .collect();
+        let dw: Vec<_> = state
+            .filter_dw
+            .iter_mut()
+            .map(|dw| team::SharedSlice::new(dw))
+            .collect();
+        team::for_each_block(n_layers * blocks_per_layer, |block| {
+            let l = block / blocks_per_layer;
+            let first = block % blocks_per_layer * FILTER_BLOCK_PAIRS;
+            let pairs = first..(first + FILTER_BLOCK_PAIRS).min(n_pairs);
+            let rows = pairs.start * width..pairs.end * width;
+            // SAFETY: each block writes the rows of its own pairs of its own layer.
+            let (w, dw) = unsafe {
+                (
+                    w[l].part(rows.clone()),
+                    derivative.then(|| dw[l].part(rows)),
+                )
+            };
+            kernels::interpolate_rows(
+                table.layer(l),
+                table.width,
+                table.n_intervals,
+                table.spacing_angstrom,
+                &geometry[pairs],
+                w,
+                dw,
+            );
+        });
     }
 
     fn forward(&self, graph: &Graph, state: &mut State<T>) {

@@ -1,6 +1,5 @@
 //! The floating-point types the CPU engine runs in, and the dense-layer arithmetic on them.
 
-
 use super::kernels;
 use super::parallel;
 use super::team;
@@ -111,15 +110,59 @@ impl Real for f64 {
 }
 
 /// A dense layer in the engine's precision: `y = W x + b`, `W` `[n_out][n_in]`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Dense<T> {
     pub n_in: usize,
     pub n_out: usize,
     /// `[n_out][n_in]`.
-    pub weight: Vec<T>,
+    pub weight: CacheAligned<T>,
     /// `[n_in][n_out]`, for the few-rows kernel.
-    pub weight_t: Vec<T>,
+    pub weight_t: CacheAligned<T>,
     pub bias: Vec<T>,
+}
+
+/// Bytes of a cache line.
+const CACHE_LINE: usize = 64;
+
+/// Values whose first element starts a cache line. The few-rows kernel reads a weight
+/// matrix in row segments of 16 float32 values (64 bytes) at cache-line multiples from its
+/// start: aligned, each segment is one cache line, not parts of two (the allocator aligns
+/// large buffers to 16 bytes only).
+#[derive(Debug)]
+pub struct CacheAligned<T> {
+    storage: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> CacheAligned<T> {
+    pub fn from_slice(values: &[T]) -> Self {
+        let size = std::mem::size_of::<T>().max(1);
+        let mut storage = vec![T::default(); values.len() + CACHE_LINE / size];
+        // The allocation never moves (the vector never grows), so its alignment holds.
+        let misalignment = storage.as_ptr() as usize % CACHE_LINE;
+        let start = (CACHE_LINE - misalignment) % CACHE_LINE / size;
+        storage[start..start + values.len()].copy_from_slice(values);
+        CacheAligned {
+            storage,
+            start,
+            len: values.len(),
+        }
+    }
+}
+
+impl<T: Copy + Default> Clone for CacheAligned<T> {
+    fn clone(&self) -> Self {
+        // A copied vector may start elsewhere in a cache line: align the copy anew.
+        CacheAligned::from_slice(self)
+    }
+}
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.storage[self.start..self.start + self.len]
+    }
 }
 
 /// Rows per GEMM call: a function of the row count only, so that results do not depend on
@@ -154,8 +197,8 @@ impl<T: Real> Dense<T> {
         Dense {
             n_in: linear.n_in,
             n_out: linear.n_out,
-            weight,
-            weight_t,
+            weight: CacheAligned::from_slice(&weight),
+            weight_t: CacheAligned::from_slice(&weight_t),
             bias: linear.bias.iter().map(|&v| T::of(v)).collect(),
         }
     }
@@ -258,13 +301,9 @@ impl<T: Real> Dense<T> {
             return;
         }
         let per_task = rows_per_task(x.len() / self.n_in);
-        parallel::for_each_chunk_into(
-            x,
-            per_task * self.n_in,
-            y,
-            per_task * self.n_out,
-            |x, y| self.forward_rows(x, y),
-        );
+        parallel::for_each_chunk_into(x, per_task * self.n_in, y, per_task * self.n_out, |x, y| {
+            self.forward_rows(x, y)
+        });
     }
 
     /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
