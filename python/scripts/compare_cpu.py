@@ -13,7 +13,8 @@ The criterion and PyTorch halves run minutes apart, and this VM's speed drifts b
 percent from minute to minute. For the structures below 500 atoms a second table therefore
 interleaves the two in the same seconds: rounds of painn calls (through the Python
 bindings, `painn.Calculator`, ctypes overhead included) and PyTorch calls, medians over all
-rounds.
+rounds, with an untimed 50 ms pause before each block so that neither side runs beside the
+other's leftover threads (PyTorch's OpenMP workers spin for milliseconds after a call).
 """
 
 import argparse
@@ -80,7 +81,7 @@ def main() -> None:
     lines += [
         "",
         "Interleaved in the same seconds (rounds of 40 painn calls through `painn.Calculator`",
-        "and 3 PyTorch calls; medians over all rounds):",
+        "and 3 PyTorch calls, an untimed 50 ms pause before each block; medians over all rounds):",
         "",
         "| structure | atoms | painn | PyTorch | speed-up | rounds |",
         "|---|---:|---:|---:|---:|---:|",
@@ -94,6 +95,10 @@ def main() -> None:
     text = "\n".join(lines)
     (REPO / "target/bench-cpu.md").write_text(text + "\n")
     print(text)
+
+
+# Pause between the blocks of painn and PyTorch calls in the interleaved table, seconds.
+IDLE_BETWEEN_BLOCKS_S = 0.05
 
 
 def interleaved(model_path: Path, torch_model, case: dict, args, rounds: int = 15):
@@ -125,6 +130,10 @@ def interleaved(model_path: Path, torch_model, case: dict, args, rounds: int = 1
     times = {"ours": [], "theirs": []}
     for _ in range(rounds):
         for key, function, calls in (("ours", ours, 40), ("theirs", theirs, 3)):
+            # Untimed: PyTorch's OpenMP workers keep spinning for a few milliseconds after
+            # its last call and would take the cores from the calls that follow (the first
+            # five painn calls after PyTorch's took 1.1-2.2 ms instead of 0.5 in a check).
+            time.sleep(IDLE_BETWEEN_BLOCKS_S)
             for _ in range(calls):
                 start = time.perf_counter()
                 function()
