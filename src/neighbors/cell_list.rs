@@ -9,11 +9,14 @@
 //!    bins when their number is O(n), hashed otherwise (sparse or huge open systems).
 //! 3. For each bin, the atom images of the neighbouring bins are gathered sorted by (atom,
 //!    image) (a bitmap over their atom indices when the input is spatially ordered, a sort
-//!    otherwise); each receiver of the bin filters them by distance ([`super::filter`]),
-//!    which keeps that order, so every row comes out sorted. In parallel over chunks of bins.
-//! 4. Rows, found in bin order, are placed in CSR by receiver index.
+//!    otherwise); each receiver of the bin marks its edges among them in a bitmask
+//!    ([`super::filter`]). In parallel over chunks of bins, which keep each bin's candidates
+//!    and each receiver's mask (about 0.5 kB per atom in a liquid, half the rows' size).
+//! 4. Row lengths give the CSR offsets; then each row is written straight into its place,
+//!    in candidate order, so sorted.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -30,15 +33,15 @@ const MAX_IMAGE_BOXES: i64 = 10_000_000;
 /// Atoms farther outside the cell than this many lattice vectors cannot be represented.
 const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
 
-/// Edges per receiver reserved ahead in each task's buffers.
-const EXPECTED_ROW: usize = 64;
+/// Candidate images per receiver reserved ahead in each task's buffers.
+const EXPECTED_CANDIDATES: usize = 32;
 
 /// Buffers reused from one build to the next.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Workspace {
     chunks: Vec<Chunk>,
-    /// Where each atom's unsorted row lives: (chunk, start, length).
-    row_location: Vec<(u32, usize, usize)>,
+    /// Where each atom's row was found: (chunk, index into its `rows`).
+    row_location: Vec<(u32, u32)>,
     // Binning buffers, `[n_atoms]` (a rebuild of a settled system allocates nothing).
     fractional: Vec<[f64; 3]>,
     wraps: Vec<[i32; 3]>,
@@ -50,18 +53,37 @@ pub(super) struct Workspace {
     dense_table: Vec<u32>,
 }
 
-/// Unsorted rows found by one task.
+/// What one task found in its bins: each bin's candidate images and, per receiver, which of
+/// them are its edges (a bitmask); written out into the list once every row's length, and
+/// so its place, is known.
 #[derive(Clone, Debug, Default)]
 struct Chunk {
-    sources: Vec<u32>,
+    /// The candidate images of each bin, one bin after the other, sorted by (atom, image)
+    /// within a bin: the atom and its image shift minus the atom's own wrap.
+    atoms: Vec<u32>,
     shifts: Vec<[i32; 3]>,
-    /// (receiver, start, length) into `sources`/`shifts`.
-    rows: Vec<(u32, usize, usize)>,
+    /// Each receiver's edges among its bin's candidates, one bit per candidate.
+    masks: Vec<u64>,
+    rows: Vec<Row>,
     /// The first (by receiver, source, image) pair closer than the minimum distance.
     too_close: Option<(u32, u32, [i32; 3])>,
-    /// Filter output, reused.
-    hits: Vec<u32>,
+    /// Filter output of one receiver, reused.
+    mask_bytes: Vec<u8>,
     candidates: Candidates,
+}
+
+/// One receiver's row, found by a task.
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    receiver: u32,
+    /// The receiver's lattice wrap: added to each candidate's shift.
+    wrap: [i32; 3],
+    /// Its bin's candidates in the chunk's `atoms`/`shifts`, from here.
+    first_candidate: usize,
+    /// Its mask in the chunk's `masks`: words from here.
+    first_word: usize,
+    words: u32,
+    edges: u32,
 }
 
 /// Atoms sorted by bin: wrapped Cartesian positions (structure of arrays), original
@@ -360,29 +382,48 @@ pub(super) fn build(
         });
     }
 
-    // Place the rows, found in bin order, by receiver index.
+    // Each row's place in receiver order, then the rows written there.
     workspace.row_location.clear();
-    workspace.row_location.resize(n_atoms, (0, 0, 0));
+    workspace.row_location.resize(n_atoms, (u32::MAX, 0));
     for (index, chunk) in chunks.iter().enumerate() {
-        for &(atom, start, length) in &chunk.rows {
-            workspace.row_location[atom as usize] = (index as u32, start, length);
+        for (row_index, row) in chunk.rows.iter().enumerate() {
+            workspace.row_location[row.receiver as usize] = (index as u32, row_index as u32);
         }
     }
     offsets.reserve(n_atoms + 1);
     offsets.push(0);
     let mut total = 0;
-    for &(_, _, length) in &workspace.row_location {
-        total += length;
+    for (atom, &(chunk, row)) in workspace.row_location.iter().enumerate() {
+        // Every atom is the receiver of the one bin it is in.
+        assert!(chunk != u32::MAX, "atom {atom} was not searched");
+        total += chunks[chunk as usize].rows[row as usize].edges as usize;
         offsets.push(total);
     }
     sources.reserve(total);
     shifts.reserve(total);
     advise_huge_pages(sources);
     advise_huge_pages(shifts);
-    for &(chunk, start, length) in &workspace.row_location {
-        let chunk = &chunks[chunk as usize];
-        sources.extend_from_slice(&chunk.sources[start..start + length]);
-        shifts.extend_from_slice(&chunk.shifts[start..start + length]);
+    {
+        let source_places = Places::new(&mut sources.spare_capacity_mut()[..total]);
+        let shift_places = Places::new(&mut shifts.spare_capacity_mut()[..total]);
+        let offsets = &offsets[..];
+        chunks.par_iter().for_each(|chunk| {
+            for row in &chunk.rows {
+                let receiver = row.receiver as usize;
+                let place = offsets[receiver]..offsets[receiver + 1];
+                // SAFETY: each receiver has one row, and rows of different receivers have
+                // disjoint places (the offsets are the running sum of the row lengths).
+                let (sources, shifts) =
+                    unsafe { (source_places.part(place.clone()), shift_places.part(place)) };
+                chunk.write_row(row, sources, shifts);
+            }
+        });
+    }
+    // SAFETY: the places of all rows tile 0..total (one row per atom, each place as long as
+    // its row), and `write_row` wrote every value of its place.
+    unsafe {
+        sources.set_len(total);
+        shifts.set_len(total);
     }
     workspace.occupied = grid.occupied;
     if let BinLookup::Dense(table) = grid.lookup {
@@ -391,108 +432,182 @@ pub(super) fn build(
     Ok(())
 }
 
+/// Uninitialised values that threads fill in disjoint parts.
+struct Places<'a, T> {
+    pointer: *mut MaybeUninit<T>,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [MaybeUninit<T>]>,
+}
+
+// SAFETY: the parts handed out are disjoint (`part`'s contract), like `split_at_mut`.
+unsafe impl<T: Send> Sync for Places<'_, T> {}
+
+impl<'a, T> Places<'a, T> {
+    fn new(values: &'a mut [MaybeUninit<T>]) -> Self {
+        Places {
+            pointer: values.as_mut_ptr(),
+            len: values.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No other part alive at the same time may overlap `range`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, range: Range<usize>) -> &mut [MaybeUninit<T>] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked), disjoint from other live parts (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(range.start), range.len()) }
+    }
+}
+
+impl Chunk {
+    /// Writes `row`'s edges, in candidate order (sorted by source and image), into
+    /// `sources` and `shifts`, which are exactly as long as the row.
+    fn write_row(
+        &self,
+        row: &Row,
+        sources: &mut [MaybeUninit<u32>],
+        shifts: &mut [MaybeUninit<[i32; 3]>],
+    ) {
+        let wrap = row.wrap;
+        let words = &self.masks[row.first_word..row.first_word + row.words as usize];
+        let atoms = &self.atoms[row.first_candidate..];
+        let candidate_shifts = &self.shifts[row.first_candidate..];
+        let mut written = 0;
+        for (word_index, &word) in words.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let k = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let base = candidate_shifts[k];
+                sources[written].write(atoms[k]);
+                shifts[written].write([base[0] + wrap[0], base[1] + wrap[1], base[2] + wrap[2]]);
+                written += 1;
+            }
+        }
+        // Every place written: what `build` relies on before it sets the lengths.
+        assert_eq!(written, sources.len(), "a row's edges fill its place");
+        assert_eq!(written, shifts.len(), "a row's edges fill its place");
+    }
+}
+
 fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut Chunk) {
-    chunk.sources.clear();
-    chunk.shifts.clear();
-    chunk.rows.clear();
-    chunk.too_close = None;
-    // Room for a typical row per receiver up front (liquids at 5 A have about 50 edges per
-    // atom): growing by doubling would copy everything written so far, and huge pages spare
-    // most first-touch page faults.
+    let Chunk {
+        atoms,
+        shifts,
+        masks,
+        rows,
+        too_close,
+        mask_bytes,
+        candidates,
+    } = chunk;
+    atoms.clear();
+    shifts.clear();
+    masks.clear();
+    rows.clear();
+    *too_close = None;
     let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
-    let expected = receivers * EXPECTED_ROW;
-    if chunk.sources.capacity() < expected {
-        chunk.sources.reserve(expected);
-        chunk.shifts.reserve(expected);
-        advise_huge_pages(&mut chunk.sources);
-        advise_huge_pages(&mut chunk.shifts);
+    // Room up front for a liquid's candidates (about 28 per receiver at 5 A): growing by
+    // doubling would copy everything written so far.
+    let expected = receivers * EXPECTED_CANDIDATES;
+    if atoms.capacity() < expected {
+        atoms.reserve(expected);
+        shifts.reserve(expected);
+        advise_huge_pages(atoms);
+        advise_huge_pages(shifts);
     }
     let binned = search.binned;
     let radius_squared = search.radius * search.radius;
     let minimum_squared = MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM;
-    let candidates = &mut chunk.candidates;
     for (bin, receivers) in bins {
-        // Every atom image in the neighbouring bins, sorted by (atom, image): filtering this
-        // list keeps its order, so each receiver's row comes out sorted.
+        // Every atom image in the neighbouring bins, sorted by (atom, image): a receiver's
+        // edges are a subset, written out in this order, so each row comes out sorted.
         candidates.gather(*bin, receivers.start, search);
-        let padded = candidates.x.len();
-        if chunk.hits.len() < padded {
-            chunk.hits.resize(padded, 0);
-        }
+        let first_candidate = atoms.len();
+        atoms.extend_from_slice(&candidates.atom);
+        shifts.extend_from_slice(&candidates.shift);
+        let mask_length = candidates.x.len() / filter::LANES;
+        let words = mask_length.div_ceil(8);
+        mask_bytes.clear();
+        mask_bytes.resize(8 * words, 0);
         for slot in receivers.clone() {
             let receiver = binned.atom[slot];
-            let row_start = chunk.sources.len();
             let wrap_i = binned.wrap[slot];
-            let mut n_hits = 0;
             let seen = (search.within)(
                 &candidates.x,
                 &candidates.y,
                 &candidates.z,
                 candidates.offset_of(binned, slot, [0.0; 3]),
                 &candidates.radii,
-                &mut chunk.hits,
-                &mut n_hits,
+                &mut mask_bytes[..mask_length],
             );
-            let hits = &chunk.hits[..n_hits];
+            let first_word = masks.len();
+            masks.extend(
+                mask_bytes
+                    .chunks_exact(8)
+                    .map(|bytes| u64::from_le_bytes(bytes.try_into().expect("8 bytes"))),
+            );
+            let mask = &mut masks[first_word..];
             if !seen.in_band && seen.too_close == 1 {
                 // Common case: every hit is an edge but the receiver itself (the one point
                 // at distance 0), which sits where its atom index sorts.
-                let own = hits.partition_point(|&k| candidates.atom[k as usize] < receiver);
+                let own = candidates.atom.partition_point(|&a| a < receiver);
                 let own = own
-                    + hits[own..]
+                    + candidates.shift[own..]
                         .iter()
-                        .position(|&k| candidates.shift[k as usize] == negated(wrap_i))
+                        .position(|&shift| shift == negated(wrap_i))
                         .expect("the receiver is among its own candidates");
-                for part in [&hits[..own], &hits[own + 1..]] {
-                    chunk
-                        .sources
-                        .extend(part.iter().map(|&k| candidates.atom[k as usize]));
-                    chunk.shifts.extend(part.iter().map(|&k| {
-                        let base = candidates.shift[k as usize];
-                        [
-                            base[0] + wrap_i[0],
-                            base[1] + wrap_i[1],
-                            base[2] + wrap_i[2],
-                        ]
-                    }));
-                }
+                debug_assert_eq!(candidates.atom[own], receiver);
+                mask[own / 64] &= !(1u64 << (own % 64));
             } else {
                 // Near the boundary or suspiciously close: each hit is decided exactly from
                 // the positions as given (the contract's definition of an edge).
-                for &k in hits {
-                    let k = k as usize;
-                    let source = candidates.atom[k];
-                    let base = candidates.shift[k];
-                    let shift = [
-                        base[0] + wrap_i[0],
-                        base[1] + wrap_i[1],
-                        base[2] + wrap_i[2],
-                    ];
-                    if source == receiver && shift == [0; 3] {
-                        continue;
+                for (word_index, word) in mask.iter_mut().enumerate() {
+                    let mut bits = *word;
+                    while bits != 0 {
+                        let bit = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let k = word_index * 64 + bit;
+                        let source = candidates.atom[k];
+                        let base = candidates.shift[k];
+                        let shift = [
+                            base[0] + wrap_i[0],
+                            base[1] + wrap_i[1],
+                            base[2] + wrap_i[2],
+                        ];
+                        let keep = if source == receiver && shift == [0; 3] {
+                            false
+                        } else {
+                            let r = edge_vector(
+                                search.positions,
+                                search.cell,
+                                receiver as usize,
+                                source as usize,
+                                shift,
+                            );
+                            let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+                            if d2 < minimum_squared {
+                                let pair = (receiver, source, shift);
+                                *too_close = Some(too_close.map_or(pair, |p| p.min(pair)));
+                            }
+                            d2 <= radius_squared
+                        };
+                        if !keep {
+                            *word &= !(1u64 << bit);
+                        }
                     }
-                    let r = edge_vector(
-                        search.positions,
-                        search.cell,
-                        receiver as usize,
-                        source as usize,
-                        shift,
-                    );
-                    let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
-                    if d2 > radius_squared {
-                        continue;
-                    }
-                    if d2 < minimum_squared {
-                        let pair = (receiver, source, shift);
-                        chunk.too_close = Some(chunk.too_close.map_or(pair, |p| p.min(pair)));
-                    }
-                    chunk.sources.push(source);
-                    chunk.shifts.push(shift);
                 }
             }
-            chunk
-                .rows
-                .push((receiver, row_start, chunk.sources.len() - row_start));
+            let edges: u32 = mask.iter().map(|word| word.count_ones()).sum();
+            rows.push(Row {
+                receiver,
+                wrap: wrap_i,
+                first_candidate,
+                first_word,
+                words: words as u32,
+                edges,
+            });
         }
     }
 }

@@ -30,12 +30,11 @@ pub(super) struct Seen {
     pub too_close: u32,
 }
 
-/// Appends to `hits[*count..]` every `k` with `d2 = (xs[k]-q[0])^2 + (ys[k]-q[1])^2 +
-/// (zs[k]-q[2])^2 <= accept_squared`, in increasing order, and reports what it saw. The
-/// arrays have one length, a multiple of [`LANES`]; `hits` needs room for `*count +
-/// xs.len()` entries.
-pub(super) type WithinFn =
-    fn(&[f32], &[f32], &[f32], [f32; 3], &Radii, &mut [u32], &mut usize) -> Seen;
+/// Sets bit `k % 8` of `mask[k / 8]` for every `k` with `d2 = (xs[k]-q[0])^2 +
+/// (ys[k]-q[1])^2 + (zs[k]-q[2])^2 <= accept_squared` (and clears it otherwise), and reports
+/// what it saw. The arrays have one length, a multiple of [`LANES`]; `mask` has one byte per
+/// [`LANES`] candidates.
+pub(super) type WithinFn = fn(&[f32], &[f32], &[f32], [f32; 3], &Radii, &mut [u8]) -> Seen;
 
 /// The fastest implementation this processor supports.
 pub(super) fn select() -> WithinFn {
@@ -48,13 +47,13 @@ pub(super) fn select() -> WithinFn {
     within_portable
 }
 
-fn check_lengths(xs: &[f32], ys: &[f32], zs: &[f32], hits: &[u32], count: usize) {
+fn check_lengths(xs: &[f32], ys: &[f32], zs: &[f32], mask: &[u8]) {
     assert!(
         xs.len() % LANES == 0
             && ys.len() == xs.len()
             && zs.len() == xs.len()
-            && hits.len() >= count + xs.len(),
-        "candidate arrays must share one length, a multiple of {LANES}, and hits have room"
+            && mask.len() == xs.len() / LANES,
+        "candidate arrays must share one length, a multiple of {LANES}, with a mask byte per {LANES}"
     );
 }
 
@@ -64,25 +63,25 @@ pub(super) fn within_portable(
     zs: &[f32],
     q: [f32; 3],
     radii: &Radii,
-    hits: &mut [u32],
-    count: &mut usize,
+    mask: &mut [u8],
 ) -> Seen {
-    check_lengths(xs, ys, zs, hits, *count);
-    let mut c = *count;
+    check_lengths(xs, ys, zs, mask);
     let mut seen = Seen::default();
-    for k in 0..xs.len() {
-        let dx = xs[k] - q[0];
-        let dy = ys[k] - q[1];
-        let dz = zs[k] - q[2];
-        let d2 = (dx * dx + dy * dy) + dz * dz;
-        let inside = d2 <= radii.accept_squared;
-        // Branch-free compaction: write unconditionally, advance when inside.
-        hits[c] = k as u32;
-        c += inside as usize;
-        seen.in_band |= inside & (d2 >= radii.exact_above_squared);
-        seen.too_close += (d2 < radii.suspicious_squared) as u32;
+    for (byte, k0) in mask.iter_mut().zip((0..xs.len()).step_by(LANES)) {
+        let mut bits = 0u8;
+        for lane in 0..LANES {
+            let k = k0 + lane;
+            let dx = xs[k] - q[0];
+            let dy = ys[k] - q[1];
+            let dz = zs[k] - q[2];
+            let d2 = (dx * dx + dy * dy) + dz * dz;
+            let inside = d2 <= radii.accept_squared;
+            bits |= (inside as u8) << lane;
+            seen.in_band |= inside & (d2 >= radii.exact_above_squared);
+            seen.too_close += (d2 < radii.suspicious_squared) as u32;
+        }
+        *byte = bits;
     }
-    *count = c;
     seen
 }
 
@@ -93,34 +92,13 @@ fn within_avx2_checked(
     zs: &[f32],
     q: [f32; 3],
     radii: &Radii,
-    hits: &mut [u32],
-    count: &mut usize,
+    mask: &mut [u8],
 ) -> Seen {
-    check_lengths(xs, ys, zs, hits, *count);
+    check_lengths(xs, ys, zs, mask);
     // SAFETY: `select` returns this function only when the processor has AVX2; the lengths
     // were checked above, which is all the unchecked loads and stores rely on.
-    unsafe { within_avx2(xs, ys, zs, q, radii, hits, count) }
+    unsafe { within_avx2(xs, ys, zs, q, radii, mask) }
 }
-
-/// For each 8-bit mask, the indices of its set bits, packed first.
-#[cfg(target_arch = "x86_64")]
-static PACKED_LANES: [[u32; 8]; 256] = {
-    let mut table = [[0u32; 8]; 256];
-    let mut mask = 0;
-    while mask < 256 {
-        let mut filled = 0;
-        let mut lane = 0;
-        while lane < 8 {
-            if mask & (1 << lane) != 0 {
-                table[mask][filled] = lane as u32;
-                filled += 1;
-            }
-            lane += 1;
-        }
-        mask += 1;
-    }
-    table
-};
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -130,11 +108,9 @@ unsafe fn within_avx2(
     zs: &[f32],
     q: [f32; 3],
     radii: &Radii,
-    hits: &mut [u32],
-    count: &mut usize,
+    mask: &mut [u8],
 ) -> Seen {
     use std::arch::x86_64::*;
-    let mut c = *count;
     let (mut band_mask, mut too_close) = (0, 0);
     let (qx, qy, qz) = (
         _mm256_set1_ps(q[0]),
@@ -144,11 +120,11 @@ unsafe fn within_avx2(
     let accept = _mm256_set1_ps(radii.accept_squared);
     let exact_above = _mm256_set1_ps(radii.exact_above_squared);
     let suspicious = _mm256_set1_ps(radii.suspicious_squared);
-    let mut k = 0;
-    // SAFETY (whole loop): k + 8 <= len bounds every load; c + 8 <= count + len <=
-    // hits.len() bounds every store, as the caller checked.
+    // SAFETY (whole loop): k + 8 <= len bounds every load; k / 8 < mask.len(), as the
+    // caller checked.
     unsafe {
-        while k < xs.len() {
+        for (index, byte) in mask.iter_mut().enumerate() {
+            let k = index * LANES;
             let dx = _mm256_sub_ps(_mm256_loadu_ps(xs.as_ptr().add(k)), qx);
             let dy = _mm256_sub_ps(_mm256_loadu_ps(ys.as_ptr().add(k)), qy);
             let dz = _mm256_sub_ps(_mm256_loadu_ps(zs.as_ptr().add(k)), qz);
@@ -161,15 +137,9 @@ unsafe fn within_avx2(
             band_mask |= _mm256_movemask_ps(band);
             too_close += (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious)) as u32)
                 .count_ones();
-            let mask = _mm256_movemask_ps(inside) as usize;
-            let lanes = _mm256_loadu_si256(PACKED_LANES[mask].as_ptr() as *const __m256i);
-            let indices = _mm256_add_epi32(lanes, _mm256_set1_epi32(k as i32));
-            _mm256_storeu_si256(hits.as_mut_ptr().add(c) as *mut __m256i, indices);
-            c += mask.count_ones() as usize;
-            k += LANES;
+            *byte = _mm256_movemask_ps(inside) as u8;
         }
     }
-    *count = c;
     Seen {
         in_band: band_mask != 0,
         too_close,
@@ -201,16 +171,19 @@ mod tests {
                 let d = [xs[k] - q[0], ys[k] - q[1], zs[k] - q[2]];
                 (d[0] * d[0] + d[1] * d[1]) + d[2] * d[2]
             };
-            let expected: Vec<u32> = (0..n).filter(|&k| d2(k) <= 4.0).map(|k| k as u32).collect();
+            let expected: Vec<usize> = (0..n).filter(|&k| d2(k) <= 4.0).collect();
             let expected_seen = Seen {
                 in_band: (0..n).any(|k| d2(k) <= 4.0 && d2(k) >= 3.5),
                 too_close: (0..n).filter(|&k| d2(k) < 0.5).count() as u32,
             };
-            let mut hits = vec![0u32; 7 + n];
             for implementation in [within_portable as WithinFn, select()] {
-                let mut c = 7;
-                let seen = implementation(&xs, &ys, &zs, q, &radii, &mut hits, &mut c);
-                assert_eq!(&hits[7..c], &expected[..]);
+                // Stale bits must be overwritten.
+                let mut mask = vec![0xa5u8; n / LANES];
+                let seen = implementation(&xs, &ys, &zs, q, &radii, &mut mask);
+                let selected: Vec<usize> = (0..n)
+                    .filter(|&k| mask[k / LANES] & (1 << (k % LANES)) != 0)
+                    .collect();
+                assert_eq!(selected, expected);
                 assert_eq!(seen, expected_seen);
             }
         }
