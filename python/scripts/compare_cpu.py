@@ -13,8 +13,10 @@ The criterion and PyTorch halves run minutes apart, and this VM's speed drifts b
 percent from minute to minute. For the structures below 500 atoms a second table therefore
 interleaves the two in the same seconds: rounds of painn calls (through the Python
 bindings, `painn.Calculator`, ctypes overhead included) and PyTorch calls, medians over all
-rounds, with an untimed 50 ms pause before each block so that neither side runs beside the
-other's leftover threads (PyTorch's OpenMP workers spin for milliseconds after a call).
+rounds. Each block starts with an untimed 50 ms pause, so that neither side runs beside the
+other's leftover threads (PyTorch's OpenMP workers spin for milliseconds after a call), and
+untimed warm-up calls (10 of painn's, 1 of PyTorch's: about 5 and 10 ms), because on this VM
+the first calls after any pause are slow.
 """
 
 import argparse
@@ -81,7 +83,8 @@ def main() -> None:
     lines += [
         "",
         "Interleaved in the same seconds (rounds of 40 painn calls through `painn.Calculator`",
-        "and 3 PyTorch calls, an untimed 50 ms pause before each block; medians over all rounds):",
+        "and 3 PyTorch calls, each block after an untimed 50 ms pause and warm-up calls, 10 of painn's",
+        "and 1 of PyTorch's; medians over all rounds):",
         "",
         "| structure | atoms | painn | PyTorch | speed-up | rounds |",
         "|---|---:|---:|---:|---:|---:|",
@@ -129,11 +132,16 @@ def interleaved(model_path: Path, torch_model, case: dict, args, rounds: int = 1
         theirs()
     times = {"ours": [], "theirs": []}
     for _ in range(rounds):
-        for key, function, calls in (("ours", ours, 40), ("theirs", theirs, 3)):
-            # Untimed: PyTorch's OpenMP workers keep spinning for a few milliseconds after
-            # its last call and would take the cores from the calls that follow (the first
-            # five painn calls after PyTorch's took 1.1-2.2 ms instead of 0.5 in a check).
+        for key, function, warm_up, calls in (("ours", ours, 10, 40), ("theirs", theirs, 1, 3)):
+            # Untimed: a pause, so that PyTorch's OpenMP workers, which keep spinning for a
+            # few milliseconds after its last call, do not take the cores from the calls
+            # that follow (the first five painn calls after PyTorch's took 1.1-2.2 ms
+            # instead of 0.5 in a check); then warm-up calls, about 5 ms on each side,
+            # because the first calls after any pause are slow on this VM (the first painn
+            # call 1.2-1.3 ms, the third 0.6, with no PyTorch in the process at all).
             time.sleep(IDLE_BETWEEN_BLOCKS_S)
+            for _ in range(warm_up):
+                function()
             for _ in range(calls):
                 start = time.perf_counter()
                 function()
