@@ -127,7 +127,8 @@ const CACHE_LINE: usize = 64;
 /// Values whose first element starts a cache line. The few-rows kernel reads a weight
 /// matrix in row segments of 16 float32 values (64 bytes) at cache-line multiples from its
 /// start: aligned, each segment is one cache line, not parts of two (the allocator aligns
-/// large buffers to 16 bytes only).
+/// large buffers to 16 bytes only). Not `Clone`: a copied vector may start elsewhere in a
+/// cache line.
 #[derive(Debug)]
 pub struct CacheAligned<T> {
     storage: Vec<T>,
@@ -148,13 +149,6 @@ impl<T: Copy + Default> CacheAligned<T> {
             start,
             len: values.len(),
         }
-    }
-}
-
-impl<T: Copy + Default> Clone for CacheAligned<T> {
-    fn clone(&self) -> Self {
-        // A copied vector may start elsewhere in a cache line: align the copy anew.
-        CacheAligned::from_slice(self)
     }
 }
 
