@@ -423,3 +423,43 @@ fn pairs_exactly_at_the_cutoff_match_brute_force() {
         }
     }
 }
+
+#[test]
+fn a_spatially_ordered_liquid_matches_brute_force() {
+    // The benchmark's kind of input at a testable size: a periodic water box in molecule
+    // order (5 bins per axis, so each bin's candidates come from 27 distinct bins through
+    // periodic wraps, ranked by a bitmap over several words), half of it moved by lattice
+    // vectors (unwrapped input), and the same atoms in a scrambled order.
+    let water = painn::structures::water_box(9, 21);
+    let lattice = water.cell.unwrap();
+    let cell = Cell::new(lattice, [true; 3]).unwrap();
+    let mut positions = water.positions.clone();
+    for (index, r) in positions.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+        let n = [(index % 5) as f64 - 2.0, -3.0, (index % 3) as f64];
+        for x in 0..3 {
+            r[x] += n[0] * lattice[0][x] + n[1] * lattice[1][x] + n[2] * lattice[2][x];
+        }
+    }
+    let mut scrambled_order: Vec<usize> = (0..positions.len()).collect();
+    let mut rng = painn::structures::SplitMix64::new(4);
+    for i in (1..scrambled_order.len()).rev() {
+        scrambled_order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let scrambled: Vec<[f64; 3]> = scrambled_order.iter().map(|&i| positions[i]).collect();
+    for positions in [positions, scrambled] {
+        let list = NeighborList::build(&positions, &cell, NeighborListOptions::new(5.0)).unwrap();
+        let (expected, _) = brute_force(&positions, lattice, [true; 3], 5.0);
+        let found = edges_of(&list);
+        let found_set: BTreeSet<Edge> = found.iter().copied().collect();
+        assert_eq!(found.len(), found_set.len(), "no edge twice");
+        assert!(
+            found_set == expected,
+            "{} expected, missing {:?} extra {:?}",
+            expected.len(),
+            expected.difference(&found_set).take(5).collect::<Vec<_>>(),
+            found_set.difference(&expected).take(5).collect::<Vec<_>>()
+        );
+        // Rows come out sorted by (source, image).
+        assert!(found.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+}

@@ -6,14 +6,16 @@
 //! 2. Bins at least one search radius thick (measured perpendicular to their faces): a
 //!    search sphere spans `reach` bins on each side, one in the common case and several when
 //!    the cell is thinner than the radius (then several images of one atom appear). Dense
-//!    bins when their number is O(n), hashed otherwise (sparse or huge open systems).
-//! 3. For each bin, the atom images of the neighbouring bins are gathered sorted by (atom,
-//!    image) (a bitmap over their atom indices when the input is spatially ordered, a sort
-//!    otherwise); each receiver of the bin marks its edges among them in a bitmask
-//!    ([`super::filter`]). In parallel over chunks of bins, which keep each bin's candidates
-//!    and each receiver's mask (about 0.5 kB per atom in a liquid, half the rows' size).
-//! 4. Row lengths give the CSR offsets; then each row is written straight into its place,
-//!    in candidate order, so sorted.
+//!    bins when their number is O(n), hashed otherwise (sparse or huge open systems). Atoms
+//!    are sorted by bin, with f32 coordinates relative to the middle of the system.
+//! 3. Counting pass, in parallel over chunks of bins: the candidates of a bin's receivers
+//!    are the atoms of the neighbouring bins, a few runs of consecutive sorted atoms each
+//!    seen through one lattice shift; each receiver marks its edges among them in a bitmask
+//!    ([`super::filter`]), kept per chunk (about 60 bytes per atom), and counts them.
+//! 4. The counts give the CSR offsets. Writing pass: each bin's candidates are ranked by
+//!    (atom, image) (a bitmap over their atom indices when the input is spatially ordered,
+//!    a sort otherwise), each receiver's mask is carried over into that order, and its row
+//!    is written straight into its place, sorted.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -21,7 +23,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::filter;
+use super::bits;
+use super::filter::{self, Run};
 use super::{MINIMUM_DISTANCE_ANGSTROM, edge_vector};
 use crate::cell::{Cell, inverse, norm};
 use crate::error::{Error, Result};
@@ -33,15 +36,13 @@ const MAX_IMAGE_BOXES: i64 = 10_000_000;
 /// Atoms farther outside the cell than this many lattice vectors cannot be represented.
 const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
 
-/// Candidate images per receiver reserved ahead in each task's buffers.
-const EXPECTED_CANDIDATES: usize = 32;
-
 /// Buffers reused from one build to the next.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Workspace {
+    /// One per task.
     chunks: Vec<Chunk>,
-    /// Where each atom's row was found: (chunk, index into its `rows`).
-    row_location: Vec<(u32, u32)>,
+    /// Row lengths by slot (`[n_atoms]`), from the counting pass.
+    row_lengths: Vec<u32>,
     // Binning buffers, `[n_atoms]` (a rebuild of a settled system allocates nothing).
     fractional: Vec<[f64; 3]>,
     wraps: Vec<[i32; 3]>,
@@ -53,46 +54,14 @@ pub(super) struct Workspace {
     dense_table: Vec<u32>,
 }
 
-/// What one task found in its bins: each bin's candidate images and, per receiver, which of
-/// them are its edges (a bitmask); written out into the list once every row's length, and
-/// so its place, is known.
-#[derive(Clone, Debug, Default)]
-struct Chunk {
-    /// The candidate images of each bin, one bin after the other, sorted by (atom, image)
-    /// within a bin: the atom and its image shift minus the atom's own wrap.
-    atoms: Vec<u32>,
-    shifts: Vec<[i32; 3]>,
-    /// Each receiver's edges among its bin's candidates, one bit per candidate.
-    masks: Vec<u64>,
-    rows: Vec<Row>,
-    /// The first (by receiver, source, image) pair closer than the minimum distance.
-    too_close: Option<(u32, u32, [i32; 3])>,
-    /// Filter output of one receiver, reused.
-    mask_bytes: Vec<u8>,
-    candidates: Candidates,
-}
-
-/// One receiver's row, found by a task.
-#[derive(Clone, Copy, Debug)]
-struct Row {
-    receiver: u32,
-    /// The receiver's lattice wrap: added to each candidate's shift.
-    wrap: [i32; 3],
-    /// Its bin's candidates in the chunk's `atoms`/`shifts`, from here.
-    first_candidate: usize,
-    /// Its mask in the chunk's `masks`: words from here.
-    first_word: usize,
-    words: u32,
-    edges: u32,
-}
-
-/// Atoms sorted by bin: wrapped Cartesian positions (structure of arrays), original
+/// Atoms sorted by bin ("slots"): f32 Cartesian positions (wrapped, relative to the middle
+/// of the system; structure of arrays, [`filter::LANES`] zeros past the end), original
 /// indices, and the lattice shift that wrapped each.
 #[derive(Clone, Debug, Default)]
 struct BinnedAtoms {
-    x: Vec<f64>,
-    y: Vec<f64>,
-    z: Vec<f64>,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    z: Vec<f32>,
     atom: Vec<u32>,
     wrap: Vec<[i32; 3]>,
 }
@@ -137,9 +106,10 @@ struct Search<'a> {
     grid: &'a Grid,
     binned: &'a BinnedAtoms,
     radius: f64,
-    /// Round-off of the wrapped frame relative to the positions as given, Angstrom.
-    wrap_band: f64,
+    /// f32 filter thresholds, one set for the whole build.
+    radii: filter::Radii,
     within: filter::WithinFn,
+    bits: bits::Lister,
 }
 
 /// Builds CSR rows for `positions` in `cell` with `radius` (cutoff plus skin) into
@@ -168,8 +138,8 @@ pub(super) fn build(
     // Fractional coordinates, wrapped into [0, 1) on periodic axes.
     let fractional = &mut workspace.fractional;
     let wraps = &mut workspace.wraps;
-    fractional.clear();
-    wraps.clear();
+    reserve_cleared(fractional, n_atoms);
+    reserve_cleared(wraps, n_atoms);
     for (atom, r) in positions.iter().enumerate() {
         let mut f = [0.0; 3];
         let mut k = [0i32; 3];
@@ -237,7 +207,7 @@ pub(super) fn build(
     }
 
     let bins = &mut workspace.bins;
-    bins.clear();
+    reserve_cleared(bins, n_atoms);
     bins.extend(fractional.iter().map(|f| {
         let mut b = [0i64; 3];
         for a in 0..3 {
@@ -260,7 +230,7 @@ pub(super) fn build(
     };
     grid.occupied.clear();
     let order = &mut workspace.order;
-    order.clear();
+    reserve_cleared(order, n_atoms);
     if dense {
         let starts = &mut workspace.starts;
         starts.clear();
@@ -285,27 +255,43 @@ pub(super) fn build(
         });
     }
 
+    // Wrapped positions relative to the middle of the system, f32: the middle of the cell
+    // on periodic axes and of the atoms' extent on open ones (from the fractional range).
+    let mut middle_fractional = [0.5; 3];
+    for a in 0..3 {
+        if !pbc[a] {
+            middle_fractional[a] = origin[a] + 0.5 * (bins_per_axis[a] as f64) / inverse_width[a];
+        }
+    }
+    let middle: [f64; 3] =
+        std::array::from_fn(|x| (0..3).map(|a| middle_fractional[a] * basis[a][x]).sum());
     let lattice = cell.vectors();
     let binned = &mut workspace.binned;
-    binned.x.clear();
-    binned.y.clear();
-    binned.z.clear();
-    binned.atom.clear();
-    binned.wrap.clear();
+    for axis in [&mut binned.x, &mut binned.y, &mut binned.z] {
+        reserve_cleared(axis, n_atoms + filter::LANES);
+    }
+    reserve_cleared(&mut binned.atom, n_atoms);
+    reserve_cleared(&mut binned.wrap, n_atoms);
+    let mut largest_coordinate = 0.0f32;
     for &atom in order.iter() {
         let (r, k) = (positions[atom as usize], wraps[atom as usize]);
-        let mut wrapped = [0.0; 3];
+        let mut wrapped = [0.0f32; 3];
         for x in 0..3 {
-            wrapped[x] = r[x]
+            wrapped[x] = ((r[x]
                 - (k[0] as f64 * lattice[0][x]
                     + k[1] as f64 * lattice[1][x]
-                    + k[2] as f64 * lattice[2][x]);
+                    + k[2] as f64 * lattice[2][x]))
+                - middle[x]) as f32;
+            largest_coordinate = largest_coordinate.max(wrapped[x].abs());
         }
         binned.x.push(wrapped[0]);
         binned.y.push(wrapped[1]);
         binned.z.push(wrapped[2]);
         binned.atom.push(atom);
         binned.wrap.push(k);
+    }
+    for axis in [&mut binned.x, &mut binned.y, &mut binned.z] {
+        axis.extend([0.0; filter::LANES]);
     }
     let mut start = 0;
     while start < n_atoms {
@@ -335,23 +321,43 @@ pub(super) fn build(
         )
     };
 
-    // The band absorbs the round-off of wrapping (relative to the coordinates' magnitude).
+    // The band absorbs the round-off of wrapping (relative to the coordinates' magnitude)
+    // and of the f32 arithmetic (relative to the largest coordinate and image shift).
     let scale = positions
         .iter()
         .flat_map(|p| p.iter())
         .fold(radius, |m, x| m.max(x.abs()))
         + lattice.iter().map(|v| norm(*v)).sum::<f64>();
+    // A search shifts by at most ceil(reach / bins) lattice vectors along a periodic axis.
+    let largest_shift = (0..3)
+        .map(|x| {
+            (0..3)
+                .filter(|&a| pbc[a])
+                .map(|a| {
+                    let images = (reach[a] + bins_per_axis[a] - 1) / bins_per_axis[a];
+                    images as f64 * lattice[a][x].abs()
+                })
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max);
     let search = Search {
         positions,
         cell,
         grid: &grid,
         binned,
         radius,
-        wrap_band: 1e-9 * scale,
+        radii: thresholds(
+            radius,
+            1e-9 * scale,
+            largest_coordinate as f64,
+            largest_shift,
+        ),
         within: filter::select(),
+        bits: bits::select(),
     };
 
-    // Unsorted rows, in parallel over contiguous chunks of bins.
+    // Two passes over contiguous chunks of bins, in parallel: count each row, then, once
+    // the counts have placed every row, write each row into its place.
     let n_chunks = grid
         .occupied
         .len()
@@ -361,17 +367,31 @@ pub(super) fn build(
         workspace.chunks.resize_with(n_chunks, Chunk::default);
     }
     let per_chunk = grid.occupied.len().div_ceil(n_chunks);
-    workspace.chunks[..n_chunks]
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(index, chunk)| {
-            let first = (index * per_chunk).min(grid.occupied.len());
-            let last = ((index + 1) * per_chunk).min(grid.occupied.len());
-            search_bins(&grid.occupied[first..last], &search, chunk);
-        });
-    let chunks = &workspace.chunks[..n_chunks];
+    let chunk_bins = |index: usize| {
+        let first = (index * per_chunk).min(grid.occupied.len());
+        let last = ((index + 1) * per_chunk).min(grid.occupied.len());
+        &grid.occupied[first..last]
+    };
 
-    if let Some((receiver, source, shift)) = chunks.iter().filter_map(|c| c.too_close).min() {
+    // Row lengths by slot: each chunk's bins hold a contiguous range of slots.
+    let lengths = &mut workspace.row_lengths;
+    reserve_cleared(lengths, n_atoms);
+    lengths.resize(n_atoms, 0);
+    let mut length_parts = Vec::with_capacity(n_chunks);
+    let mut rest = &mut lengths[..];
+    for index in 0..n_chunks {
+        let slots: usize = chunk_bins(index).iter().map(|(_, s)| s.len()).sum();
+        let (part, tail) = rest.split_at_mut(slots);
+        length_parts.push(part);
+        rest = tail;
+    }
+    let too_close = length_parts
+        .into_par_iter()
+        .zip(workspace.chunks[..n_chunks].par_iter_mut())
+        .enumerate()
+        .map(|(index, (part, chunk))| chunk.count_rows(chunk_bins(index), &search, part))
+        .reduce(|| None, |a, b| a.into_iter().chain(b).min());
+    if let Some((receiver, source, shift)) = too_close {
         let r = edge_vector(positions, cell, receiver as usize, source as usize, shift);
         return Err(Error::AtomsTooClose {
             first: receiver as usize,
@@ -382,45 +402,34 @@ pub(super) fn build(
         });
     }
 
-    // Each row's place in receiver order, then the rows written there.
-    workspace.row_location.clear();
-    workspace.row_location.resize(n_atoms, (u32::MAX, 0));
-    for (index, chunk) in chunks.iter().enumerate() {
-        for (row_index, row) in chunk.rows.iter().enumerate() {
-            workspace.row_location[row.receiver as usize] = (index as u32, row_index as u32);
-        }
-    }
+    // Offsets by receiver from the lengths by slot.
     offsets.reserve(n_atoms + 1);
-    offsets.push(0);
-    let mut total = 0;
-    for (atom, &(chunk, row)) in workspace.row_location.iter().enumerate() {
-        // Every atom is the receiver of the one bin it is in.
-        assert!(chunk != u32::MAX, "atom {atom} was not searched");
-        total += chunks[chunk as usize].rows[row as usize].edges as usize;
-        offsets.push(total);
+    advise_huge_pages(offsets);
+    offsets.resize(n_atoms + 1, 0);
+    for (&length, &atom) in lengths.iter().zip(&binned.atom) {
+        offsets[atom as usize + 1] = length as usize;
     }
+    for atom in 0..n_atoms {
+        offsets[atom + 1] += offsets[atom];
+    }
+    let total = offsets[n_atoms];
     sources.reserve(total);
     shifts.reserve(total);
     advise_huge_pages(sources);
     advise_huge_pages(shifts);
     {
-        let source_places = Places::new(&mut sources.spare_capacity_mut()[..total]);
-        let shift_places = Places::new(&mut shifts.spare_capacity_mut()[..total]);
-        let offsets = &offsets[..];
-        chunks.par_iter().for_each(|chunk| {
-            for row in &chunk.rows {
-                let receiver = row.receiver as usize;
-                let place = offsets[receiver]..offsets[receiver + 1];
-                // SAFETY: each receiver has one row, and rows of different receivers have
-                // disjoint places (the offsets are the running sum of the row lengths).
-                let (sources, shifts) =
-                    unsafe { (source_places.part(place.clone()), shift_places.part(place)) };
-                chunk.write_row(row, sources, shifts);
-            }
-        });
+        let places = RowPlaces {
+            offsets,
+            sources: Places::new(&mut sources.spare_capacity_mut()[..total]),
+            shifts: Places::new(&mut shifts.spare_capacity_mut()[..total]),
+        };
+        workspace.chunks[..n_chunks]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(index, chunk)| chunk.write_rows(chunk_bins(index), &search, &places));
     }
-    // SAFETY: the places of all rows tile 0..total (one row per atom, each place as long as
-    // its row), and `write_row` wrote every value of its place.
+    // SAFETY: every atom is the receiver of exactly one bin, so the places of all rows tile
+    // 0..total, and `write_rows` asserted that each row filled its place.
     unsafe {
         sources.set_len(total);
         shifts.set_len(total);
@@ -461,209 +470,237 @@ impl<'a, T> Places<'a, T> {
     }
 }
 
-impl Chunk {
-    /// Writes `row`'s edges, in candidate order (sorted by source and image), into
-    /// `sources` and `shifts`, which are exactly as long as the row.
-    fn write_row(
-        &self,
-        row: &Row,
-        sources: &mut [MaybeUninit<u32>],
-        shifts: &mut [MaybeUninit<[i32; 3]>],
-    ) {
-        let wrap = row.wrap;
-        let words = &self.masks[row.first_word..row.first_word + row.words as usize];
-        let atoms = &self.atoms[row.first_candidate..];
-        let candidate_shifts = &self.shifts[row.first_candidate..];
-        let mut written = 0;
-        for (word_index, &word) in words.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let k = word_index * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let base = candidate_shifts[k];
-                sources[written].write(atoms[k]);
-                shifts[written].write([base[0] + wrap[0], base[1] + wrap[1], base[2] + wrap[2]]);
-                written += 1;
-            }
-        }
-        // Every place written: what `build` relies on before it sets the lengths.
-        assert_eq!(written, sources.len(), "a row's edges fill its place");
-        assert_eq!(written, shifts.len(), "a row's edges fill its place");
-    }
+/// Where each receiver's row goes: `offsets[i]..offsets[i + 1]` of the output.
+struct RowPlaces<'a> {
+    offsets: &'a [usize],
+    sources: Places<'a, u32>,
+    shifts: Places<'a, [i32; 3]>,
 }
 
-fn search_bins(bins: &[([i64; 3], Range<usize>)], search: &Search, chunk: &mut Chunk) {
-    let Chunk {
-        atoms,
-        shifts,
-        masks,
-        rows,
-        too_close,
-        mask_bytes,
-        candidates,
-    } = chunk;
-    atoms.clear();
-    shifts.clear();
-    masks.clear();
-    rows.clear();
-    *too_close = None;
-    let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
-    // Room up front for a liquid's candidates (about 28 per receiver at 5 A): growing by
-    // doubling would copy everything written so far.
-    let expected = receivers * EXPECTED_CANDIDATES;
-    if atoms.capacity() < expected {
-        atoms.reserve(expected);
-        shifts.reserve(expected);
-        advise_huge_pages(atoms);
-        advise_huge_pages(shifts);
-    }
-    let binned = search.binned;
-    let radius_squared = search.radius * search.radius;
-    let minimum_squared = MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM;
-    for (bin, receivers) in bins {
-        // Every atom image in the neighbouring bins, sorted by (atom, image): a receiver's
-        // edges are a subset, written out in this order, so each row comes out sorted.
-        candidates.gather(*bin, receivers.start, search);
-        let first_candidate = atoms.len();
-        atoms.extend_from_slice(&candidates.atom);
-        shifts.extend_from_slice(&candidates.shift);
-        let mask_length = candidates.x.len() / filter::LANES;
-        let words = mask_length.div_ceil(8);
-        mask_bytes.clear();
-        mask_bytes.resize(8 * words, 0);
-        for slot in receivers.clone() {
-            let receiver = binned.atom[slot];
-            let wrap_i = binned.wrap[slot];
-            let seen = (search.within)(
-                &candidates.x,
-                &candidates.y,
-                &candidates.z,
-                candidates.offset_of(binned, slot, [0.0; 3]),
-                &candidates.radii,
-                &mut mask_bytes[..mask_length],
-            );
-            let first_word = masks.len();
-            masks.extend(
-                mask_bytes
-                    .chunks_exact(8)
-                    .map(|bytes| u64::from_le_bytes(bytes.try_into().expect("8 bytes"))),
-            );
-            let mask = &mut masks[first_word..];
-            if !seen.in_band && seen.too_close == 1 {
-                // Common case: every hit is an edge but the receiver itself (the one point
-                // at distance 0), which sits where its atom index sorts.
-                let own = candidates.atom.partition_point(|&a| a < receiver);
-                let own = own
-                    + candidates.shift[own..]
-                        .iter()
-                        .position(|&shift| shift == negated(wrap_i))
-                        .expect("the receiver is among its own candidates");
-                debug_assert_eq!(candidates.atom[own], receiver);
-                mask[own / 64] &= !(1u64 << (own % 64));
-            } else {
-                // Near the boundary or suspiciously close: each hit is decided exactly from
-                // the positions as given (the contract's definition of an edge).
-                for (word_index, word) in mask.iter_mut().enumerate() {
-                    let mut bits = *word;
-                    while bits != 0 {
-                        let bit = bits.trailing_zeros() as usize;
-                        bits &= bits - 1;
-                        let k = word_index * 64 + bit;
-                        let source = candidates.atom[k];
-                        let base = candidates.shift[k];
-                        let shift = [
-                            base[0] + wrap_i[0],
-                            base[1] + wrap_i[1],
-                            base[2] + wrap_i[2],
-                        ];
-                        let keep = if source == receiver && shift == [0; 3] {
-                            false
-                        } else {
-                            let r = edge_vector(
-                                search.positions,
-                                search.cell,
-                                receiver as usize,
-                                source as usize,
-                                shift,
-                            );
-                            let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
-                            if d2 < minimum_squared {
-                                let pair = (receiver, source, shift);
-                                *too_close = Some(too_close.map_or(pair, |p| p.min(pair)));
+/// One task's state, reused from build to build: the masks its counting pass leaves for
+/// its writing pass, and scratch for one bin at a time.
+#[derive(Clone, Debug, Default)]
+struct Chunk {
+    /// Each receiver's edges among its bin's candidates, one bit per candidate in run
+    /// order, whole words per receiver, receivers in slot order.
+    masks: Vec<u64>,
+    candidates: Candidates,
+    /// One receiver's filter output, padded to whole words.
+    mask_bytes: Vec<u8>,
+    /// One receiver's edges in sorted candidate order.
+    sorted_mask: Vec<u64>,
+    /// Set bits of one mask, listed.
+    listed: Vec<u32>,
+}
+
+impl Chunk {
+    /// Counting pass over `bins`: each receiver's row length into `lengths` (by slot, from
+    /// the chunk's first slot) and its edges into `masks`. Returns the first (by receiver,
+    /// source, image) pair closer than the minimum distance.
+    fn count_rows(
+        &mut self,
+        bins: &[([i64; 3], Range<usize>)],
+        search: &Search,
+        lengths: &mut [u32],
+    ) -> Option<(u32, u32, [i32; 3])> {
+        let binned = search.binned;
+        let first_slot = bins.first().map_or(0, |(_, slots)| slots.start);
+        let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
+        self.masks.clear();
+        // Room up front for a liquid's masks (up to 8 words per receiver at 5 A): growing
+        // by doubling would copy everything written so far.
+        if self.masks.capacity() < 8 * receivers {
+            self.masks.reserve(8 * receivers);
+            advise_huge_pages(&mut self.masks);
+        }
+        let radius_squared = search.radius * search.radius;
+        let minimum_squared = MINIMUM_DISTANCE_ANGSTROM * MINIMUM_DISTANCE_ANGSTROM;
+        let mut too_close = None;
+        for (bin, receivers) in bins {
+            let candidates = &mut self.candidates;
+            candidates.visit(*bin, receivers.start, search);
+            let mask_length = candidates.mask_bytes();
+            let words = mask_length.div_ceil(8);
+            self.mask_bytes.clear();
+            self.mask_bytes.resize(8 * words, 0);
+            let coordinates = filter::Coordinates {
+                x: &binned.x,
+                y: &binned.y,
+                z: &binned.z,
+            };
+            for slot in receivers.clone() {
+                let (receiver, wrap_i) = (binned.atom[slot], binned.wrap[slot]);
+                let seen = (search.within)(
+                    &coordinates,
+                    [binned.x[slot], binned.y[slot], binned.z[slot]],
+                    &candidates.runs,
+                    &search.radii,
+                    &mut self.mask_bytes[..mask_length],
+                );
+                if !seen.in_band && seen.too_close == 1 {
+                    // Common case: every hit is an edge but the receiver itself (the one
+                    // image at distance 0).
+                    let own = candidates.own_place(slot);
+                    self.mask_bytes[own / 8] &= !(1u8 << (own % 8));
+                } else {
+                    // Near the boundary or suspiciously close: each hit is decided exactly
+                    // from the positions as given (the contract's definition of an edge).
+                    for (byte_index, byte) in self.mask_bytes.iter_mut().enumerate() {
+                        let mut bits = *byte;
+                        while bits != 0 {
+                            let bit = bits.trailing_zeros() as usize;
+                            bits &= bits - 1;
+                            let (source, base) = candidates.identity(binned, byte_index * 8 + bit);
+                            let shift = [
+                                base[0] + wrap_i[0],
+                                base[1] + wrap_i[1],
+                                base[2] + wrap_i[2],
+                            ];
+                            let keep = if source == receiver && shift == [0; 3] {
+                                false
+                            } else {
+                                let r = edge_vector(
+                                    search.positions,
+                                    search.cell,
+                                    receiver as usize,
+                                    source as usize,
+                                    shift,
+                                );
+                                let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+                                if d2 < minimum_squared {
+                                    let pair = (receiver, source, shift);
+                                    too_close = Some(
+                                        too_close
+                                            .map_or(pair, |p: (u32, u32, [i32; 3])| p.min(pair)),
+                                    );
+                                }
+                                d2 <= radius_squared
+                            };
+                            if !keep {
+                                *byte &= !(1u8 << bit);
                             }
-                            d2 <= radius_squared
-                        };
-                        if !keep {
-                            *word &= !(1u64 << bit);
                         }
                     }
                 }
+                let mut edges = 0;
+                self.masks
+                    .extend(self.mask_bytes.chunks_exact(8).map(|bytes| {
+                        let word = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+                        edges += word.count_ones();
+                        word
+                    }));
+                lengths[slot - first_slot] = edges;
             }
-            let edges: u32 = mask.iter().map(|word| word.count_ones()).sum();
-            rows.push(Row {
-                receiver,
-                wrap: wrap_i,
-                first_candidate,
-                first_word,
-                words: words as u32,
-                edges,
-            });
+        }
+        too_close
+    }
+
+    /// Writing pass over the same `bins`: ranks each bin's candidates by (atom, image) and
+    /// writes each receiver's edges, in that order, into its place.
+    fn write_rows(
+        &mut self,
+        bins: &[([i64; 3], Range<usize>)],
+        search: &Search,
+        places: &RowPlaces,
+    ) {
+        let binned = search.binned;
+        let mut next_word = 0;
+        for (bin, receivers) in bins {
+            let candidates = &mut self.candidates;
+            candidates.visit(*bin, receivers.start, search);
+            candidates.rank(search);
+            let words = candidates.mask_bytes().div_ceil(8);
+            let sorted_words = candidates.count.div_ceil(64);
+            let room = 64 * words.max(sorted_words) + 8;
+            if self.listed.len() < room {
+                self.listed.resize(room, 0);
+            }
+            for slot in receivers.clone() {
+                let (receiver, wrap) = (binned.atom[slot] as usize, binned.wrap[slot]);
+                let place = places.offsets[receiver]..places.offsets[receiver + 1];
+                // SAFETY: each receiver has one row, and rows of different receivers have
+                // disjoint places (the offsets are the running sum of the row lengths).
+                let (sources, shifts) = unsafe {
+                    (
+                        places.sources.part(place.clone()),
+                        places.shifts.part(place),
+                    )
+                };
+                // Carry the mask from run order over to sorted order: list the hits, set
+                // their ranks, and list the ranks in order.
+                let mask = &self.masks[next_word..next_word + words];
+                next_word += words;
+                let hits = (search.bits.list)(mask, 0, &mut self.listed);
+                self.sorted_mask.clear();
+                self.sorted_mask.resize(sorted_words, 0);
+                for &k in &self.listed[..hits] {
+                    let rank = candidates.rank[k as usize] as usize;
+                    self.sorted_mask[rank / 64] |= 1u64 << (rank % 64);
+                }
+                let written = (search.bits.list)(&self.sorted_mask, 0, &mut self.listed);
+                // Every place written: what `build` relies on before it sets the lengths.
+                assert_eq!(written, sources.len(), "a row's edges fill its place");
+                assert_eq!(written, shifts.len(), "a row's edges fill its place");
+                for ((&rank, source), shift) in
+                    self.listed[..written].iter().zip(sources).zip(shifts)
+                {
+                    let base = candidates.shift[rank as usize];
+                    source.write(candidates.atom[rank as usize]);
+                    shift.write([base[0] + wrap[0], base[1] + wrap[1], base[2] + wrap[2]]);
+                }
+            }
         }
     }
 }
 
-/// One neighbouring bin visited: its atoms' slots and the lattice shift that brings it next
-/// to the receiver's bin.
-#[derive(Clone, Debug)]
-struct Visit {
-    slots: Range<usize>,
-    wrapped_shift: [i32; 3],
-    shift_vector: [f64; 3],
-}
-
-/// The atom images around one bin, as structure of arrays sorted by (atom, image).
+/// The atom images around one bin: runs of consecutive slots, each seen through one
+/// lattice shift, and, for the writing pass, their ranks by (atom, image).
+///
+/// Candidate `k` is bit `k % 8` of mask byte `k / 8`: each run starts on a whole byte, so
+/// numbering has gaps at the end of runs.
 #[derive(Clone, Debug, Default)]
 struct Candidates {
-    /// f32 offsets of the images from `origin`, Angstrom, padded to a multiple of
-    /// [`filter::LANES`] (`x = +inf`: never a hit).
-    x: Vec<f32>,
-    y: Vec<f32>,
-    z: Vec<f32>,
+    runs: Vec<Run>,
+    /// Each run's lattice shift (wrapped bins to the receiver's bin).
+    run_shifts: Vec<[i32; 3]>,
+    /// The run holding the bin's own atoms without a shift.
+    own_run: usize,
+    /// Number of candidates (not counting gaps).
+    count: usize,
+    /// Per candidate `k`, its rank by (atom, image).
+    rank: Vec<u32>,
+    /// By rank: the atom, and its image shift minus the atom's own wrap (adding the
+    /// receiver's wrap gives the shift for the positions as given).
     atom: Vec<u32>,
-    /// Image shift minus the atom's own wrap: adding the receiver's wrap gives the shift
-    /// for the positions as given.
     shift: Vec<[i32; 3]>,
-    /// Wrapped position of the bin's first atom, Angstrom.
-    origin: [f64; 3],
-    /// Filter thresholds for these offsets.
-    radii: filter::Radii,
-    visits: Vec<Visit>,
-    /// Sorting scratch: a bitmap over the atom indices, and per atom index `(visit << 32) |
-    /// slot`; or (atom, shift, visit, slot) tuples when the bitmap does not apply.
+    /// Ranking scratch: per candidate its shift minus its wrap; a bitmap over the atom
+    /// indices and per atom index its candidate; or (atom, shift, candidate) tuples when
+    /// the bitmap does not apply.
+    candidate_shift: Vec<[i32; 3]>,
     bitmap: Vec<u64>,
-    by_atom: Vec<u64>,
-    tuples: Vec<(u32, [i32; 3], u32, u32)>,
+    by_atom: Vec<u32>,
+    tuples: Vec<(u32, [i32; 3], u32)>,
+    /// Whether `bitmap` is all zero (it is cleared word by word as it is read, so a build
+    /// that panicked may leave bits behind).
+    bitmap_clear: bool,
+    /// One bit per occupied word of `bitmap`, and those words listed.
+    summary: Vec<u64>,
+    occupied_words: Vec<u32>,
+    /// The bitmap's set bits listed (atom index minus the lowest).
+    offsets: Vec<u32>,
 }
 
 impl Candidates {
-    /// f32 offset of the atom in `slot` moved by `shift_vector`, from the origin. Every use
-    /// (candidate or receiver) goes through here, so a receiver's own image sits at exactly
-    /// zero distance.
-    #[inline(always)]
-    fn offset_of(&self, binned: &BinnedAtoms, slot: usize, shift_vector: [f64; 3]) -> [f32; 3] {
-        [
-            ((binned.x[slot] + shift_vector[0]) - self.origin[0]) as f32,
-            ((binned.y[slot] + shift_vector[1]) - self.origin[1]) as f32,
-            ((binned.z[slot] + shift_vector[2]) - self.origin[2]) as f32,
-        ]
-    }
-
-    /// Gathers every atom image in the bins around `bin` (whose first atom is in
-    /// `first_slot`), sorted by (atom, image), with filter thresholds for them.
-    fn gather(&mut self, bin: [i64; 3], first_slot: usize, search: &Search) {
-        let (grid, binned) = (search.grid, search.binned);
+    /// Lists the runs of candidates around `bin` (whose atoms start at `first_slot`): the
+    /// occupied bins within reach, with runs merged where consecutive bins continue each
+    /// other's slots under the same shift.
+    fn visit(&mut self, bin: [i64; 3], first_slot: usize, search: &Search) {
+        let grid = search.grid;
         let lattice = search.cell.vectors();
-        self.visits.clear();
+        self.runs.clear();
+        self.run_shifts.clear();
+        self.own_run = usize::MAX;
+        let (mut count, mut next_byte) = (0, 0);
         for dz in -grid.reach[2]..=grid.reach[2] {
             for dy in -grid.reach[1]..=grid.reach[1] {
                 for dx in -grid.reach[0]..=grid.reach[0] {
@@ -671,189 +708,239 @@ impl Candidates {
                     let mut shift = [0i32; 3];
                     let mut outside = false;
                     for a in 0..3 {
-                        let count = grid.bins_per_axis[a];
+                        let bins = grid.bins_per_axis[a];
+                        if other[a] >= 0 && other[a] < bins {
+                            continue;
+                        }
                         if grid.periodic[a] {
-                            shift[a] = other[a].div_euclid(count) as i32;
-                            other[a] = other[a].rem_euclid(count);
-                        } else if other[a] < 0 || other[a] >= count {
+                            shift[a] = other[a].div_euclid(bins) as i32;
+                            other[a] = other[a].rem_euclid(bins);
+                        } else {
                             outside = true;
                         }
                     }
                     if outside {
                         continue;
                     }
-                    if let Some(slots) = grid.find(other) {
-                        let mut shift_vector = [0.0; 3];
-                        for x in 0..3 {
-                            shift_vector[x] = shift[0] as f64 * lattice[0][x]
-                                + shift[1] as f64 * lattice[1][x]
-                                + shift[2] as f64 * lattice[2][x];
+                    let Some(slots) = grid.find(other) else {
+                        continue;
+                    };
+                    let own = [dx, dy, dz] == [0; 3];
+                    count += slots.len();
+                    let continues = self.runs.last().is_some_and(|last| {
+                        (last.start + last.len) as usize == slots.start
+                            && self.run_shifts.last() == Some(&shift)
+                    });
+                    if continues {
+                        let last = self.runs.last_mut().expect("a run to continue");
+                        next_byte -= last.bytes();
+                        last.len += slots.len() as u32;
+                        next_byte += last.bytes();
+                        if own {
+                            self.own_run = self.runs.len() - 1;
                         }
-                        self.visits.push(Visit {
-                            slots: slots.clone(),
-                            wrapped_shift: shift,
-                            shift_vector,
-                        });
+                        continue;
                     }
+                    if own {
+                        self.own_run = self.runs.len();
+                    }
+                    let mut shift_vector = [0.0f32; 3];
+                    if shift != [0; 3] {
+                        for x in 0..3 {
+                            shift_vector[x] = (shift[0] as f64 * lattice[0][x]
+                                + shift[1] as f64 * lattice[1][x]
+                                + shift[2] as f64 * lattice[2][x])
+                                as f32;
+                        }
+                    }
+                    let run = Run {
+                        start: slots.start as u32,
+                        len: slots.len() as u32,
+                        first_byte: next_byte,
+                        shift: shift_vector,
+                    };
+                    next_byte += run.bytes();
+                    self.runs.push(run);
+                    self.run_shifts.push(shift);
                 }
             }
         }
-        self.origin = [
-            binned.x[first_slot],
-            binned.y[first_slot],
-            binned.z[first_slot],
-        ];
-        let count: usize = self.visits.iter().map(|v| v.slots.len()).sum();
-        let padded = count.next_multiple_of(filter::LANES);
-        self.x.resize(padded, 0.0);
-        self.y.resize(padded, 0.0);
-        self.z.resize(padded, 0.0);
-        self.atom.resize(count, 0);
-        self.shift.resize(count, [0; 3]);
+        debug_assert!(self.own_run != usize::MAX);
+        debug_assert!(self.runs[self.own_run].start as usize <= first_slot);
+        self.count = count;
+    }
 
-        let (lo, hi) = self.visits.iter().fold((u32::MAX, 0), |range, visit| {
-            binned.atom[visit.slots.clone()]
-                .iter()
-                .fold(range, |(lo, hi), &a| (lo.min(a), hi.max(a)))
-        });
+    /// Bytes of mask the runs take.
+    fn mask_bytes(&self) -> usize {
+        self.runs
+            .last()
+            .map_or(0, |run| (run.first_byte + run.bytes()) as usize)
+    }
+
+    /// Candidate number of the receiver in `slot` itself (in the bin's own run).
+    fn own_place(&self, slot: usize) -> usize {
+        let run = &self.runs[self.own_run];
+        8 * run.first_byte as usize + (slot - run.start as usize)
+    }
+
+    /// Candidate `k`: its atom and its shift minus the atom's wrap.
+    fn identity(&self, binned: &BinnedAtoms, k: usize) -> (u32, [i32; 3]) {
+        let index = self
+            .runs
+            .partition_point(|run| 8 * run.first_byte as usize <= k)
+            - 1;
+        let (run, shift) = (&self.runs[index], self.run_shifts[index]);
+        let slot = run.start as usize + (k - 8 * run.first_byte as usize);
+        let wrap = binned.wrap[slot];
+        (
+            binned.atom[slot],
+            [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]],
+        )
+    }
+
+    /// Ranks the candidates listed by [`visit`](Self::visit) by (atom, image), into
+    /// `rank`, `atom` and `shift`.
+    fn rank(&mut self, search: &Search) {
+        let (grid, binned) = (search.grid, search.binned);
+        let numbered = 8 * self.mask_bytes();
+        self.rank.resize(numbered, 0);
+        self.candidate_shift.resize(numbered, [0; 3]);
+        self.atom.resize(self.count, 0);
+        self.shift.resize(self.count, [0; 3]);
+        let (mut lo, mut hi) = (u32::MAX, 0);
+        for (run, shift) in self.runs.iter().zip(&self.run_shifts) {
+            let slots = run.start as usize..(run.start + run.len) as usize;
+            let first = 8 * run.first_byte as usize;
+            let places = &mut self.candidate_shift[first..first + slots.len()];
+            for (place, wrap) in places.iter_mut().zip(&binned.wrap[slots.clone()]) {
+                *place = [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]];
+            }
+            for &atom in &binned.atom[slots] {
+                lo = lo.min(atom);
+                hi = hi.max(atom);
+            }
+        }
         let span = (hi as usize + 1).saturating_sub(lo as usize);
         // Spatially ordered input (the common case) puts the atoms around a bin in a narrow
-        // index range: then a bitmap over that range sorts in linear time.
-        let mut bitmap_sorted = count > 0 && span <= 512 * count;
-        if bitmap_sorted {
-            self.bitmap.clear();
-            self.bitmap.resize(span.div_ceil(64), 0);
-            if self.by_atom.len() < span {
-                self.by_atom.resize(span, 0);
-            }
-            if grid.may_repeat {
-                'visits: for (index, visit) in self.visits.iter().enumerate() {
-                    for slot in visit.slots.clone() {
-                        let offset = (binned.atom[slot] - lo) as usize;
-                        let (word, bit) = (offset / 64, 1u64 << (offset % 64));
-                        if self.bitmap[word] & bit != 0 {
-                            // Two images of one atom (small cells): sort instead.
-                            bitmap_sorted = false;
-                            break 'visits;
-                        }
-                        self.bitmap[word] |= bit;
-                        self.by_atom[offset] = ((index as u64) << 32) | slot as u64;
-                    }
-                }
-            } else {
-                // Distinct bins, distinct atoms. A bin's atoms come in index order, so bits
-                // gather in a register until the word changes (no load-store chain).
-                for (index, visit) in self.visits.iter().enumerate() {
-                    let (mut current, mut bits) = (usize::MAX, 0u64);
-                    for slot in visit.slots.clone() {
-                        let offset = (binned.atom[slot] - lo) as usize;
-                        let word = offset / 64;
-                        if word != current {
-                            if current != usize::MAX {
-                                self.bitmap[current] |= bits;
-                            }
-                            (current, bits) = (word, 0);
-                        }
-                        bits |= 1u64 << (offset % 64);
-                        self.by_atom[offset] = ((index as u64) << 32) | slot as u64;
-                    }
-                    if current != usize::MAX {
-                        self.bitmap[current] |= bits;
-                    }
-                }
-            }
-        }
-        if bitmap_sorted {
-            let mut place = 0;
-            let bitmap = std::mem::take(&mut self.bitmap);
-            for (word_index, &word) in bitmap.iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let offset = word_index * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let packed = self.by_atom[offset];
-                    self.place(
-                        binned,
-                        place,
-                        (packed >> 32) as usize,
-                        packed as u32 as usize,
-                    );
-                    place += 1;
-                }
-            }
-            self.bitmap = bitmap;
-        } else {
+        // index range: then a bitmap over that range sorts in linear time, if each atom is
+        // there once (no two images of one atom: small cells).
+        if grid.may_repeat || self.count == 0 || span > 512 * self.count {
             self.tuples.clear();
-            for (index, visit) in self.visits.iter().enumerate() {
-                let shift = visit.wrapped_shift;
-                for slot in visit.slots.clone() {
-                    let wrap = binned.wrap[slot];
-                    self.tuples.push((
-                        binned.atom[slot],
-                        [shift[0] - wrap[0], shift[1] - wrap[1], shift[2] - wrap[2]],
-                        index as u32,
-                        slot as u32,
-                    ));
+            for run in &self.runs {
+                let slots = run.start as usize..(run.start + run.len) as usize;
+                let first = 8 * run.first_byte as usize;
+                for (k, &atom) in (first..).zip(&binned.atom[slots]) {
+                    self.tuples.push((atom, self.candidate_shift[k], k as u32));
                 }
             }
             self.tuples.sort_unstable();
-            for place in 0..count {
-                let (_, _, visit, slot) = self.tuples[place];
-                self.place(binned, place, visit as usize, slot as usize);
+            for (place, &(atom, shift, k)) in self.tuples.iter().enumerate() {
+                self.rank[k as usize] = place as u32;
+                self.atom[place] = atom;
+                self.shift[place] = shift;
             }
+            return;
         }
-        // Padding: never a hit (inf - q = inf exceeds every threshold).
-        self.x[count..].fill(f32::INFINITY);
-        self.y[count..].fill(0.0);
-        self.z[count..].fill(0.0);
-        // Eight running maxima vectorise; the values are finite.
-        let mut maxima = [0.0f32; 8];
-        for axis in [&self.x, &self.y, &self.z] {
-            for chunk in axis[..count].chunks(8) {
-                for (m, &v) in maxima.iter_mut().zip(chunk) {
-                    *m = m.max(v.abs());
+        let words = span.div_ceil(64);
+        if !self.bitmap_clear {
+            // A build that panicked left bits behind.
+            self.bitmap.fill(0);
+        }
+        if self.bitmap.len() < words {
+            self.bitmap.resize(words, 0);
+        }
+        self.bitmap_clear = false;
+        self.summary.clear();
+        self.summary.resize(words.div_ceil(64), 0);
+        if self.by_atom.len() < span {
+            self.by_atom.resize(span, 0);
+        }
+        for run in &self.runs {
+            let slots = run.start as usize..(run.start + run.len) as usize;
+            let first = 8 * run.first_byte as usize;
+            // A bin's atoms come in index order, so bits gather in a register until the
+            // word changes.
+            let (mut current, mut bits) = (usize::MAX, 0u64);
+            for (k, &atom) in (first..).zip(&binned.atom[slots]) {
+                let offset = (atom - lo) as usize;
+                let word = offset / 64;
+                if word != current {
+                    if current != usize::MAX {
+                        self.bitmap[current] |= bits;
+                        self.summary[current / 64] |= 1u64 << (current % 64);
+                    }
+                    (current, bits) = (word, 0);
                 }
+                bits |= 1u64 << (offset % 64);
+                self.by_atom[offset] = k as u32;
+            }
+            if current != usize::MAX {
+                self.bitmap[current] |= bits;
+                self.summary[current / 64] |= 1u64 << (current % 64);
             }
         }
-        let max_abs = maxima.iter().fold(0.0f32, |a, &b| a.max(b));
-        self.radii = thresholds(search, max_abs as f64);
-    }
-
-    /// Writes the image of the atom in `slot` seen through `visit` at `place`.
-    #[inline(always)]
-    fn place(&mut self, binned: &BinnedAtoms, place: usize, visit: usize, slot: usize) {
-        let (wrapped_shift, shift_vector) = {
-            let visit = &self.visits[visit];
-            (visit.wrapped_shift, visit.shift_vector)
-        };
-        let offset = self.offset_of(binned, slot, shift_vector);
-        self.x[place] = offset[0];
-        self.y[place] = offset[1];
-        self.z[place] = offset[2];
-        self.atom[place] = binned.atom[slot];
-        let wrap = binned.wrap[slot];
-        self.shift[place] = [
-            wrapped_shift[0] - wrap[0],
-            wrapped_shift[1] - wrap[1],
-            wrapped_shift[2] - wrap[2],
-        ];
+        // The occupied words in order, then their bits (clearing the bitmap again).
+        let room = 64 * self.summary.len() + 8;
+        if self.occupied_words.len() < room {
+            self.occupied_words.resize(room, 0);
+        }
+        let occupied = (search.bits.list)(&self.summary, 0, &mut self.occupied_words);
+        let room = 64 * occupied + 8;
+        if self.offsets.len() < room {
+            self.offsets.resize(room, 0);
+        }
+        let listed = (search.bits.list_chosen)(
+            &mut self.bitmap,
+            &self.occupied_words[..occupied],
+            &mut self.offsets,
+        );
+        self.bitmap_clear = true;
+        assert_eq!(
+            listed, self.count,
+            "each candidate atom is in the bitmap once"
+        );
+        let (by_atom, rank, candidate_shift) = (
+            &self.by_atom[..],
+            &mut self.rank[..],
+            &self.candidate_shift[..],
+        );
+        for (place, ((&offset, atom), shift)) in self.offsets[..listed]
+            .iter()
+            .zip(&mut self.atom[..listed])
+            .zip(&mut self.shift[..listed])
+            .enumerate()
+        {
+            let k = by_atom[offset as usize] as usize;
+            rank[k] = place as u32;
+            *atom = lo + offset;
+            *shift = candidate_shift[k];
+        }
     }
 }
 
-/// f32 filter thresholds for offsets of magnitude at most `max_abs` Angstrom per axis.
+/// f32 filter thresholds for a search `radius` (Angstrom), with f32 coordinates of at most
+/// `largest_coordinate` and image shifts of at most `largest_shift` Angstrom per component,
+/// and `wrap_band` Angstrom of round-off from wrapping.
 ///
-/// Each f32 offset (candidates and the receiver alike) is within `max_abs * u` of its f64
-/// value (u = 2^-24, the unit round-off) and their difference rounds by at most `2 max_abs
-/// u`, so each component of the difference is off by at most `4 max_abs u`, the distance by
-/// `sqrt(3)` times that, and the squares and sums by about `3 u` relative. The band doubles
-/// this and adds the wrapping round-off: a pair outside `radius + band` is certainly outside
-/// the radius, one inside `radius - band` certainly inside, and the rest (a few in a
-/// thousand receivers) is decided exactly.
-fn thresholds(search: &Search, max_abs: f64) -> filter::Radii {
+/// A candidate's offset `c - (q - s)` takes five f32 roundings: c, q and s from f64 (within
+/// `C u`, `C u` and `S u`, with u = 2^-24 the unit round-off), `q - s` (within `(C + S) u`)
+/// and the offset itself (within `d u`, d at most the radius plus the band). Each
+/// component is thus off by at most `(3 C + 2 S) u + r u`, the distance by `sqrt(3)` times
+/// that, and the squares and sums add about `3 u` relative. The band doubles this and adds
+/// the wrapping round-off: a pair outside `radius + band` is certainly outside the radius,
+/// one inside `radius - band` certainly inside, and the rest (about one receiver in a
+/// hundred in a liquid) is decided exactly.
+fn thresholds(
+    radius: f64,
+    wrap_band: f64,
+    largest_coordinate: f64,
+    largest_shift: f64,
+) -> filter::Radii {
     const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 * 0.5;
-    let radius = search.radius;
-    let difference = 3f64.sqrt() * 4.0 * max_abs * UNIT_ROUNDOFF;
-    let band = search.wrap_band + 2.0 * (difference + 4.0 * radius * UNIT_ROUNDOFF) + 1e-7 * radius;
+    let difference = 3f64.sqrt()
+        * (3.0 * largest_coordinate + 2.0 * largest_shift + 2.0 * radius)
+        * UNIT_ROUNDOFF;
+    let band = wrap_band + 2.0 * (difference + 4.0 * radius * UNIT_ROUNDOFF) + 1e-7 * radius;
     filter::Radii {
         accept_squared: ((radius + band).powi(2) * (1.0 + 1e-6)) as f32,
         exact_above_squared: ((radius - band).max(0.0).powi(2) * (1.0 - 1e-6)) as f32,
@@ -861,9 +948,14 @@ fn thresholds(search: &Search, max_abs: f64) -> filter::Radii {
     }
 }
 
-#[inline]
-fn negated(n: [i32; 3]) -> [i32; 3] {
-    [-n[0], -n[1], -n[2]]
+/// Empties `buffer` and makes room for `length` values, backed by huge pages where large:
+/// a fresh build's page faults cost more than its arithmetic.
+pub(super) fn reserve_cleared<T>(buffer: &mut Vec<T>, length: usize) {
+    buffer.clear();
+    if buffer.capacity() < length {
+        buffer.reserve(length);
+        advise_huge_pages(buffer);
+    }
 }
 
 /// Asks the kernel to back a large buffer's spare capacity with transparent huge pages:

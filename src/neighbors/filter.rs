@@ -1,13 +1,15 @@
 //! The cell list's hot loop: which candidate images lie within a radius of a receiver.
 //!
-//! Coordinates are f32 offsets from a point of the receiver's bin, eight per AVX2 register.
-//! The caller sizes a boundary band from the f32 round-off and decides every hit inside the
-//! band exactly, in f64, from the positions as given, so f32 only ever speeds the common
-//! case up and never changes the list. AVX2 where the processor has it, portable code
-//! otherwise; both do the same arithmetic (no FMA), so they select the same images bit for
-//! bit. Candidate arrays are padded to a multiple of [`LANES`] with `x = +inf` (never a hit).
+//! Coordinates are f32 (atoms sorted by bin, relative to a point of the system), eight per
+//! AVX2 register. The candidates of one receiver are a few runs of consecutive atoms, each
+//! moved by one lattice shift. The caller sizes a boundary band from the f32 round-off and
+//! decides every hit inside the band exactly, in f64, from the positions as given, so f32
+//! only ever speeds the common case up and never changes the list. AVX2 where the
+//! processor has it, portable code otherwise; both do the same arithmetic (no FMA), so they
+//! select the same images bit for bit.
 
-/// Candidates per vector step; candidate arrays are padded to a multiple of this.
+/// Candidates per vector step. Coordinate arrays extend at least this far past their last
+/// atom (any finite value), so that a run's last step may load past its end.
 pub(super) const LANES: usize = 8;
 
 /// Squared f32 thresholds of one filter call, Angstrom^2.
@@ -21,6 +23,25 @@ pub(super) struct Radii {
     pub suspicious_squared: f32,
 }
 
+/// A run of consecutive candidate atoms seen through one lattice shift.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Run {
+    /// First atom (index into the coordinate arrays) and number of atoms.
+    pub start: u32,
+    pub len: u32,
+    /// The run's bits start at this byte of the mask (its first candidate is bit 0).
+    pub first_byte: u32,
+    /// Cartesian shift vector of the image, Angstrom (rounded to f32).
+    pub shift: [f32; 3],
+}
+
+impl Run {
+    /// Mask bytes of this run: one per [`LANES`] atoms, the last one partly used.
+    pub fn bytes(&self) -> u32 {
+        self.len.div_ceil(LANES as u32)
+    }
+}
+
 /// What a filter call saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct Seen {
@@ -30,11 +51,19 @@ pub(super) struct Seen {
     pub too_close: u32,
 }
 
-/// Sets bit `k % 8` of `mask[k / 8]` for every `k` with `d2 = (xs[k]-q[0])^2 +
-/// (ys[k]-q[1])^2 + (zs[k]-q[2])^2 <= accept_squared` (and clears it otherwise), and reports
-/// what it saw. The arrays have one length, a multiple of [`LANES`]; `mask` has one byte per
-/// [`LANES`] candidates.
-pub(super) type WithinFn = fn(&[f32], &[f32], &[f32], [f32; 3], &Radii, &mut [u8]) -> Seen;
+/// For each run and each of its atoms `k` (lane `l` of step `s`), with `p = q - shift`
+/// (f32), sets bit `l` of `mask[first_byte + s]` when `d2 = (xs[k]-p[0])^2 +
+/// (ys[k]-p[1])^2 + (zs[k]-p[2])^2 <= accept_squared`, clears it otherwise (bits past the
+/// run's end are clear), and reports what it saw.
+pub(super) type WithinFn = fn(&Coordinates, [f32; 3], &[Run], &Radii, &mut [u8]) -> Seen;
+
+/// Candidate coordinates as structure of arrays, each at least [`LANES`] longer than the
+/// atoms it holds.
+pub(super) struct Coordinates<'a> {
+    pub x: &'a [f32],
+    pub y: &'a [f32],
+    pub z: &'a [f32],
+}
 
 /// The fastest implementation this processor supports.
 pub(super) fn select() -> WithinFn {
@@ -47,101 +76,143 @@ pub(super) fn select() -> WithinFn {
     within_portable
 }
 
-fn check_lengths(xs: &[f32], ys: &[f32], zs: &[f32], mask: &[u8]) {
+fn check_lengths(xyz: &Coordinates, runs: &[Run], mask: &[u8]) {
+    let len = xyz.x.len();
     assert!(
-        xs.len() % LANES == 0
-            && ys.len() == xs.len()
-            && zs.len() == xs.len()
-            && mask.len() == xs.len() / LANES,
-        "candidate arrays must share one length, a multiple of {LANES}, with a mask byte per {LANES}"
+        xyz.y.len() == len && xyz.z.len() == len,
+        "coordinate arrays must share one length"
     );
+    for run in runs {
+        assert!(
+            run.start as usize + run.bytes() as usize * LANES <= len,
+            "a run's last step must stay inside the coordinate arrays"
+        );
+        assert!(
+            (run.first_byte + run.bytes()) as usize <= mask.len(),
+            "a run's bits must fit in the mask"
+        );
+    }
+}
+
+/// Lanes of a step that hold atoms of the run (the last step may be partial).
+#[inline(always)]
+fn lanes_in_run(run: &Run, step: u32) -> u8 {
+    let left = run.len - step * LANES as u32;
+    if left >= LANES as u32 {
+        0xff
+    } else {
+        (1u8 << left) - 1
+    }
 }
 
 pub(super) fn within_portable(
-    xs: &[f32],
-    ys: &[f32],
-    zs: &[f32],
+    xyz: &Coordinates,
     q: [f32; 3],
+    runs: &[Run],
     radii: &Radii,
     mask: &mut [u8],
 ) -> Seen {
-    check_lengths(xs, ys, zs, mask);
+    check_lengths(xyz, runs, mask);
     let mut seen = Seen::default();
-    for (byte, k0) in mask.iter_mut().zip((0..xs.len()).step_by(LANES)) {
-        let mut bits = 0u8;
-        for lane in 0..LANES {
-            let k = k0 + lane;
-            let dx = xs[k] - q[0];
-            let dy = ys[k] - q[1];
-            let dz = zs[k] - q[2];
-            let d2 = (dx * dx + dy * dy) + dz * dz;
-            let inside = d2 <= radii.accept_squared;
-            bits |= (inside as u8) << lane;
-            seen.in_band |= inside & (d2 >= radii.exact_above_squared);
-            seen.too_close += (d2 < radii.suspicious_squared) as u32;
+    for run in runs {
+        let p = [
+            q[0] - run.shift[0],
+            q[1] - run.shift[1],
+            q[2] - run.shift[2],
+        ];
+        for step in 0..run.bytes() {
+            let k0 = (run.start + step * LANES as u32) as usize;
+            let (mut inside, mut band, mut close) = (0u8, 0u8, 0u8);
+            for lane in 0..LANES {
+                let k = k0 + lane;
+                let dx = xyz.x[k] - p[0];
+                let dy = xyz.y[k] - p[1];
+                let dz = xyz.z[k] - p[2];
+                let d2 = (dx * dx + dy * dy) + dz * dz;
+                inside |= ((d2 <= radii.accept_squared) as u8) << lane;
+                band |= ((d2 >= radii.exact_above_squared) as u8) << lane;
+                close |= ((d2 < radii.suspicious_squared) as u8) << lane;
+            }
+            let valid = lanes_in_run(run, step);
+            inside &= valid;
+            seen.in_band |= inside & band != 0;
+            seen.too_close += (close & valid).count_ones();
+            mask[(run.first_byte + step) as usize] = inside;
         }
-        *byte = bits;
     }
     seen
 }
 
 #[cfg(target_arch = "x86_64")]
 fn within_avx2_checked(
-    xs: &[f32],
-    ys: &[f32],
-    zs: &[f32],
+    xyz: &Coordinates,
     q: [f32; 3],
+    runs: &[Run],
     radii: &Radii,
     mask: &mut [u8],
 ) -> Seen {
-    check_lengths(xs, ys, zs, mask);
+    check_lengths(xyz, runs, mask);
     // SAFETY: `select` returns this function only when the processor has AVX2; the lengths
     // were checked above, which is all the unchecked loads and stores rely on.
-    unsafe { within_avx2(xs, ys, zs, q, radii, mask) }
+    unsafe { within_avx2(xyz, q, runs, radii, mask) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn within_avx2(
-    xs: &[f32],
-    ys: &[f32],
-    zs: &[f32],
+    xyz: &Coordinates,
     q: [f32; 3],
+    runs: &[Run],
     radii: &Radii,
     mask: &mut [u8],
 ) -> Seen {
     use std::arch::x86_64::*;
-    let (mut band_mask, mut too_close) = (0, 0);
-    let (qx, qy, qz) = (
-        _mm256_set1_ps(q[0]),
-        _mm256_set1_ps(q[1]),
-        _mm256_set1_ps(q[2]),
-    );
+    let (mut band_bits, mut too_close) = (0u32, 0u32);
     let accept = _mm256_set1_ps(radii.accept_squared);
     let exact_above = _mm256_set1_ps(radii.exact_above_squared);
     let suspicious = _mm256_set1_ps(radii.suspicious_squared);
-    // SAFETY (whole loop): k + 8 <= len bounds every load; k / 8 < mask.len(), as the
-    // caller checked.
-    unsafe {
-        for (index, byte) in mask.iter_mut().enumerate() {
-            let k = index * LANES;
-            let dx = _mm256_sub_ps(_mm256_loadu_ps(xs.as_ptr().add(k)), qx);
-            let dy = _mm256_sub_ps(_mm256_loadu_ps(ys.as_ptr().add(k)), qy);
-            let dz = _mm256_sub_ps(_mm256_loadu_ps(zs.as_ptr().add(k)), qz);
-            let d2 = _mm256_add_ps(
-                _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
-                _mm256_mul_ps(dz, dz),
+    for run in runs {
+        let p = [
+            q[0] - run.shift[0],
+            q[1] - run.shift[1],
+            q[2] - run.shift[2],
+        ];
+        let (px, py, pz) = (
+            _mm256_set1_ps(p[0]),
+            _mm256_set1_ps(p[1]),
+            _mm256_set1_ps(p[2]),
+        );
+        // SAFETY (whole loop): the run's steps stay inside the arrays and its bytes inside
+        // the mask, as the caller checked.
+        unsafe {
+            let (xs, ys, zs) = (
+                xyz.x.as_ptr().add(run.start as usize),
+                xyz.y.as_ptr().add(run.start as usize),
+                xyz.z.as_ptr().add(run.start as usize),
             );
-            let inside = _mm256_cmp_ps::<_CMP_LE_OQ>(d2, accept);
-            let band = _mm256_and_ps(inside, _mm256_cmp_ps::<_CMP_GE_OQ>(d2, exact_above));
-            band_mask |= _mm256_movemask_ps(band);
-            too_close += (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious)) as u32)
-                .count_ones();
-            *byte = _mm256_movemask_ps(inside) as u8;
+            let out = mask.as_mut_ptr().add(run.first_byte as usize);
+            for step in 0..run.bytes() as usize {
+                let k = step * LANES;
+                let dx = _mm256_sub_ps(_mm256_loadu_ps(xs.add(k)), px);
+                let dy = _mm256_sub_ps(_mm256_loadu_ps(ys.add(k)), py);
+                let dz = _mm256_sub_ps(_mm256_loadu_ps(zs.add(k)), pz);
+                let d2 = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                    _mm256_mul_ps(dz, dz),
+                );
+                let valid = lanes_in_run(run, step as u32) as u32;
+                let inside =
+                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(d2, accept)) as u32 & valid;
+                let band = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(d2, exact_above)) as u32;
+                let close = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious)) as u32;
+                band_bits |= inside & band;
+                too_close += (close & valid).count_ones();
+                *out.add(step) = inside as u8;
+            }
         }
     }
     Seen {
-        in_band: band_mask != 0,
+        in_band: band_bits != 0,
         too_close,
     }
 }
@@ -154,12 +225,40 @@ mod tests {
     #[test]
     fn every_implementation_selects_the_same_images() {
         let mut rng = SplitMix64::new(5);
-        for n in (0..64).step_by(LANES) {
-            let xs: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
-            let ys: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
-            let mut zs: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0) as f32).collect();
-            if n > 3 {
-                zs[3] = f32::INFINITY;
+        for case in 0..40 {
+            // Atoms, with the padding past the last that a run's last step may read.
+            let atoms = 5 + case;
+            let coordinate = |rng: &mut SplitMix64| -> Vec<f32> {
+                (0..atoms + LANES)
+                    .map(|_| rng.range(-3.0, 3.0) as f32)
+                    .collect()
+            };
+            let (xs, ys, zs) = (
+                coordinate(&mut rng),
+                coordinate(&mut rng),
+                coordinate(&mut rng),
+            );
+            // A few runs of consecutive atoms, each with its own shift, laid out byte after
+            // byte in the mask (runs may overlap: one atom seen through two images).
+            let mut runs = Vec::new();
+            let mut bytes = 0;
+            for _ in 0..1 + case % 4 {
+                let start = (rng.uniform() * atoms as f64) as u32;
+                let len = ((rng.uniform() * (atoms as u32 - start + 1) as f64) as u32).max(1);
+                let len = len.min(atoms as u32 - start);
+                let shift = [
+                    rng.range(-1.0, 1.0) as f32,
+                    0.0,
+                    rng.range(-0.5, 0.5) as f32,
+                ];
+                let run = Run {
+                    start,
+                    len,
+                    first_byte: bytes,
+                    shift,
+                };
+                bytes += run.bytes();
+                runs.push(run);
             }
             let q = [rng.range(-1.0, 1.0) as f32, 0.5, -0.25];
             let radii = Radii {
@@ -167,25 +266,57 @@ mod tests {
                 exact_above_squared: 3.5,
                 suspicious_squared: 0.5,
             };
-            let d2 = |k: usize| {
-                let d = [xs[k] - q[0], ys[k] - q[1], zs[k] - q[2]];
-                (d[0] * d[0] + d[1] * d[1]) + d[2] * d[2]
-            };
-            let expected: Vec<usize> = (0..n).filter(|&k| d2(k) <= 4.0).collect();
-            let expected_seen = Seen {
-                in_band: (0..n).any(|k| d2(k) <= 4.0 && d2(k) >= 3.5),
-                too_close: (0..n).filter(|&k| d2(k) < 0.5).count() as u32,
+            let mut expected_mask = vec![0u8; bytes as usize];
+            let mut expected_seen = Seen::default();
+            for run in &runs {
+                let p = [
+                    q[0] - run.shift[0],
+                    q[1] - run.shift[1],
+                    q[2] - run.shift[2],
+                ];
+                for index in 0..run.len {
+                    let k = (run.start + index) as usize;
+                    let d = [xs[k] - p[0], ys[k] - p[1], zs[k] - p[2]];
+                    let d2 = (d[0] * d[0] + d[1] * d[1]) + d[2] * d[2];
+                    let bit = 8 * run.first_byte + index;
+                    if d2 <= radii.accept_squared {
+                        expected_mask[bit as usize / 8] |= 1 << (bit % 8);
+                        expected_seen.in_band |= d2 >= radii.exact_above_squared;
+                    }
+                    expected_seen.too_close += (d2 < radii.suspicious_squared) as u32;
+                }
+            }
+            let coordinates = Coordinates {
+                x: &xs,
+                y: &ys,
+                z: &zs,
             };
             for implementation in [within_portable as WithinFn, select()] {
-                // Stale bits must be overwritten.
-                let mut mask = vec![0xa5u8; n / LANES];
-                let seen = implementation(&xs, &ys, &zs, q, &radii, &mut mask);
-                let selected: Vec<usize> = (0..n)
-                    .filter(|&k| mask[k / LANES] & (1 << (k % LANES)) != 0)
-                    .collect();
-                assert_eq!(selected, expected);
-                assert_eq!(seen, expected_seen);
+                // Stale bits must be overwritten, also past a run's end.
+                let mut mask = vec![0xa5u8; bytes as usize];
+                let seen = implementation(&coordinates, q, &runs, &radii, &mut mask);
+                assert_eq!(mask, expected_mask, "case {case}");
+                assert_eq!(seen, expected_seen, "case {case}");
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "inside the coordinate arrays")]
+    fn a_run_reading_past_the_padding_is_refused() {
+        let xs = vec![0.0f32; 10];
+        let coordinates = Coordinates {
+            x: &xs,
+            y: &xs,
+            z: &xs,
+        };
+        let run = Run {
+            start: 5,
+            len: 4,
+            first_byte: 0,
+            shift: [0.0; 3],
+        };
+        let mut mask = [0u8; 1];
+        within_portable(&coordinates, [0.0; 3], &[run], &Radii::default(), &mut mask);
     }
 }

@@ -13,6 +13,7 @@
 //! (Angstrom on open axes), see [`cell_list`]: O(n) time and memory for homogeneous
 //! systems, with a hashed grid when a dense one would be much larger than the atom count.
 
+mod bits;
 mod cell_list;
 mod filter;
 
@@ -123,6 +124,7 @@ impl NeighborList {
             &mut self.sources,
             &mut self.shifts,
         )?;
+        cell_list::reserve_cleared(&mut self.reference_positions, positions.len());
         self.reference_positions.extend_from_slice(positions);
         self.valid = true;
         Ok(())
