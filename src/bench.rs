@@ -93,7 +93,7 @@ pub fn run(options: Options) -> painn::Result<()> {
         // neighbour list is checked every call and rebuilt when needed).
         let mut positions = structure.positions.clone();
         let mut call = |calculator: &mut Calculator, k: usize| -> painn::Result<f64> {
-            let sign = if k % 2 == 0 { 1e-3 } else { -1e-3 };
+            let sign = if k.is_multiple_of(2) { 1e-3 } else { -1e-3 };
             for r in positions.iter_mut() {
                 r[0] += sign;
             }

@@ -227,7 +227,7 @@ struct Columns {
 impl Columns {
     fn parse(properties: &str) -> std::result::Result<Columns, String> {
         let parts: Vec<&str> = properties.split(':').collect();
-        if parts.len() % 3 != 0 {
+        if !parts.len().is_multiple_of(3) {
             return Err(format!(
                 "Properties `{properties}` is not name:type:count triples"
             ));

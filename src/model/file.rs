@@ -110,7 +110,7 @@ fn validate_config(config: &ModelConfig) -> std::result::Result<(), String> {
             config.architecture
         ));
     }
-    if config.hidden_features == 0 || config.hidden_features % 4 != 0 {
+    if config.hidden_features == 0 || !config.hidden_features.is_multiple_of(4) {
         return Err(format!(
             "hidden_features = {} must be a positive multiple of 4 (the energy head uses H/2 and H/4)",
             config.hidden_features

@@ -321,26 +321,26 @@ pub unsafe fn small_product_columns<T: Real>(
     while r0 + TILE_ROWS <= m {
         let mut j0 = columns.start;
         while j0 + TILE_COLUMNS <= columns.end {
-            if let Some(tile) = f32_tile {
-                if let (Some(a), Some(b)) = (as_f32(a), as_f32(b)) {
-                    // The tile's corner; its six rows of 16 lie inside c (r0 + 6 <= m,
-                    // j0 + 16 <= n) and in this thread's columns.
-                    let corner = values(r0 * n + j0, (TILE_ROWS - 1) * n + TILE_COLUMNS);
-                    // SAFETY: a, b and the tile are in bounds (a is m x k, b is k x n,
-                    // checked above; the corner slice spans the tile).
-                    unsafe {
-                        tile(
-                            k,
-                            n,
-                            n,
-                            a[r0 * k..].as_ptr(),
-                            b[j0..].as_ptr(),
-                            corner.as_mut_ptr() as *mut f32,
-                        )
-                    };
-                    j0 += TILE_COLUMNS;
-                    continue;
-                }
+            if let Some(tile) = f32_tile
+                && let (Some(a), Some(b)) = (as_f32(a), as_f32(b))
+            {
+                // The tile's corner; its six rows of 16 lie inside c (r0 + 6 <= m,
+                // j0 + 16 <= n) and in this thread's columns.
+                let corner = values(r0 * n + j0, (TILE_ROWS - 1) * n + TILE_COLUMNS);
+                // SAFETY: a, b and the tile are in bounds (a is m x k, b is k x n,
+                // checked above; the corner slice spans the tile).
+                unsafe {
+                    tile(
+                        k,
+                        n,
+                        n,
+                        a[r0 * k..].as_ptr(),
+                        b[j0..].as_ptr(),
+                        corner.as_mut_ptr() as *mut f32,
+                    )
+                };
+                j0 += TILE_COLUMNS;
+                continue;
             }
             let mut tile = [[T::zero(); TILE_COLUMNS]; TILE_ROWS];
             for (r, tile_row) in tile.iter_mut().enumerate() {

@@ -61,11 +61,11 @@ impl<F: FnOnce() + Send> StackJob<F> {
         // SAFETY: one thread runs the job (the server, or the poster after taking it
         // back), and it alone touches the job meanwhile.
         let closure = unsafe { (*job.closure.get()).take() };
-        if let Some(closure) = closure {
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(closure)) {
-                // SAFETY: as above.
-                unsafe { *job.panic.get() = Some(payload) };
-            }
+        if let Some(closure) = closure
+            && let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(closure))
+        {
+            // SAFETY: as above.
+            unsafe { *job.panic.get() = Some(payload) };
         }
     }
 }
@@ -118,7 +118,7 @@ impl Team {
                 let mut spins = 0u32;
                 while self.team.finished.load(Ordering::Acquire) < self.number {
                     spins = spins.wrapping_add(1);
-                    if spins % YIELD_EVERY == 0 {
+                    if spins.is_multiple_of(YIELD_EVERY) {
                         thread::yield_now();
                     } else {
                         std::hint::spin_loop();
@@ -169,7 +169,7 @@ impl Team {
             let posted = self.posted.load(Ordering::Acquire);
             if posted == seen {
                 spins = spins.wrapping_add(1);
-                if spins % YIELD_EVERY == 0 {
+                if spins.is_multiple_of(YIELD_EVERY) {
                     // Give the core away if anything else wants it (an oversubscribed
                     // machine): the evaluating thread claims the blocks this one does not.
                     thread::yield_now();
@@ -321,7 +321,7 @@ impl ModeChoice {
         } else {
             two < one
         };
-        if self.calls % PROBE_EVERY == 0 {
+        if self.calls.is_multiple_of(PROBE_EVERY) {
             !preferred_two
         } else {
             preferred_two

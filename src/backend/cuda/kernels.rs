@@ -215,10 +215,10 @@ pub fn cubin_for(arch: &str) -> Result<Vec<u8>> {
         fnv1a(program_source().as_bytes())
     );
     let path = cache_directory().map(|directory| directory.join(key));
-    if let Some(path) = &path {
-        if let Ok(cubin) = std::fs::read(path) {
-            return Ok(cubin);
-        }
+    if let Some(path) = &path
+        && let Ok(cubin) = std::fs::read(path)
+    {
+        return Ok(cubin);
     }
     let cubin = compile(arch)?;
     if let Some(path) = &path {

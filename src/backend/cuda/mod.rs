@@ -188,7 +188,7 @@ impl CudaBackend {
         kernels::check_driver()?;
         kernels::check_nvrtc()?;
         let h = model.hidden_features();
-        if h % 32 != 0 || h > 1024 {
+        if !h.is_multiple_of(32) || h > 1024 {
             return Err(Error::Unsupported(format!(
                 "the CUDA kernels need a hidden size that is a multiple of 32 and at most 1024; \
                  this model has H = {h}: use device cpu"
