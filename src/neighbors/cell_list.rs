@@ -148,7 +148,7 @@ pub(super) fn build(
                 + r[1] * to_fractional[1][a]
                 + r[2] * to_fractional[2][a];
             if pbc[a] {
-                let image = f[a].floor();
+                let image = floor(f[a]);
                 if image.abs() >= MAX_IMAGE_INDEX {
                     return Err(Error::invalid(
                         "positions",
@@ -211,7 +211,7 @@ pub(super) fn build(
     bins.extend(fractional.iter().map(|f| {
         let mut b = [0i64; 3];
         for a in 0..3 {
-            let raw = ((f[a] - origin[a]) * inverse_width[a]).floor() as i64;
+            let raw = floor((f[a] - origin[a]) * inverse_width[a]) as i64;
             b[a] = raw.clamp(0, bins_per_axis[a] - 1);
         }
         b
@@ -487,6 +487,11 @@ struct Chunk {
     candidates: Candidates,
     /// One receiver's filter output, padded to whole words.
     mask_bytes: Vec<u8>,
+    /// Each bin's runs, from the counting pass for the writing pass: all runs and their
+    /// shifts, and per bin where its runs end.
+    bin_runs: Vec<Run>,
+    bin_run_shifts: Vec<[i32; 3]>,
+    bin_run_ends: Vec<u32>,
     /// One receiver's edges in sorted candidate order.
     sorted_mask: Vec<u64>,
     /// Set bits of one mask, listed.
@@ -507,6 +512,9 @@ impl Chunk {
         let first_slot = bins.first().map_or(0, |(_, slots)| slots.start);
         let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
         self.masks.clear();
+        self.bin_runs.clear();
+        self.bin_run_shifts.clear();
+        self.bin_run_ends.clear();
         // Room up front for a liquid's masks (up to 8 words per receiver at 5 A): growing
         // by doubling would copy everything written so far.
         if self.masks.capacity() < 8 * receivers {
@@ -519,6 +527,10 @@ impl Chunk {
         for (bin, receivers) in bins {
             let candidates = &mut self.candidates;
             candidates.visit(*bin, receivers.start, search);
+            self.bin_runs.extend_from_slice(&candidates.runs);
+            self.bin_run_shifts
+                .extend_from_slice(&candidates.run_shifts);
+            self.bin_run_ends.push(self.bin_runs.len() as u32);
             let mask_length = candidates.mask_bytes();
             let words = mask_length.div_ceil(8);
             self.mask_bytes.clear();
@@ -595,8 +607,9 @@ impl Chunk {
         too_close
     }
 
-    /// Writing pass over the same `bins`: ranks each bin's candidates by (atom, image) and
-    /// writes each receiver's edges, in that order, into its place.
+    /// Writing pass over the same `bins` (with the runs the counting pass found): ranks each
+    /// bin's candidates by (atom, image) and writes each receiver's edges, in that order,
+    /// into its place.
     fn write_rows(
         &mut self,
         bins: &[([i64; 3], Range<usize>)],
@@ -605,9 +618,20 @@ impl Chunk {
     ) {
         let binned = search.binned;
         let mut next_word = 0;
-        for (bin, receivers) in bins {
+        let mut first_run = 0;
+        for (receivers, &runs_end) in bins.iter().map(|(_, r)| r).zip(&self.bin_run_ends) {
             let candidates = &mut self.candidates;
-            candidates.visit(*bin, receivers.start, search);
+            let runs = first_run..runs_end as usize;
+            first_run = runs_end as usize;
+            candidates.runs.clear();
+            candidates
+                .runs
+                .extend_from_slice(&self.bin_runs[runs.clone()]);
+            candidates.run_shifts.clear();
+            candidates
+                .run_shifts
+                .extend_from_slice(&self.bin_run_shifts[runs]);
+            candidates.count = candidates.runs.iter().map(|run| run.len as usize).sum();
             candidates.rank(search);
             let words = candidates.mask_bytes().div_ceil(8);
             let sorted_words = candidates.count.div_ceil(64);
@@ -945,6 +969,19 @@ fn thresholds(
         accept_squared: ((radius + band).powi(2) * (1.0 + 1e-6)) as f32,
         exact_above_squared: ((radius - band).max(0.0).powi(2) * (1.0 - 1e-6)) as f32,
         suspicious_squared: ((MINIMUM_DISTANCE_ANGSTROM + band).powi(2) * (1.0 + 1e-6)) as f32,
+    }
+}
+
+/// `x.floor()` for finite `x` of magnitude below 2^62 (larger ones come out huge, which the
+/// callers refuse or clamp), inline: without SSE4.1 in the baseline target, `f64::floor`
+/// is a library call, and binning calls it four times per atom.
+#[inline(always)]
+fn floor(x: f64) -> f64 {
+    let truncated = x as i64 as f64;
+    if truncated > x {
+        truncated - 1.0
+    } else {
+        truncated
     }
 }
 

@@ -167,10 +167,15 @@ unsafe fn within_avx2(
     mask: &mut [u8],
 ) -> Seen {
     use std::arch::x86_64::*;
-    let (mut band_bits, mut too_close) = (0u32, 0u32);
+    // Lanes of the band and counts of close images accumulate in vectors; only the mask
+    // byte leaves the vector unit in each step. The last step of a run masks the lanes
+    // past its end.
+    let mut band = _mm256_setzero_ps();
+    let mut close_counts = _mm256_setzero_si256();
     let accept = _mm256_set1_ps(radii.accept_squared);
     let exact_above = _mm256_set1_ps(radii.exact_above_squared);
     let suspicious = _mm256_set1_ps(radii.suspicious_squared);
+    let lane_numbers = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for run in runs {
         let p = [
             q[0] - run.shift[0],
@@ -191,7 +196,8 @@ unsafe fn within_avx2(
                 xyz.z.as_ptr().add(run.start as usize),
             );
             let out = mask.as_mut_ptr().add(run.first_byte as usize);
-            for step in 0..run.bytes() as usize {
+            let steps = run.bytes() as usize;
+            for step in 0..steps {
                 let k = step * LANES;
                 let dx = _mm256_sub_ps(_mm256_loadu_ps(xs.add(k)), px);
                 let dy = _mm256_sub_ps(_mm256_loadu_ps(ys.add(k)), py);
@@ -200,20 +206,30 @@ unsafe fn within_avx2(
                     _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
                     _mm256_mul_ps(dz, dz),
                 );
-                let valid = lanes_in_run(run, step as u32) as u32;
-                let inside =
-                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(d2, accept)) as u32 & valid;
-                let band = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(d2, exact_above)) as u32;
-                let close = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious)) as u32;
-                band_bits |= inside & band;
-                too_close += (close & valid).count_ones();
-                *out.add(step) = inside as u8;
+                let mut inside = _mm256_cmp_ps::<_CMP_LE_OQ>(d2, accept);
+                let mut close = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, suspicious);
+                if step + 1 == steps {
+                    let left = _mm256_set1_epi32((run.len as usize - k) as i32);
+                    let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(left, lane_numbers));
+                    inside = _mm256_and_ps(inside, valid);
+                    close = _mm256_and_ps(close, valid);
+                }
+                band = _mm256_or_ps(
+                    band,
+                    _mm256_and_ps(inside, _mm256_cmp_ps::<_CMP_GE_OQ>(d2, exact_above)),
+                );
+                // A true comparison is -1 as an integer.
+                close_counts = _mm256_sub_epi32(close_counts, _mm256_castps_si256(close));
+                *out.add(step) = _mm256_movemask_ps(inside) as u8;
             }
         }
     }
+    let mut counts = [0i32; 8];
+    // SAFETY: 8 lanes into an 8-lane array.
+    unsafe { _mm256_storeu_si256(counts.as_mut_ptr() as *mut __m256i, close_counts) };
     Seen {
-        in_band: band_bits != 0,
-        too_close,
+        in_band: _mm256_movemask_ps(band) != 0,
+        too_close: counts.iter().sum::<i32>() as u32,
     }
 }
 
