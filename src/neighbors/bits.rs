@@ -1,7 +1,9 @@
 //! Listing the set bits of bitmasks without a branch per bit: each byte's bit positions
 //! come from a 256-entry table, eight at a time, and the list advances by the byte's
-//! population count. A loop per set bit mispredicts its exit once per word, which cost more
-//! than the work in the neighbour list's sparse masks.
+//! population count. The neighbour list ranks candidates with it, from a sparse bitmap over
+//! their atom indices (a few bits per occupied word): there a loop per set bit, which
+//! mispredicts its exit about once per word, measured slower (0.800 against 0.760 us per
+//! atom for a rebuild of 98,304 atoms).
 
 /// Bit positions of each byte value, padded with 0.
 static POSITIONS: [[u8; 8]; 256] = {
