@@ -94,6 +94,16 @@ fn edges_of(list: &NeighborList) -> Vec<Edge> {
     list.edges().collect()
 }
 
+/// The first few edges missing from and extra in `found`, for failure messages.
+fn differences(expected: &BTreeSet<Edge>, found: &BTreeSet<Edge>) -> String {
+    format!(
+        "{} expected, missing {:?} extra {:?}",
+        expected.len(),
+        expected.difference(found).take(5).collect::<Vec<_>>(),
+        found.difference(expected).take(5).collect::<Vec<_>>()
+    )
+}
+
 /// Random periodic problem: a triclinic cell (possibly thinner than the cutoff, possibly
 /// strongly skewed), a periodicity mask, and unwrapped positions.
 #[derive(Debug, Clone)]
@@ -203,9 +213,7 @@ proptest! {
                 prop_assert_eq!(list.offsets().len(), case.positions.len() + 1);
                 let found: BTreeSet<Edge> = edges.into_iter().collect();
                 prop_assert_eq!(found.len(), expected.len());
-                prop_assert!(found == expected, "missing {:?} extra {:?}",
-                    expected.difference(&found).take(5).collect::<Vec<_>>(),
-                    found.difference(&expected).take(5).collect::<Vec<_>>());
+                prop_assert!(found == expected, "{}", differences(&expected, &found));
                 // Symmetry: (i <- j, n) exactly when (j <- i, -n).
                 for &(i, j, n) in &found {
                     prop_assert!(found.contains(&(j, i, [-n[0], -n[1], -n[2]])));
@@ -415,10 +423,8 @@ fn pairs_exactly_at_the_cutoff_match_brute_force() {
             let found: BTreeSet<Edge> = edges_of(&list).into_iter().collect();
             assert!(
                 found == expected,
-                "offset {offset:?}, cutoff {cutoff}: {} expected, missing {:?} extra {:?}",
-                expected.len(),
-                expected.difference(&found).take(5).collect::<Vec<_>>(),
-                found.difference(&expected).take(5).collect::<Vec<_>>()
+                "offset {offset:?}, cutoff {cutoff}: {}",
+                differences(&expected, &found)
             );
         }
     }
@@ -454,10 +460,8 @@ fn a_spatially_ordered_liquid_matches_brute_force() {
         assert_eq!(found.len(), found_set.len(), "no edge twice");
         assert!(
             found_set == expected,
-            "{} expected, missing {:?} extra {:?}",
-            expected.len(),
-            expected.difference(&found_set).take(5).collect::<Vec<_>>(),
-            found_set.difference(&expected).take(5).collect::<Vec<_>>()
+            "{}",
+            differences(&expected, &found_set)
         );
         // Rows come out sorted by (source, image).
         assert!(found.windows(2).all(|pair| pair[0] < pair[1]));
