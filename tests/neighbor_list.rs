@@ -467,3 +467,36 @@ fn a_spatially_ordered_liquid_matches_brute_force() {
         assert!(found.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }
+
+#[test]
+fn a_bins_run_that_spans_two_of_its_groups_runs_matches_brute_force() {
+    // Found by a search over sparse grids: with an open first axis of 4 bins and 3 periodic
+    // bins along y, a run of consecutive slots seen from one bin spans two of the runs seen
+    // from its group of bins (which visits more bins in between), so the writing pass
+    // copies that run's ranks from two places.
+    let lattice = [[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 5.0]];
+    let pbc = [false, true, true];
+    let positions = [
+        [1.6, 1.5, 3.5],
+        [3.6, 1.5, 0.5],
+        [2.35, 0.5, 0.5],
+        [1.35, 1.5, 3.5],
+        [3.6, 0.5, 2.5],
+        [0.35, 1.5, 0.5],
+        [0.6, 1.5, 0.5],
+        [1.35, 2.5, 3.5],
+        [0.6, 0.5, 2.5],
+        [1.1, 0.5, 0.5],
+        [1.35, 0.5, 0.5],
+        [0.85, 1.5, 1.5],
+        [0.6, 1.5, 3.5],
+        [2.6, 2.5, 2.5],
+    ];
+    let cell = Cell::new(lattice, pbc).unwrap();
+    let list = NeighborList::build(&positions, &cell, NeighborListOptions::new(1.0)).unwrap();
+    let (expected, _) = brute_force(&positions, lattice, pbc, 1.0);
+    let found = edges_of(&list);
+    assert!(found.windows(2).all(|pair| pair[0] < pair[1]));
+    let found: BTreeSet<Edge> = found.into_iter().collect();
+    assert!(found == expected, "{}", differences(&expected, &found));
+}
