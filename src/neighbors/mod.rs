@@ -314,6 +314,30 @@ mod tests {
     }
 
     #[test]
+    fn a_large_rebuild_with_non_temporal_stores_matches_a_fresh_build() {
+        // A rebuild into memory the last build touched, of a list over the streaming
+        // threshold, writes with non-temporal stores; a fresh build writes plainly. The same
+        // water box in two atom orders, so that the rebuild must rewrite every place.
+        let water = crate::structures::water_box(30, 3);
+        let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+        let options = NeighborListOptions::new(5.0);
+        let mut reordered = water.positions.clone();
+        reordered.reverse();
+        let mut list = NeighborList::build(&water.positions, &cell, options).unwrap();
+        let bytes_per_edge = std::mem::size_of::<(u32, [i32; 3])>();
+        assert!(list.n_edges() * bytes_per_edge >= cell_list::STREAMING_BYTES);
+        let (capacity_before, edges_before) = (list.sources.capacity(), list.n_edges());
+        list.rebuild(&reordered, &cell).unwrap();
+        // Same number of edges, no new allocation: the rebuild took the streaming path.
+        assert_eq!(list.n_edges(), edges_before);
+        assert_eq!(list.sources.capacity(), capacity_before);
+        let fresh = NeighborList::build(&reordered, &cell, options).unwrap();
+        assert_eq!(list.offsets(), fresh.offsets());
+        assert!(list.sources() == fresh.sources());
+        assert!(list.shifts() == fresh.shifts());
+    }
+
+    #[test]
     fn failed_rebuild_invalidates_the_list() {
         let positions = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
         let open = Cell::open();
