@@ -80,6 +80,10 @@ struct Grid {
     /// Occupied bins in sorted order with their slot ranges in `BinnedAtoms`.
     occupied: Vec<([i64; 3], Range<usize>)>,
     lookup: BinLookup,
+    /// Dense grids: per linear bin index, the slot after its last atom (so a row of
+    /// consecutive bins holds the slots from the end of the bin before it to the end of its
+    /// last bin). Empty for hashed grids.
+    bin_ends: Vec<usize>,
 }
 
 enum BinLookup {
@@ -230,6 +234,7 @@ pub(super) fn build(
         may_repeat: (0..3).any(|a| pbc[a] && 2 * reach[a] + 1 > bins_per_axis[a]),
         occupied: std::mem::take(&mut workspace.occupied),
         lookup: BinLookup::Sparse(HashMap::new()),
+        bin_ends: Vec::new(),
     };
     grid.occupied.clear();
     let order = &mut workspace.order;
@@ -250,6 +255,9 @@ pub(super) fn build(
             order[*slot] = atom as u32;
             *slot += 1;
         }
+        // Each bin's start has moved to its end.
+        starts.pop();
+        grid.bin_ends = std::mem::take(starts);
     } else {
         order.extend(0..n_atoms as u32);
         order.sort_unstable_by_key(|&atom| {
@@ -446,6 +454,7 @@ pub(super) fn build(
         shifts.set_len(total);
     }
     workspace.occupied = grid.occupied;
+    workspace.starts = grid.bin_ends;
     if let BinLookup::Dense(table) = grid.lookup {
         workspace.dense_table = table;
     }
@@ -829,6 +838,47 @@ impl Candidates {
         self.run_shifts.clear();
         self.own_run = usize::MAX;
         let (mut count, mut next_byte) = (0, 0);
+        let last_x = bin[0] + x_bins - 1;
+        let inside = !grid.bin_ends.is_empty()
+            && (0..3).all(|a| {
+                let last = if a == 0 { last_x } else { bin[a] };
+                bin[a] >= grid.reach[a] && last + grid.reach[a] < grid.bins_per_axis[a]
+            });
+        if inside {
+            // Common case: no bin in reach wraps or leaves the grid, so each row of bins
+            // along x is one run, read off the dense grid's bin ends.
+            for dz in -grid.reach[2]..=grid.reach[2] {
+                for dy in -grid.reach[1]..=grid.reach[1] {
+                    let first = grid.linear([bin[0] - grid.reach[0], bin[1] + dy, bin[2] + dz]);
+                    let last = first + (last_x - bin[0] + 2 * grid.reach[0]) as usize;
+                    let start = if first == 0 {
+                        0
+                    } else {
+                        grid.bin_ends[first - 1]
+                    };
+                    let end = grid.bin_ends[last];
+                    if end == start {
+                        continue;
+                    }
+                    if dy == 0 && dz == 0 {
+                        self.own_run = self.runs.len();
+                    }
+                    count += end - start;
+                    let run = Run {
+                        start: start as u32,
+                        len: (end - start) as u32,
+                        first_byte: next_byte,
+                        shift: [0.0; 3],
+                    };
+                    next_byte += run.bytes();
+                    self.runs.push(run);
+                    self.run_shifts.push([0; 3]);
+                }
+            }
+            debug_assert!(self.own_run != usize::MAX);
+            self.count = count;
+            return;
+        }
         for dz in -grid.reach[2]..=grid.reach[2] {
             for dy in -grid.reach[1]..=grid.reach[1] {
                 for dx in -grid.reach[0]..=x_bins - 1 + grid.reach[0] {
