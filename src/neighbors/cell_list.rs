@@ -500,7 +500,8 @@ struct RowPlaces<'a> {
 }
 
 /// One task's state, reused from build to build: the masks its counting pass leaves for
-/// its writing pass, and scratch for one bin at a time.
+/// its writing pass, and scratch for one bin (counting) or group of bins (writing) at a
+/// time.
 #[derive(Clone, Debug, Default)]
 struct Chunk {
     /// Each receiver's edges among its bin's candidates, one bit per candidate in run
@@ -979,7 +980,7 @@ impl Candidates {
     /// that bin's numbering (`runs` and `run_shifts` from its own visit), into `ranks`.
     /// Each of the bin's runs lies in the group's runs of the same shift, in the same
     /// order (the group's visit passes the same bins in the same order, with more between
-    /// them), and may span two of them.
+    /// them), and may span several of them.
     fn slice_ranks<'r>(
         &self,
         runs: &[Run],
