@@ -505,11 +505,10 @@ struct RowPlaces<'a> {
 #[derive(Clone, Debug, Default)]
 struct Chunk {
     /// Each receiver's edges among its bin's candidates, one bit per candidate in run
-    /// order, whole words per receiver, receivers in slot order.
-    masks: Vec<u64>,
+    /// order (bit `k % 8` of byte `k / 8`), whole 8-byte words per receiver, receivers in
+    /// slot order.
+    masks: Vec<u8>,
     candidates: Candidates,
-    /// One receiver's filter output, padded to whole words.
-    mask_bytes: Vec<u8>,
     /// Each bin's runs, from the counting pass for the writing pass: all runs and their
     /// shifts, and per bin where its runs end.
     bin_runs: Vec<Run>,
@@ -540,8 +539,8 @@ impl Chunk {
         self.bin_run_ends.clear();
         // Room up front for a liquid's masks (up to 8 words per receiver at 5 A): growing
         // by doubling would copy everything written so far.
-        if self.masks.capacity() < 8 * receivers {
-            self.masks.reserve(8 * receivers);
+        if self.masks.capacity() < 64 * receivers {
+            self.masks.reserve(64 * receivers);
             advise_huge_pages(&mut self.masks);
         }
         let radius_squared = search.radius * search.radius;
@@ -554,33 +553,36 @@ impl Chunk {
             self.bin_run_shifts
                 .extend_from_slice(&candidates.run_shifts);
             self.bin_run_ends.push(self.bin_runs.len() as u32);
-            let mask_length = candidates.mask_bytes();
-            let words = mask_length.div_ceil(8);
-            self.mask_bytes.clear();
-            self.mask_bytes.resize(8 * words, 0);
             let coordinates = filter::Coordinates {
                 x: &binned.x,
                 y: &binned.y,
                 z: &binned.z,
             };
+            let runs = filter::CheckedRuns::new(&coordinates, &candidates.runs);
+            let mask_length = runs.mask_bytes();
+            let words = mask_length.div_ceil(8);
             for slot in receivers.clone() {
                 let (receiver, wrap_i) = (binned.atom[slot], binned.wrap[slot]);
+                // The filter writes the mask straight into its place; the bytes past its
+                // end, up to a whole word, stay zero.
+                let start = self.masks.len();
+                self.masks.resize(start + 8 * words, 0);
+                let mask_bytes = &mut self.masks[start..];
                 let seen = (search.within)(
-                    &coordinates,
+                    &runs,
                     [binned.x[slot], binned.y[slot], binned.z[slot]],
-                    &candidates.runs,
                     &search.radii,
-                    &mut self.mask_bytes[..mask_length],
+                    &mut mask_bytes[..mask_length],
                 );
                 if !seen.in_band && seen.too_close == 1 {
                     // Common case: every hit is an edge but the receiver itself (the one
                     // image at distance 0).
                     let own = candidates.own_place(slot);
-                    self.mask_bytes[own / 8] &= !(1u8 << (own % 8));
+                    mask_bytes[own / 8] &= !(1u8 << (own % 8));
                 } else {
                     // Near the boundary or suspiciously close: each hit is decided exactly
                     // from the positions as given (the contract's definition of an edge).
-                    for (byte_index, byte) in self.mask_bytes.iter_mut().enumerate() {
+                    for (byte_index, byte) in mask_bytes.iter_mut().enumerate() {
                         let mut bits = *byte;
                         while bits != 0 {
                             let bit = bits.trailing_zeros() as usize;
@@ -617,14 +619,12 @@ impl Chunk {
                         }
                     }
                 }
-                let mut edges = 0;
-                self.masks
-                    .extend(self.mask_bytes.chunks_exact(8).map(|bytes| {
-                        let word = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-                        edges += word.count_ones();
-                        word
-                    }));
-                lengths[slot - first_slot] = edges;
+                lengths[slot - first_slot] = mask_bytes
+                    .chunks_exact(8)
+                    .map(|bytes| {
+                        u64::from_le_bytes(bytes.try_into().expect("8 bytes")).count_ones()
+                    })
+                    .sum();
             }
         }
         too_close
@@ -656,7 +656,7 @@ impl Chunk {
         } else {
             GROUP_BINS
         };
-        let mut next_word = 0;
+        let mut next_byte = 0;
         let mut first_run = 0;
         let mut index = 0;
         while index < bins.len() {
@@ -699,8 +699,8 @@ impl Chunk {
                             places.shifts.part(place),
                         )
                     };
-                    let mask = &self.masks[next_word..next_word + words];
-                    next_word += words;
+                    let mask = &self.masks[next_byte..next_byte + 8 * words];
+                    next_byte += 8 * words;
                     let written = write_row(
                         mask,
                         local_rank,
@@ -740,7 +740,7 @@ impl Chunk {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write_row(
-    mask: &[u64],
+    mask: &[u8],
     local_rank: &[u32],
     sorted_mask: &mut [u64],
     entries: &[Entry],
@@ -750,9 +750,9 @@ fn write_row(
     streaming: bool,
 ) -> usize {
     sorted_mask.fill(0);
-    for (&word, ranks) in mask.iter().zip(local_rank.chunks_exact(64)) {
+    for (bytes, ranks) in mask.chunks_exact(8).zip(local_rank.chunks_exact(64)) {
         let ranks: &[u32; 64] = ranks.try_into().expect("64 ranks per word");
-        let mut bits = word;
+        let mut bits = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         while bits != 0 {
             // `& 63`: the index is a bit position, which the compiler cannot see.
             let rank = ranks[bits.trailing_zeros() as usize & 63] as usize;

@@ -51,11 +51,11 @@ pub(super) struct Seen {
     pub too_close: u32,
 }
 
-/// For each run and each of its atoms `k` (lane `l` of step `s`), with `p = q - shift`
-/// (f32), sets bit `l` of `mask[first_byte + s]` when `d2 = (xs[k]-p[0])^2 +
+/// For each run of `runs` and each of its atoms `k` (lane `l` of step `s`), with
+/// `p = q - shift` (f32), sets bit `l` of `mask[first_byte + s]` when `d2 = (xs[k]-p[0])^2 +
 /// (ys[k]-p[1])^2 + (zs[k]-p[2])^2 <= accept_squared`, clears it otherwise (bits past the
 /// run's end are clear), and reports what it saw.
-pub(super) type WithinFn = fn(&Coordinates, [f32; 3], &[Run], &Radii, &mut [u8]) -> Seen;
+pub(super) type WithinFn = fn(&CheckedRuns, [f32; 3], &Radii, &mut [u8]) -> Seen;
 
 /// Candidate coordinates as structure of arrays, each at least [`LANES`] longer than the
 /// atoms it holds.
@@ -63,6 +63,45 @@ pub(super) struct Coordinates<'a> {
     pub x: &'a [f32],
     pub y: &'a [f32],
     pub z: &'a [f32],
+}
+
+/// Runs checked once against their coordinate arrays, for the many receivers of one bin:
+/// every step of every run stays inside the arrays.
+pub(super) struct CheckedRuns<'a> {
+    xyz: &'a Coordinates<'a>,
+    runs: &'a [Run],
+    /// Mask bytes the runs take (the end of the last byte of any run).
+    mask_bytes: usize,
+}
+
+impl<'a> CheckedRuns<'a> {
+    /// Panics when a run's last step would read past the coordinate arrays (or they differ
+    /// in length).
+    pub fn new(xyz: &'a Coordinates<'a>, runs: &'a [Run]) -> Self {
+        let len = xyz.x.len();
+        assert!(
+            xyz.y.len() == len && xyz.z.len() == len,
+            "coordinate arrays must share one length"
+        );
+        let mut mask_bytes = 0;
+        for run in runs {
+            assert!(
+                run.start as usize + run.bytes() as usize * LANES <= len,
+                "a run's last step must stay inside the coordinate arrays"
+            );
+            mask_bytes = mask_bytes.max((run.first_byte + run.bytes()) as usize);
+        }
+        CheckedRuns {
+            xyz,
+            runs,
+            mask_bytes,
+        }
+    }
+
+    /// Mask bytes the runs take.
+    pub fn mask_bytes(&self) -> usize {
+        self.mask_bytes
+    }
 }
 
 /// The fastest implementation this processor supports.
@@ -76,22 +115,11 @@ pub(super) fn select() -> WithinFn {
     within_portable
 }
 
-fn check_lengths(xyz: &Coordinates, runs: &[Run], mask: &[u8]) {
-    let len = xyz.x.len();
+fn check_mask(runs: &CheckedRuns, mask: &[u8]) {
     assert!(
-        xyz.y.len() == len && xyz.z.len() == len,
-        "coordinate arrays must share one length"
+        runs.mask_bytes <= mask.len(),
+        "the runs' bits must fit in the mask"
     );
-    for run in runs {
-        assert!(
-            run.start as usize + run.bytes() as usize * LANES <= len,
-            "a run's last step must stay inside the coordinate arrays"
-        );
-        assert!(
-            (run.first_byte + run.bytes()) as usize <= mask.len(),
-            "a run's bits must fit in the mask"
-        );
-    }
 }
 
 /// Lanes of a step that hold atoms of the run (the last step may be partial).
@@ -106,15 +134,15 @@ fn lanes_in_run(run: &Run, step: u32) -> u8 {
 }
 
 pub(super) fn within_portable(
-    xyz: &Coordinates,
+    checked: &CheckedRuns,
     q: [f32; 3],
-    runs: &[Run],
     radii: &Radii,
     mask: &mut [u8],
 ) -> Seen {
-    check_lengths(xyz, runs, mask);
+    check_mask(checked, mask);
+    let xyz = checked.xyz;
     let mut seen = Seen::default();
-    for run in runs {
+    for run in checked.runs {
         let p = [
             q[0] - run.shift[0],
             q[1] - run.shift[1],
@@ -144,17 +172,12 @@ pub(super) fn within_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn within_avx2_checked(
-    xyz: &Coordinates,
-    q: [f32; 3],
-    runs: &[Run],
-    radii: &Radii,
-    mask: &mut [u8],
-) -> Seen {
-    check_lengths(xyz, runs, mask);
-    // SAFETY: `select` returns this function only when the processor has AVX2; the lengths
-    // were checked above, which is all the unchecked loads and stores rely on.
-    unsafe { within_avx2(xyz, q, runs, radii, mask) }
+fn within_avx2_checked(checked: &CheckedRuns, q: [f32; 3], radii: &Radii, mask: &mut [u8]) -> Seen {
+    check_mask(checked, mask);
+    // SAFETY: `select` returns this function only when the processor has AVX2; the runs
+    // were checked against the arrays when `checked` was made, and against the mask above,
+    // which is all the unchecked loads and stores rely on.
+    unsafe { within_avx2(checked.xyz, q, checked.runs, radii, mask) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -188,7 +211,7 @@ unsafe fn within_avx2(
             _mm256_set1_ps(p[2]),
         );
         // SAFETY (whole loop): the run's steps stay inside the arrays and its bytes inside
-        // the mask, as the caller checked.
+        // the mask, as `CheckedRuns::new` and the caller checked.
         unsafe {
             let (xs, ys, zs) = (
                 xyz.x.as_ptr().add(run.start as usize),
@@ -307,10 +330,12 @@ mod tests {
                 y: &ys,
                 z: &zs,
             };
+            let checked = CheckedRuns::new(&coordinates, &runs);
+            assert_eq!(checked.mask_bytes(), bytes as usize);
             for implementation in [within_portable as WithinFn, select()] {
                 // Stale bits must be overwritten, also past a run's end.
                 let mut mask = vec![0xa5u8; bytes as usize];
-                let seen = implementation(&coordinates, q, &runs, &radii, &mut mask);
+                let seen = implementation(&checked, q, &radii, &mut mask);
                 assert_eq!(mask, expected_mask, "case {case}");
                 assert_eq!(seen, expected_seen, "case {case}");
             }
@@ -332,7 +357,26 @@ mod tests {
             first_byte: 0,
             shift: [0.0; 3],
         };
+        CheckedRuns::new(&coordinates, &[run]);
+    }
+
+    #[test]
+    #[should_panic(expected = "must fit in the mask")]
+    fn a_mask_too_short_for_the_runs_is_refused() {
+        let xs = vec![0.0f32; 32];
+        let coordinates = Coordinates {
+            x: &xs,
+            y: &xs,
+            z: &xs,
+        };
+        let run = Run {
+            start: 0,
+            len: 9,
+            first_byte: 0,
+            shift: [0.0; 3],
+        };
+        let checked = CheckedRuns::new(&coordinates, std::slice::from_ref(&run));
         let mut mask = [0u8; 1];
-        within_portable(&coordinates, [0.0; 3], &[run], &Radii::default(), &mut mask);
+        select()(&checked, [0.0; 3], &Radii::default(), &mut mask);
     }
 }
