@@ -51,7 +51,7 @@ pub(super) struct Seen {
     pub too_close: u32,
 }
 
-/// For each run of `runs` and each of its atoms `k` (lane `l` of step `s`), with
+/// For each checked run and each of its atoms `k` (lane `l` of step `s`), with
 /// `p = q - shift` (f32), sets bit `l` of `mask[first_byte + s]` when `d2 = (xs[k]-p[0])^2 +
 /// (ys[k]-p[1])^2 + (zs[k]-p[2])^2 <= accept_squared`, clears it otherwise (bits past the
 /// run's end are clear), and reports what it saw.
