@@ -797,12 +797,11 @@ fn stream_edge(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::_mm_stream_si32;
+        use std::arch::x86_64::{_mm_stream_si32, _mm_stream_si64};
         let shift_pointer = shift_place.as_mut_ptr() as *mut i32;
         // SAFETY: both places are valid for writes of their types (they are references),
         // and SSE2 is part of the x86-64 baseline.
         unsafe {
-            use std::arch::x86_64::_mm_stream_si64;
             _mm_stream_si32(source_place.as_mut_ptr() as *mut i32, source as i32);
             _mm_stream_si64(
                 shift_pointer as *mut i64,
