@@ -82,9 +82,7 @@ pub fn run(options: Options) -> painn::Result<()> {
     for (name, structure) in &systems {
         let mut calculator =
             Calculator::new(options.model.clone(), options.device, options.precision)?;
-        if let Some(backend) = calculator.cuda_backend() {
-            device_name = backend.device_name().to_string();
-        }
+        device_name = calculator.facts().name;
         let cell = match structure.cell {
             Some(lattice) => Cell::new(lattice, [true; 3])?,
             None => Cell::open(),
@@ -124,9 +122,8 @@ pub fn run(options: Options) -> painn::Result<()> {
             .collect::<painn::Result<_>>()?;
         times.sort_by(|a, b| a.total_cmp(b));
         let median = times[times.len() / 2];
-        let memory = calculator
-            .cuda_backend()
-            .map(|b| b.allocated_bytes() as f64 / (1 << 20) as f64);
+        let memory = matches!(calculator.device(), Device::Cuda(_))
+            .then(|| calculator.facts().bytes_held as f64 / (1 << 20) as f64);
         let atom_steps = structure.len() as f64 / median;
         if options.json {
             println!(

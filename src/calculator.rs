@@ -1,16 +1,17 @@
-//! The calculator: a model bound to a device and a precision, owning its neighbour list and
-//! work buffers between calls. One calculator per thread; many may share one `Model`.
+//! The calculator: a model bound to a device and a precision. It checks the input, owns the
+//! Verlet skin rule, and drives its backend (CPU or CUDA, see [`crate::backend`]) through
+//! the same stages for either; the backend keeps the neighbour list and work buffers between
+//! calls. One calculator per thread; many may share one `Model`.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::backend::cpu::{CpuBackend, FilterMode};
-use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, Graph, Request, Results};
+use crate::backend::cpu::FilterMode;
+use crate::backend::{self, Backend, DeviceFacts, Request, Results, Stage, StageOutput, System};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::neighbors::{NeighborList, NeighborListOptions, edge_vector};
+use crate::neighbors::{VerletSkin, check_positions};
 
 /// Where a calculator runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,31 +115,8 @@ pub struct Calculator {
     model: Arc<Model>,
     device: Device,
     precision: Precision,
-    options: CalculatorOptions,
-    engine: Engine,
-}
-
-enum Engine {
-    /// The CPU engine with the host-side neighbour list and graph.
-    Cpu(Box<CpuEngine>),
-    /// The GPU: neighbour list, graph and model all on the device.
-    Cuda(Box<CudaBackend>),
-}
-
-struct CpuEngine {
     backend: Box<dyn Backend>,
-    neighbors: Option<NeighborList>,
-    graph: GraphBuffers,
-}
-
-/// The graph handed to the backend: the neighbour list restricted to the cutoff.
-#[derive(Default)]
-struct GraphBuffers {
-    offsets: Vec<usize>,
-    sources: Vec<u32>,
-    shifts: Vec<[i32; 3]>,
-    reverse: Vec<u32>,
-    vectors: Vec<[f64; 3]>,
+    skin: VerletSkin,
 }
 
 impl Calculator {
@@ -158,52 +136,14 @@ impl Calculator {
                 format!("must be finite and >= 0, got {}", options.skin_angstrom),
             ));
         }
-        let cuda = |ordinal: usize| -> Result<Engine> {
-            if precision != Precision::F32 {
-                return Err(Error::Unsupported(format!(
-                    "the CUDA backend computes in float32; precision {precision} needs device cpu"
-                )));
-            }
-            Ok(Engine::Cuda(Box::new(CudaBackend::new(
-                model.clone(),
-                ordinal,
-                options.skin_angstrom,
-            )?)))
-        };
-        let (device, engine) = match device {
-            Device::Cuda(ordinal) => (device, cuda(ordinal)?),
-            // Auto: the first GPU when one is usable (and the precision is float32).
-            Device::Auto => match cuda(0) {
-                Ok(engine) => (Device::Cuda(0), engine),
-                Err(_) => (Device::Cpu, Self::cpu_engine(&model, precision, &options)),
-            },
-            Device::Cpu => (Device::Cpu, Self::cpu_engine(&model, precision, &options)),
-        };
+        let (device, backend) = backend::open(&model, device, precision, &options)?;
         Ok(Calculator {
             model,
             device,
             precision,
-            options,
-            engine,
-        })
-    }
-
-    fn cpu_engine(model: &Arc<Model>, precision: Precision, options: &CalculatorOptions) -> Engine {
-        let backend: Box<dyn Backend> = match precision {
-            Precision::F64 => Box::new(CpuBackend::<f64>::new(
-                model.clone(),
-                options.filter_mode.unwrap_or(FilterMode::Exact),
-            )),
-            Precision::F32 => Box::new(CpuBackend::<f32>::new(
-                model.clone(),
-                options.filter_mode.unwrap_or(FilterMode::Table),
-            )),
-        };
-        Engine::Cpu(Box::new(CpuEngine {
             backend,
-            neighbors: None,
-            graph: GraphBuffers::default(),
-        }))
+            skin: VerletSkin::new(options.skin_angstrom),
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -219,12 +159,14 @@ impl Calculator {
         self.precision
     }
 
-    /// The GPU backend, when the calculator runs on one (benchmarks read its memory use).
-    pub fn cuda_backend(&mut self) -> Option<&mut CudaBackend> {
-        match &mut self.engine {
-            Engine::Cuda(backend) => Some(backend),
-            Engine::Cpu(_) => None,
-        }
+    /// The device's name and the memory the backend holds on it.
+    pub fn facts(&self) -> DeviceFacts {
+        self.backend.facts()
+    }
+
+    /// How many times the neighbour list was built (the skin rule reuses it between).
+    pub fn neighbor_list_builds(&self) -> usize {
+        self.skin.builds()
     }
 
     /// Energy, forces and virial of a whole system: atoms `[n]` (atomic numbers),
@@ -269,6 +211,19 @@ impl Calculator {
         self.evaluate(atomic_numbers, positions, &Cell::open(), n_owned, request)
     }
 
+    /// Test support: copies `stage`'s output of the last evaluation to the host.
+    #[doc(hidden)]
+    pub fn inspect(&mut self, stage: Stage) -> Result<StageOutput> {
+        self.backend.inspect(stage)
+    }
+
+    /// Test support: keep the backward pass's per-layer gradients for [`Self::inspect`].
+    #[doc(hidden)]
+    pub fn keep_stage_outputs(&mut self, keep: bool) {
+        self.backend.keep_stage_outputs(keep);
+    }
+
+    /// The one sequence of stages, the same for every backend.
     fn evaluate(
         &mut self,
         atomic_numbers: &[i32],
@@ -288,87 +243,34 @@ impl Calculator {
             ));
         }
         self.model.check_atomic_numbers(atomic_numbers)?;
-        let cutoff = self.model.cutoff_angstrom();
-        let results = match &mut self.engine {
-            Engine::Cpu(engine) => {
-                let CpuEngine {
-                    backend,
-                    neighbors,
-                    graph,
-                } = engine.as_mut();
-                match neighbors {
-                    Some(list) => {
-                        list.update(positions, cell)?;
-                    }
-                    None => {
-                        let options =
-                            NeighborListOptions::new(cutoff).with_skin(self.options.skin_angstrom);
-                        *neighbors = Some(NeighborList::build(positions, cell, options)?);
-                    }
-                }
-                let list = neighbors.as_ref().expect("built above");
-                graph.fill(list, positions, cell, cutoff);
-                let graph = Graph {
-                    atomic_numbers,
-                    n_energy_atoms,
-                    offsets: &graph.offsets,
-                    sources: &graph.sources,
-                    reverse: &graph.reverse,
-                    vectors: &graph.vectors,
-                };
-                backend.evaluate(&graph, request)?
-            }
-            Engine::Cuda(backend) => {
-                backend.compute(atomic_numbers, positions, cell, n_energy_atoms, request)?
-            }
+        check_positions(positions)?;
+        let system = System {
+            atomic_numbers,
+            positions,
+            cell,
+            n_energy_atoms,
         };
+        let backend = &mut self.backend;
+        backend.load_system(&system)?;
+        let cutoff = self.model.cutoff_angstrom();
+        let rebuild = !self.skin.covers(positions, cell);
+        if rebuild {
+            self.skin.invalidate();
+            backend.build_neighbor_list(cutoff + self.skin.skin_angstrom())?;
+        }
+        backend.build_graph(cutoff)?;
+        backend.forward(request.needs_backward())?;
+        if request.needs_backward() {
+            backend.backward()?;
+        }
+        let results = backend.readout(request)?;
+        // Recorded only once the whole evaluation succeeded: a backend may find a problem
+        // with the list (two atoms too close) as late as its readout.
+        if rebuild {
+            self.skin.record(positions, cell);
+        }
         check_finite(&results)?;
         Ok(results)
-    }
-}
-
-impl GraphBuffers {
-    /// The edges of `list` within `cutoff` (inclusive) for the current positions, with
-    /// their vectors and reverse edges.
-    fn fill(&mut self, list: &NeighborList, positions: &[[f64; 3]], cell: &Cell, cutoff: f64) {
-        let cutoff_squared = cutoff * cutoff;
-        self.offsets.clear();
-        self.sources.clear();
-        self.shifts.clear();
-        self.vectors.clear();
-        self.offsets.push(0);
-        for i in 0..list.n_atoms() {
-            let (sources, shifts) = list.row(i);
-            for (&j, &n) in sources.iter().zip(shifts) {
-                let r = edge_vector(positions, cell, i, j as usize, n);
-                if r[0] * r[0] + r[1] * r[1] + r[2] * r[2] <= cutoff_squared {
-                    self.sources.push(j);
-                    self.shifts.push(n);
-                    self.vectors.push(r);
-                }
-            }
-            self.offsets.push(self.sources.len());
-        }
-        // Reverse edges: (j <- i, -n) in row j, found by binary search (rows are sorted).
-        self.reverse.clear();
-        for i in 0..list.n_atoms() {
-            for e in self.offsets[i]..self.offsets[i + 1] {
-                let j = self.sources[e] as usize;
-                let n = self.shifts[e];
-                let key = (i as u32, [-n[0], -n[1], -n[2]]);
-                let (mut lo, mut hi) = (self.offsets[j], self.offsets[j + 1]);
-                while lo < hi {
-                    let middle = (lo + hi) / 2;
-                    if (self.sources[middle], self.shifts[middle]) < key {
-                        lo = middle + 1;
-                    } else {
-                        hi = middle;
-                    }
-                }
-                debug_assert!(self.sources[lo] == i as u32 && self.shifts[lo] == key.1);
-                self.reverse.push(lo as u32);
-            }
-        }
     }
 }
 

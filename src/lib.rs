@@ -10,6 +10,7 @@ pub mod backend;
 pub mod calculator;
 pub mod capi;
 pub mod cell;
+mod disjoint;
 pub mod error;
 pub mod io;
 pub mod model;

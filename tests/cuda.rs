@@ -8,7 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use painn::backend::cuda::{CudaBackend, kernels};
+use painn::backend::Stage;
+use painn::backend::cuda::kernels;
 use painn::structures::{SplitMix64, water_box};
 use painn::{
     Calculator, CalculatorOptions, Cell, Device, Model, NeighborList, NeighborListOptions,
@@ -37,12 +38,17 @@ fn kernels_compile_with_nvrtc_for_sm80_and_sm90() {
     }
 }
 
-/// A GPU backend for `model`, or `None` (with the reason printed) without a usable GPU.
-fn gpu(test: &str, model: &Arc<Model>, skin: f64) -> Option<CudaBackend> {
-    match CudaBackend::new(model.clone(), 0, skin) {
-        Ok(backend) => {
-            println!("{test}: on {}", backend.device_name());
-            Some(backend)
+/// A GPU calculator for `model` with Verlet skin `skin`, or `None` (with the reason
+/// printed) without a usable GPU.
+fn gpu(test: &str, model: &Arc<Model>, skin: f64) -> Option<Calculator> {
+    let options = CalculatorOptions {
+        skin_angstrom: skin,
+        ..CalculatorOptions::default()
+    };
+    match Calculator::with_options(model.clone(), Device::Cuda(0), Precision::F32, options) {
+        Ok(calculator) => {
+            println!("{test}: on {}", calculator.facts().name);
+            Some(calculator)
         }
         Err(reason) => {
             println!("SKIPPED {test}: {reason}");
@@ -122,16 +128,24 @@ fn gpu_neighbor_list_equals_the_cpu_list() {
                 Ok(list) => list,
                 Err(_) => continue, // atoms too close: the GPU must refuse too (tested below)
             };
-            let gpu_list = match backend.neighbor_list(&positions, &cell) {
-                Ok(list) => list,
-                Err(error) => panic!("GPU list failed where the CPU one did not: {error}"),
-            };
-            let (offsets, sources, shifts) = (gpu_list.offsets, gpu_list.sources, gpu_list.shifts);
-            let cpu_offsets: Vec<i64> = cpu.offsets().iter().map(|&o| o as i64).collect();
-            assert_eq!(offsets, cpu_offsets, "row offsets, cell {cell:?}");
-            let cpu_sources: Vec<i32> = cpu.sources().iter().map(|&s| s as i32).collect();
-            assert_eq!(sources, cpu_sources);
-            assert_eq!(shifts, cpu.shifts());
+            let z = vec![1; positions.len()];
+            if let Err(error) = backend.compute(&z, &positions, &cell, Request::ALL) {
+                panic!("GPU evaluation failed where the CPU list did not: {error}");
+            }
+            let gpu_list = backend.inspect(Stage::NeighborList).unwrap();
+            let as_f64 = |values: &[u32]| values.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            let offsets: Vec<f64> = cpu.offsets().iter().map(|&o| o as f64).collect();
+            let shifts: Vec<f64> = cpu.shifts().iter().flatten().map(|&n| n as f64).collect();
+            assert_eq!(
+                gpu_list.array("offsets").unwrap().values,
+                offsets,
+                "row offsets, cell {cell:?}"
+            );
+            assert_eq!(
+                gpu_list.array("sources").unwrap().values,
+                as_f64(cpu.sources())
+            );
+            assert_eq!(gpu_list.array("shifts").unwrap().values, shifts);
             checked += 1;
         }
     }
@@ -300,7 +314,7 @@ fn gpu_capacity_grows_when_the_box_is_compressed() {
     calculator
         .compute(&water.atomic_numbers, &water.positions, &cell, Request::ALL)
         .unwrap();
-    let before = calculator.cuda_backend().unwrap().allocated_bytes();
+    let before = calculator.facts().bytes_held;
     // 30% smaller volume: about 1.4 times the edges.
     let scale = 0.7f64.cbrt();
     let positions: Vec<[f64; 3]> = water
@@ -312,7 +326,7 @@ fn gpu_capacity_grows_when_the_box_is_compressed() {
     let gpu = calculator
         .compute(&water.atomic_numbers, &positions, &compressed, Request::ALL)
         .unwrap();
-    let after = calculator.cuda_backend().unwrap().allocated_bytes();
+    let after = calculator.facts().bytes_held;
     println!("GPU memory held: {before} -> {after} bytes");
     assert!(after > before);
     let reference = cpu_f64(&student, &water.atomic_numbers, &positions, &compressed);
@@ -356,7 +370,7 @@ fn gpu_reuses_the_list_within_the_skin() {
         let reference = cpu_f64(&model, &z, &positions, &cell);
         assert_matches_f64(&format!("step {step}"), &gpu, &reference);
     }
-    let rebuilds = calculator.cuda_backend().unwrap().rebuilds();
+    let rebuilds = calculator.neighbor_list_builds();
     println!("6 steps, {rebuilds} neighbour-list builds");
     assert!(rebuilds < 6);
 }

@@ -1,14 +1,35 @@
-//! Backends run the model on a graph: `cpu` (the reference, float64 and float32) and `cuda`.
+//! The seam between the [`Calculator`](crate::Calculator) and the engines that run the model:
+//! one [`Backend`] trait, implemented by the CPU backend ([`cpu`], the reference, float64 and
+//! float32) and the CUDA backend ([`cuda`], float32).
 //!
-//! Both take the same [`Graph`]: atoms, and directed edges as CSR by receiver with their
-//! edge vectors and the index of each edge's reverse (the list is symmetric). The reverse
-//! index lets every backward reduction be a gather over the receiver's own row, so results
-//! are deterministic without atomics.
+//! The calculator drives every backend through the same sequence of stages, named alike on
+//! both sides (`cpu/{neighbors,graph,message,update,head,readout}.rs` mirror
+//! `cuda/{neighbors,graph,message,update,head,readout}.rs` and the kernel families in
+//! `cuda/*.cu`):
+//!
+//! ```text
+//! load_system -> [build_neighbor_list] -> build_graph -> forward -> [backward] -> readout
+//! ```
+//!
+//! The neighbour list is rebuilt only when the calculator's Verlet skin rule says so
+//! ([`crate::neighbors::VerletSkin`]). The graph is the one contract both backends build
+//! from their list: CSR by receiver, rows sorted by `(source, image)`, every edge within the
+//! cutoff with the index of its reverse edge (the list is symmetric), so that every backward
+//! reduction is a gather over the receiver's own row and results are deterministic without
+//! atomics.
+//!
+//! [`Backend::inspect`] copies a stage's output to the host, so that tests can compare the
+//! backends stage by stage (`tests/stages.rs`).
 
 pub mod cpu;
 pub mod cuda;
 
+use std::sync::Arc;
+
+use crate::calculator::{CalculatorOptions, Device, Precision};
+use crate::cell::Cell;
 use crate::error::Result;
+use crate::model::Model;
 
 /// What a caller wants besides the total energy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,35 +78,173 @@ pub struct Results {
     pub atom_virials: Vec<[[f64; 3]; 3]>,
 }
 
-/// The graph a backend evaluates.
+/// The system a backend evaluates, checked by the calculator: as many positions as atomic
+/// numbers, every atomic number known to the model, every position finite.
 #[derive(Clone, Copy, Debug)]
-pub struct Graph<'a> {
+pub struct System<'a> {
     /// `[n_atoms]`, each within 1..=max_z.
     pub atomic_numbers: &'a [i32],
+    /// `[n_atoms][3]`, Angstrom, wrapped or not.
+    pub positions: &'a [[f64; 3]],
+    /// The periodic axes and lattice; [`Cell::open`] for owned + ghost atoms.
+    pub cell: &'a Cell,
     /// Atoms `0..n_energy_atoms` count towards the energy (the owned atoms of an MPI rank);
-    /// all atoms do in a periodic system.
+    /// all atoms do in a whole system.
     pub n_energy_atoms: usize,
-    /// `[n_atoms + 1]`.
-    pub offsets: &'a [usize],
-    /// `[n_edges]`.
-    pub sources: &'a [u32],
-    /// `[n_edges]`: index of the edge `(j <- i, -n)` for edge `(i <- j, n)`.
-    pub reverse: &'a [u32],
-    /// `[n_edges][3]`: `r_ij = (r_j - r_i) + n . cell`, Angstrom, `0 < |r_ij| <= cutoff`.
-    pub vectors: &'a [[f64; 3]],
 }
 
-impl Graph<'_> {
+impl System<'_> {
     pub fn n_atoms(&self) -> usize {
         self.atomic_numbers.len()
     }
+}
 
-    pub fn n_edges(&self) -> usize {
-        self.sources.len()
+/// Facts about the device a backend runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// `cpu`, or the GPU's name and architecture (`NVIDIA H200 (sm_90)`).
+    pub name: String,
+    /// Bytes of device memory held by the backend's buffers and weights (0 on the CPU,
+    /// whose buffers live in the process's own memory).
+    pub bytes_held: usize,
+}
+
+/// A stage whose output [`Backend::inspect`] copies to the host. Layer indices count from 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// `offsets [n + 1]`, `sources [E]`, `shifts [E][3]`: every pair within cutoff + skin.
+    NeighborList,
+    /// `offsets [n + 1]`, `sources [E]`, `reverse [E]`, `distances [E]` (Angstrom),
+    /// `directions [E][3]` (`u = r / (d + 1e-8)`): the edges within the cutoff.
+    Graph,
+    /// `s [n][H]`: the embedding, the first layer's scalar input.
+    Embedding,
+    /// `s_mid [n][H]`, `v_mid [n][3][H]`: the layer's features after its message.
+    Message { layer: usize },
+    /// `s_out [n][H]` and, except after the last layer, `v_out [n][3][H]`: the layer's
+    /// output after its update (the next layer's input).
+    Update { layer: usize },
+    /// `energies [n]`: per-atom energies from the energy head (every atom, ghosts too).
+    Head,
+    /// `gs [n][H]`: `dE/ds` at the last layer's scalar output.
+    HeadBackward,
+    /// `gs_mid [n][H]`, `gv_mid [n][3][H]`: `dE/d(s_mid, v_mid)` of the layer, through its
+    /// update. Kept only while [`Backend::keep_stage_outputs`] is on.
+    UpdateBackward { layer: usize },
+    /// `gs_in [n][H]`, `gv_in [n][3][H]`: `dE/d(s_in, v_in)` of the layer, through its
+    /// message (the gradient of the previous layer's output; layers above 0 only). Kept only
+    /// while [`Backend::keep_stage_outputs`] is on.
+    MessageBackward { layer: usize },
+    /// `de_dr [E][3]`: `dE/dr_ij` of every graph edge, the backward pass's result.
+    EdgeGradients,
+}
+
+/// One array of a stage's output, in float64 (integers and float32 values are exact).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageArray {
+    pub name: &'static str,
+    /// Row-major shape, e.g. `[n, 3, H]`.
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// A stage's output, array by array in the order [`Stage`] documents.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StageOutput {
+    pub arrays: Vec<StageArray>,
+}
+
+impl StageOutput {
+    /// Adds an array of `shape` from values of any type that widens exactly to f64.
+    pub fn push<T: Copy + Into<f64>>(&mut self, name: &'static str, shape: &[usize], values: &[T]) {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        self.arrays.push(StageArray {
+            name,
+            shape: shape.to_vec(),
+            values: values.iter().map(|&v| v.into()).collect(),
+        });
+    }
+
+    /// Adds an array of indices or counts (exact in float64 below 2^53).
+    pub fn push_indices(&mut self, name: &'static str, shape: &[usize], values: &[usize]) {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        self.arrays.push(StageArray {
+            name,
+            shape: shape.to_vec(),
+            values: values.iter().map(|&v| v as f64).collect(),
+        });
+    }
+
+    /// The array called `name`.
+    pub fn array(&self, name: &str) -> Option<&StageArray> {
+        self.arrays.iter().find(|a| a.name == name)
     }
 }
 
-/// A backend evaluates the model on a graph.
+/// An engine that runs the model: the CPU or a CUDA GPU. The [`Calculator`](crate::Calculator)
+/// calls the stages in this order, once each per evaluation:
+///
+/// 1. [`load_system`](Backend::load_system) (every call);
+/// 2. [`build_neighbor_list`](Backend::build_neighbor_list) (only when the skin rule asks);
+/// 3. [`build_graph`](Backend::build_graph), [`forward`](Backend::forward);
+/// 4. [`backward`](Backend::backward) (only when forces or virials are requested);
+/// 5. [`readout`](Backend::readout), which ends the evaluation.
+///
+/// A failed stage leaves the backend ready for the next `load_system`. A backend does no
+/// input validation of its own beyond what only it can see (two atoms closer than the
+/// minimum distance, a GPU too small for the system).
 pub trait Backend: Send {
-    fn evaluate(&mut self, graph: &Graph, request: Request) -> Result<Results>;
+    /// The device and the memory the backend holds on it.
+    fn facts(&self) -> DeviceFacts;
+
+    /// Takes the system of this evaluation (positions every call; atomic numbers and cell
+    /// when they changed).
+    fn load_system(&mut self, system: &System) -> Result<()>;
+
+    /// Builds the neighbour list of the loaded positions: every directed pair within
+    /// `search_radius_angstrom` (cutoff + skin), see [`crate::neighbors`].
+    fn build_neighbor_list(&mut self, search_radius_angstrom: f64) -> Result<()>;
+
+    /// Builds the graph from the list: the edges within `cutoff_angstrom` for the loaded
+    /// positions, their reverse edges and geometry.
+    fn build_graph(&mut self, cutoff_angstrom: f64) -> Result<()>;
+
+    /// Embedding, every layer's message and update, and the energy head. `backward_follows`
+    /// says whether [`backward`](Backend::backward) will run (a backend may then keep, or
+    /// compute along, what it needs).
+    fn forward(&mut self, backward_follows: bool) -> Result<()>;
+
+    /// The analytic backward pass, ending in `dE/dr_ij` of every edge.
+    fn backward(&mut self) -> Result<()>;
+
+    /// The requested results (forces and virials from `dE/dr_ij` and each edge's reverse).
+    fn readout(&mut self, request: Request) -> Result<Results>;
+
+    /// Test support: copies `stage`'s output of the last evaluation to the host.
+    #[doc(hidden)]
+    fn inspect(&mut self, stage: Stage) -> Result<StageOutput>;
+
+    /// Test support: keep the backward pass's per-layer gradients ([`Stage::UpdateBackward`],
+    /// [`Stage::MessageBackward`]), which are otherwise overwritten layer by layer.
+    #[doc(hidden)]
+    fn keep_stage_outputs(&mut self, keep: bool);
+}
+
+/// Opens the backend for `device` and `precision`: the CPU, a GPU (float32 only), or with
+/// [`Device::Auto`] the first GPU when one is usable and the precision is float32, else the
+/// CPU. Returns the device actually used.
+pub fn open(
+    model: &Arc<Model>,
+    device: Device,
+    precision: Precision,
+    options: &CalculatorOptions,
+) -> Result<(Device, Box<dyn Backend>)> {
+    match device {
+        Device::Cpu => Ok((Device::Cpu, cpu::open(model, precision, options))),
+        Device::Cuda(ordinal) => Ok((device, cuda::open(model, ordinal, precision)?)),
+        Device::Auto => match cuda::open(model, 0, precision) {
+            Ok(backend) => Ok((Device::Cuda(0), backend)),
+            Err(_) => Ok((Device::Cpu, cpu::open(model, precision, options))),
+        },
+    }
 }

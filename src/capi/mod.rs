@@ -306,13 +306,7 @@ pub unsafe extern "C" fn painn_calculator_device(
         // SAFETY: a live calculator used by this thread only, per the contract.
         let calculator = unsafe { &mut (*calculator).calculator };
         let name = match calculator.device() {
-            Device::Cuda(ordinal) => {
-                let gpu = calculator
-                    .cuda_backend()
-                    .map(|b| b.device_name().to_string())
-                    .unwrap_or_default();
-                format!("cuda:{ordinal} {gpu}")
-            }
+            Device::Cuda(ordinal) => format!("cuda:{ordinal} {}", calculator.facts().name),
             other => other.to_string(),
         };
         let bytes = name.as_bytes();

@@ -27,6 +27,7 @@ use super::bits;
 use super::filter::{self, Run};
 use super::{MINIMUM_DISTANCE_ANGSTROM, edge_vector};
 use crate::cell::{Cell, inverse, norm};
+use crate::disjoint::DisjointParts;
 use crate::error::{Error, Result};
 
 /// Lists at least this large (bytes) are rewritten with non-temporal stores.
@@ -438,8 +439,8 @@ pub(super) fn build(
     {
         let places = RowPlaces {
             offsets,
-            sources: Places::new(&mut sources.spare_capacity_mut()[..total]),
-            shifts: Places::new(&mut shifts.spare_capacity_mut()[..total]),
+            sources: DisjointParts::new(&mut sources.spare_capacity_mut()[..total]),
+            shifts: DisjointParts::new(&mut shifts.spare_capacity_mut()[..total]),
             streaming,
         };
         workspace.chunks[..n_chunks]
@@ -461,40 +462,11 @@ pub(super) fn build(
     Ok(())
 }
 
-/// Uninitialised values that threads fill in disjoint parts.
-struct Places<'a, T> {
-    pointer: *mut MaybeUninit<T>,
-    len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [MaybeUninit<T>]>,
-}
-
-// SAFETY: the parts handed out are disjoint (`part`'s contract), like `split_at_mut`.
-unsafe impl<T: Send> Sync for Places<'_, T> {}
-
-impl<'a, T> Places<'a, T> {
-    fn new(values: &'a mut [MaybeUninit<T>]) -> Self {
-        Places {
-            pointer: values.as_mut_ptr(),
-            len: values.len(),
-            _borrow: std::marker::PhantomData,
-        }
-    }
-
-    /// # Safety
-    /// No other part alive at the same time may overlap `range`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn part(&self, range: Range<usize>) -> &mut [MaybeUninit<T>] {
-        assert!(range.start <= range.end && range.end <= self.len);
-        // SAFETY: in bounds (checked), disjoint from other live parts (the caller's contract).
-        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(range.start), range.len()) }
-    }
-}
-
 /// Where each receiver's row goes: `offsets[i]..offsets[i + 1]` of the output.
 struct RowPlaces<'a> {
     offsets: &'a [usize],
-    sources: Places<'a, u32>,
-    shifts: Places<'a, [i32; 3]>,
+    sources: DisjointParts<'a, MaybeUninit<u32>>,
+    shifts: DisjointParts<'a, MaybeUninit<[i32; 3]>>,
     /// Whether rows are written with non-temporal stores.
     streaming: bool,
 }

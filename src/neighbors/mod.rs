@@ -79,11 +79,76 @@ pub struct NeighborList {
     shifts: Vec<[i32; 3]>,
     options: NeighborListOptions,
     cell: Cell,
-    /// Positions of the last successful build, `[n_atoms][3]`; empty (and `valid` false)
-    /// after a failed rebuild.
-    reference_positions: Vec<[f64; 3]>,
-    valid: bool,
+    /// Positions and cell of the last successful build (none after a failed rebuild).
+    skin: VerletSkin,
     workspace: cell_list::Workspace,
+}
+
+/// The Verlet skin rule, the one both the [`NeighborList`] and the
+/// [`Calculator`](crate::Calculator) (for every backend) apply: a list built with radius
+/// `cutoff + skin` still holds every pair within `cutoff` while the atom count and the cell
+/// are unchanged and every atom has moved by less than `skin / 2` since the build (two atoms
+/// then close in by less than `skin`).
+#[derive(Clone, Debug)]
+pub struct VerletSkin {
+    skin_angstrom: f64,
+    /// Positions `[n_atoms][3]` and cell of the last build; `None` when there is none.
+    reference: Option<(Vec<[f64; 3]>, Cell)>,
+    builds: usize,
+}
+
+impl VerletSkin {
+    pub fn new(skin_angstrom: f64) -> Self {
+        VerletSkin {
+            skin_angstrom,
+            reference: None,
+            builds: 0,
+        }
+    }
+
+    pub fn skin_angstrom(&self) -> f64 {
+        self.skin_angstrom
+    }
+
+    /// Whether a list built for the recorded positions still covers `positions` in `cell`.
+    /// One pass over the positions.
+    pub fn covers(&self, positions: &[[f64; 3]], cell: &Cell) -> bool {
+        let Some((reference, reference_cell)) = &self.reference else {
+            return false;
+        };
+        if positions.len() != reference.len() || cell != reference_cell {
+            return false;
+        }
+        let half_skin = 0.5 * self.skin_angstrom;
+        let limit = half_skin * half_skin;
+        positions.iter().zip(reference).all(|(now, then)| {
+            let d = [now[0] - then[0], now[1] - then[1], now[2] - then[2]];
+            // `<` is false for NaN: a non-finite position forces a rebuild (and its error).
+            d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < limit
+        })
+    }
+
+    /// Records a successful build for `positions` in `cell` (reusing the buffer).
+    pub fn record(&mut self, positions: &[[f64; 3]], cell: &Cell) {
+        let mut reference = match self.reference.take() {
+            Some((reference, _)) => reference,
+            None => Vec::new(),
+        };
+        cell_list::reserve_cleared(&mut reference, positions.len());
+        reference.extend_from_slice(positions);
+        self.reference = Some((reference, *cell));
+        self.builds += 1;
+    }
+
+    /// Forgets the last build: the next [`covers`](Self::covers) is false.
+    pub fn invalidate(&mut self) {
+        self.reference = None;
+    }
+
+    /// How many builds were recorded.
+    pub fn builds(&self) -> usize {
+        self.builds
+    }
 }
 
 impl NeighborList {
@@ -100,8 +165,7 @@ impl NeighborList {
             shifts: Vec::new(),
             options,
             cell: *cell,
-            reference_positions: Vec::new(),
-            valid: false,
+            skin: VerletSkin::new(options.skin_angstrom),
             workspace: cell_list::Workspace::default(),
         };
         list.rebuild(positions, cell)?;
@@ -111,8 +175,7 @@ impl NeighborList {
     /// Rebuilds in place for new positions or a new cell, reusing every buffer (an MD step
     /// that re-neighbours allocates nothing once sizes have settled).
     pub fn rebuild(&mut self, positions: &[[f64; 3]], cell: &Cell) -> Result<()> {
-        self.valid = false;
-        self.reference_positions.clear();
+        self.skin.invalidate();
         check_positions(positions)?;
         self.cell = *cell;
         cell_list::build(
@@ -124,9 +187,7 @@ impl NeighborList {
             &mut self.sources,
             &mut self.shifts,
         )?;
-        cell_list::reserve_cleared(&mut self.reference_positions, positions.len());
-        self.reference_positions.extend_from_slice(positions);
-        self.valid = true;
+        self.skin.record(positions, cell);
         Ok(())
     }
 
@@ -141,22 +202,9 @@ impl NeighborList {
     }
 
     /// Whether this list still holds every pair within the cutoff for `positions` in
-    /// `cell`: same atom count and cell, and every atom moved by less than `skin / 2`
-    /// since the build. One pass over the positions.
+    /// `cell` ([`VerletSkin::covers`]).
     pub fn is_valid_for(&self, positions: &[[f64; 3]], cell: &Cell) -> bool {
-        if !self.valid || positions.len() != self.reference_positions.len() || *cell != self.cell {
-            return false;
-        }
-        let half_skin = 0.5 * self.options.skin_angstrom;
-        let limit = half_skin * half_skin;
-        positions
-            .iter()
-            .zip(&self.reference_positions)
-            .all(|(now, then)| {
-                let d = [now[0] - then[0], now[1] - then[1], now[2] - then[2]];
-                // `<` is false for NaN: a non-finite position forces a rebuild (and its error).
-                d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < limit
-            })
+        self.skin.covers(positions, cell)
     }
 
     pub fn n_atoms(&self) -> usize {

@@ -4,7 +4,7 @@
 //! The thread that calls the engine evaluates the molecule itself. For each call it hands
 //! one job to the engine's one-thread pool: serve this call ([`Team::serve_call`]). The
 //! pool's worker then spins, taking the jobs the evaluating thread posts through
-//! [`Team::join`] and [`for_each_block`], until the call ends. The evaluating thread never
+//! [`Team::join`] and [`Team::for_each_block`], until the call ends. The evaluating thread never
 //! waits for the server to start: blocks are claimed from a shared counter and a job not
 //! yet picked up is taken back, so a late server costs no more than one thread. No thread
 //! spins between calls.
@@ -12,7 +12,7 @@
 //! Which thread runs which block never changes the arithmetic, so results keep their bits.
 
 use std::any::Any;
-use std::cell::{Cell, UnsafeCell};
+use std::cell::UnsafeCell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -190,99 +190,28 @@ impl Team {
     }
 }
 
-thread_local! {
-    /// The team of the molecule being evaluated on this thread, if any.
-    static CURRENT: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Runs `body` with `team` as this thread's current team (for [`join`]).
-pub fn with_team<R>(team: &Team, body: impl FnOnce() -> R) -> R {
-    struct Restore(*const Team);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.with(|current| current.set(self.0));
+impl Team {
+    /// Runs `body(block)` for every block in `0..n_blocks` on both of the team's threads:
+    /// each thread claims the next unclaimed block until none is left, so a server that
+    /// starts late or is interrupted leaves its share to this thread (which then waits at
+    /// most for the one block the server holds).
+    pub fn for_each_block(&self, n_blocks: usize, body: impl Fn(usize) + Sync) {
+        if n_blocks < 2 {
+            (0..n_blocks).for_each(body);
+            return;
         }
-    }
-    let _restore = Restore(CURRENT.with(|current| current.replace(team)));
-    body()
-}
-
-/// Runs `here` and `there` on the current team's two threads when there is a team, else one
-/// after the other on this thread.
-pub fn join<A: FnOnce(), B: FnOnce() + Send>(here: A, there: B) {
-    let team = CURRENT.with(|current| current.get());
-    if team.is_null() {
-        here();
-        there();
-    } else {
-        // SAFETY: `with_team` keeps the team borrowed while the pointer is set.
-        unsafe { &*team }.join(here, there);
-    }
-}
-
-/// Runs `body(block)` for every block in `0..n_blocks`, on both threads of the current team
-/// when there is one: each thread claims the next unclaimed block until none is left, so a
-/// server that starts late or is interrupted leaves its share to this thread (which then
-/// waits at most for the one block the server holds). Without a team, in order here.
-pub fn for_each_block(n_blocks: usize, body: impl Fn(usize) + Sync) {
-    if !active() || n_blocks < 2 {
-        (0..n_blocks).for_each(body);
-        return;
-    }
-    let next = AtomicUsize::new(0);
-    let claim_and_run = || {
-        loop {
-            let block = next.fetch_add(1, Ordering::Relaxed);
-            if block >= n_blocks {
-                break;
+        let next = AtomicUsize::new(0);
+        let claim_and_run = || {
+            loop {
+                let block = next.fetch_add(1, Ordering::Relaxed);
+                if block >= n_blocks {
+                    break;
+                }
+                body(block);
             }
-            body(block);
-        }
-    };
-    join(claim_and_run, claim_and_run);
-}
-
-/// A mutable slice shared by threads that each take their own disjoint part: the blocks of
-/// [`for_each_block`], the column ranges of a product split between two threads.
-pub struct SharedSlice<'a, T> {
-    pointer: *mut T,
-    len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [T]>,
-}
-
-// SAFETY: the parts handed out are disjoint (`part`'s contract), like `split_at_mut`.
-unsafe impl<T: Send> Send for SharedSlice<'_, T> {}
-unsafe impl<T: Send> Sync for SharedSlice<'_, T> {}
-
-impl<'a, T> SharedSlice<'a, T> {
-    pub fn new(values: &'a mut [T]) -> Self {
-        SharedSlice {
-            pointer: values.as_mut_ptr(),
-            len: values.len(),
-            _borrow: std::marker::PhantomData,
-        }
+        };
+        self.join(claim_and_run, claim_and_run);
     }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The values in `range`.
-    ///
-    /// # Safety
-    /// No other part alive at the same time may overlap `range`.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn part(&self, range: std::ops::Range<usize>) -> &mut [T] {
-        assert!(range.start <= range.end && range.end <= self.len);
-        // SAFETY: in bounds (checked); disjoint from other live parts (the caller's
-        // contract).
-        unsafe { std::slice::from_raw_parts_mut(self.pointer.add(range.start), range.len()) }
-    }
-}
-
-/// Whether this thread has a team (two threads for the next [`join`]).
-pub fn active() -> bool {
-    CURRENT.with(|current| !current.get().is_null())
 }
 
 /// Chooses between one thread and two for the calls on one molecule, from their measured
@@ -345,6 +274,7 @@ impl ModeChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disjoint::DisjointParts;
     use std::sync::atomic::AtomicBool;
 
     /// Runs `body` with a team served by a second thread.
@@ -380,10 +310,8 @@ mod tests {
             let late = round % 3 == 0;
             let handle = (!late).then(|| thread::spawn(move || server.serve_call(call)));
             let sum = AtomicUsize::new(0);
-            with_team(&team, || {
-                for_each_block(10, |block| {
-                    sum.fetch_add(block + round, Ordering::Relaxed);
-                })
+            team.for_each_block(10, |block| {
+                sum.fetch_add(block + round, Ordering::Relaxed);
             });
             team.end_call(call);
             assert_eq!(sum.into_inner(), 45 + 10 * round);
@@ -419,30 +347,16 @@ mod tests {
     #[test]
     fn every_block_runs_once_on_either_thread() {
         with_server(|team| {
-            with_team(team, || {
-                for n_blocks in [0usize, 1, 2, 7, 100] {
-                    let mut counts = vec![0u32; n_blocks];
-                    let shared = SharedSlice::new(&mut counts);
-                    for_each_block(n_blocks, |block| {
-                        // SAFETY: one block, one element.
-                        unsafe { shared.part(block..block + 1)[0] += 1 };
-                    });
-                    assert!(counts.iter().all(|&c| c == 1), "{n_blocks}: {counts:?}");
-                }
-            });
+            for n_blocks in [0usize, 1, 2, 7, 100] {
+                let mut counts = vec![0u32; n_blocks];
+                let parts = DisjointParts::new(&mut counts);
+                team.for_each_block(n_blocks, |block| {
+                    // SAFETY: one block, one element.
+                    unsafe { parts.part(block..block + 1)[0] += 1 };
+                });
+                assert!(counts.iter().all(|&c| c == 1), "{n_blocks}: {counts:?}");
+            }
         });
-    }
-
-    #[test]
-    fn join_without_a_team_runs_both_in_order_here() {
-        assert!(!active());
-        let mut order = Vec::new();
-        let log = std::sync::Mutex::new(&mut order);
-        join(
-            || log.lock().unwrap().push(1),
-            || log.lock().unwrap().push(2),
-        );
-        assert_eq!(order, [1, 2]);
     }
 
     #[test]

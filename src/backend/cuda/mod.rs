@@ -1401,6 +1401,68 @@ pub struct GpuNeighborList {
     pub shifts: Vec<[i32; 3]>,
 }
 
+/// Opens GPU `ordinal` for the float32 engine.
+pub(crate) fn open(
+    model: &Arc<Model>,
+    ordinal: usize,
+    precision: crate::calculator::Precision,
+) -> Result<Box<dyn super::Backend>> {
+    if precision != crate::calculator::Precision::F32 {
+        return Err(Error::Unsupported(format!(
+            "the CUDA backend computes in float32; precision {precision} needs device cpu"
+        )));
+    }
+    Ok(Box::new(Adapter {
+        backend: CudaBackend::new(model.clone(), ordinal, 0.0)?,
+        system: None,
+    }))
+}
+
+/// Interim adapter (replaced by the staged CUDA backend).
+struct Adapter {
+    backend: CudaBackend,
+    system: Option<(Vec<i32>, Vec<[f64; 3]>, Cell, usize)>,
+}
+
+impl super::Backend for Adapter {
+    fn facts(&self) -> super::DeviceFacts {
+        super::DeviceFacts {
+            name: self.backend.device_name().to_string(),
+            bytes_held: self.backend.allocated_bytes(),
+        }
+    }
+    fn load_system(&mut self, system: &super::System) -> Result<()> {
+        self.system = Some((
+            system.atomic_numbers.to_vec(),
+            system.positions.to_vec(),
+            *system.cell,
+            system.n_energy_atoms,
+        ));
+        Ok(())
+    }
+    fn build_neighbor_list(&mut self, _radius: f64) -> Result<()> {
+        Ok(())
+    }
+    fn build_graph(&mut self, _cutoff: f64) -> Result<()> {
+        Ok(())
+    }
+    fn forward(&mut self, _backward_follows: bool) -> Result<()> {
+        Ok(())
+    }
+    fn backward(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn readout(&mut self, request: Request) -> Result<Results> {
+        let (z, positions, cell, n_energy) = self.system.take().expect("loaded");
+        self.backend
+            .compute(&z, &positions, &cell, n_energy, request)
+    }
+    fn inspect(&mut self, _stage: super::Stage) -> Result<super::StageOutput> {
+        Err(Error::Unsupported("inspect".into()))
+    }
+    fn keep_stage_outputs(&mut self, _keep: bool) {}
+}
+
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         // The buffers free their memory when dropped next: the context must be current.

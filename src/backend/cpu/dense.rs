@@ -1,245 +1,259 @@
-//! The CPU engine's inner loops, compiled twice (portable, and AVX2+FMA chosen at run time).
-//!
-//! Reductions over features run in 8 fixed lanes and are combined in a fixed order: that
-//! lets the compiler vectorise them (a plain running sum is a sequential dependency it may
-//! not reorder) and keeps the result identical from call to call.
+//! Dense layers on the CPU: `y = W x + b` and its backward, as GEMMs over fixed row blocks
+//! (matrixmultiply) for many rows and as register-tiled products for the few rows of a
+//! molecule, which may be split by columns between the two threads of its team.
 
 use multiversion::multiversion;
 
 use super::real::Real;
-use super::team::SharedSlice;
-use crate::model::filter::NODE_VECTORS;
+use super::schedule::Schedule;
+use super::team::Team;
+use crate::disjoint::DisjointParts;
+use crate::model::Linear;
 
-/// Lanes of the vectorisable reductions.
-const LANES: usize = 8;
+/// A dense layer in the engine's precision: `y = W x + b`, `W` `[n_out][n_in]`.
+#[derive(Debug)]
+pub struct Dense<T> {
+    pub n_in: usize,
+    pub n_out: usize,
+    /// `[n_out][n_in]`.
+    pub weight: CacheAligned<T>,
+    /// `[n_in][n_out]`, for the few-rows kernel.
+    pub weight_t: CacheAligned<T>,
+    pub bias: Vec<T>,
+}
 
-/// Per-edge geometry: `[d, u_x, u_y, u_z, r_x, r_y, r_z, k, t]`, where `k` (an integer
-/// value) and `t` locate `d` in the filter table. They are computed from the float64
-/// distance: in float32, `d / h` would lose up to 6e-5 of `t` and, through the steep
-/// filter, about 1e-6 of `w`.
-pub type EdgeGeometry<T> = [T; 9];
+/// Bytes of a cache line.
+const CACHE_LINE: usize = 64;
 
-/// Message of one receiver row: `s_out = s_i + sum_e s_j * ws`, `v_out = v_i + sum_e (v_j *
-/// wv1 + u (x) wv2)`. `w` is `[rows][3H]`, edge `e` reading row `filter_rows[e]`. In the first layer `v_in` is zero and skipped.
-#[multiversion(targets("x86_64+avx2+fma"))]
-#[allow(clippy::too_many_arguments)]
-pub fn message_row<T: Real>(
-    h: usize,
-    receiver: usize,
-    sources: &[u32],
-    edges: &[EdgeGeometry<T>],
-    w: &[T],
-    filter_rows: &[u32],
-    s_in: &[T],
-    v_in: &[T],
-    first_layer: bool,
-    s_out: &mut [T],
-    v_out: &mut [T],
-) {
-    let s_out = &mut s_out[..h];
-    let v_out = &mut v_out[..3 * h];
-    s_out.copy_from_slice(&s_in[receiver * h..][..h]);
-    v_out.copy_from_slice(&v_in[receiver * 3 * h..][..3 * h]);
-    for (e, &j) in sources.iter().enumerate() {
-        let j = j as usize;
-        let w = &w[filter_rows[e] as usize * 3 * h..][..3 * h];
-        let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
-        let s_j = &s_in[j * h..][..h];
-        for c in 0..h {
-            s_out[c] += s_j[c] * ws[c];
+/// Values whose first element starts a cache line. The few-rows kernel reads a weight
+/// matrix in row segments of 16 float32 values (64 bytes) at cache-line multiples from its
+/// start: aligned, each segment is one cache line, not parts of two (the allocator aligns
+/// large buffers to 16 bytes only). Not `Clone`: a copied vector may start elsewhere in a
+/// cache line.
+#[derive(Debug)]
+pub struct CacheAligned<T> {
+    storage: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> CacheAligned<T> {
+    pub fn from_slice(values: &[T]) -> Self {
+        let size = std::mem::size_of::<T>().max(1);
+        let mut storage = vec![T::default(); values.len() + CACHE_LINE / size];
+        // The allocation never moves (the vector never grows), so its alignment holds.
+        let misalignment = storage.as_ptr() as usize % CACHE_LINE;
+        let start = (CACHE_LINE - misalignment) % CACHE_LINE / size;
+        storage[start..start + values.len()].copy_from_slice(values);
+        CacheAligned {
+            storage,
+            start,
+            len: values.len(),
         }
-        let u = [edges[e][1], edges[e][2], edges[e][3]];
-        for x in 0..3 {
-            let v_o = &mut v_out[x * h..][..h];
-            let ux = u[x];
-            if first_layer {
-                for c in 0..h {
-                    v_o[c] += ux * wv2[c];
+    }
+}
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Rows per GEMM call: a function of the row count only, so that results do not depend on
+/// the thread count.
+fn rows_per_task(rows: usize) -> usize {
+    if rows < SMALL_ROWS {
+        // One register-tiled call (the small systems that get here run on one thread).
+        return rows.max(1);
+    }
+    (rows / 8).clamp(4, 64)
+}
+
+/// Below this many rows a dot-product kernel beats packing the weights for a GEMM.
+const SMALL_ROWS: usize = 32;
+
+/// Smallest product (multiply-adds) that a molecule splits between its two threads.
+const PAIR_MIN_PRODUCT: usize = 16 * 1024;
+
+/// Output columns per block of a product split between two threads: two register tiles
+/// (about a microsecond of work for a molecule's hidden layers).
+const PAIR_BLOCK_COLUMNS: usize = 2 * TILE_COLUMNS;
+
+impl<T: Real> Dense<T> {
+    pub fn from_model(linear: &Linear) -> Self {
+        let weight: Vec<T> = linear.weight.iter().map(|&v| T::of(v)).collect();
+        let mut weight_t = vec![T::zero(); weight.len()];
+        for o in 0..linear.n_out {
+            for c in 0..linear.n_in {
+                weight_t[c * linear.n_out + o] = weight[o * linear.n_in + c];
+            }
+        }
+        Dense {
+            n_in: linear.n_in,
+            n_out: linear.n_out,
+            weight: CacheAligned::from_slice(&weight),
+            weight_t: CacheAligned::from_slice(&weight_t),
+            bias: linear.bias.iter().map(|&v| T::of(v)).collect(),
+        }
+    }
+
+    /// Whether a product over `m` rows with `n` output columns splits between the two
+    /// threads of a molecule's [`Team`], in blocks of [`PAIR_BLOCK_COLUMNS`]: only when it
+    /// is large enough to pay for the hand-off (about a microsecond). Columns, not rows: a
+    /// block reads only its columns of the weights, and reading the weights (from the
+    /// shared cache) is what bounds these products.
+    fn pair_splits(&self, schedule: Schedule, m: usize, n: usize) -> bool {
+        m < SMALL_ROWS
+            && n >= 2 * PAIR_BLOCK_COLUMNS
+            && m * self.n_in * self.n_out >= PAIR_MIN_PRODUCT
+            && schedule.has_team()
+    }
+
+    /// `y[m][n_out] = x[m][n_in] W^T + b` for one block of rows (single-threaded).
+    pub fn forward_rows(&self, x: &[T], y: &mut [T]) {
+        self.transposed_product(x, Some(&self.bias), y);
+    }
+
+    /// `y[m][n_out] = x[m][n_in] W^T`, the linear part alone (a derivative through the layer).
+    pub fn linear_rows(&self, x: &[T], y: &mut [T]) {
+        self.transposed_product(x, None, y);
+    }
+
+    fn transposed_product(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
+        let m = x.len() / self.n_in;
+        debug_assert_eq!(y.len(), m * self.n_out);
+        if m < SMALL_ROWS {
+            small_forward(self.n_in, self.n_out, &self.weight_t, bias, x, y);
+            return;
+        }
+        let beta = match bias {
+            Some(bias) => {
+                for row in y.chunks_exact_mut(self.n_out) {
+                    row.copy_from_slice(bias);
                 }
+                T::one()
+            }
+            None => T::zero(),
+        };
+        // SAFETY: x is m x n_in, W is n_out x n_in (read transposed), y is m x n_out.
+        unsafe {
+            T::gemm(
+                m,
+                self.n_in,
+                self.n_out,
+                T::one(),
+                x.as_ptr(),
+                self.n_in as isize,
+                1,
+                self.weight.as_ptr(),
+                1,
+                self.n_in as isize,
+                beta,
+                y.as_mut_ptr(),
+                self.n_out as isize,
+                1,
+            )
+        }
+    }
+
+    /// `gx[m][n_in] (+)= gy[m][n_out] W` for one block of rows (single-threaded).
+    pub fn backward_rows(&self, gy: &[T], gx: &mut [T], accumulate: bool) {
+        let m = gy.len() / self.n_out;
+        debug_assert_eq!(gx.len(), m * self.n_in);
+        if m < SMALL_ROWS {
+            small_backward(self.n_in, self.n_out, &self.weight, gy, gx, accumulate);
+            return;
+        }
+        let beta = if accumulate { T::one() } else { T::zero() };
+        // SAFETY: gy is m x n_out, W is n_out x n_in, gx is m x n_in.
+        unsafe {
+            T::gemm(
+                m,
+                self.n_out,
+                self.n_in,
+                T::one(),
+                gy.as_ptr(),
+                self.n_out as isize,
+                1,
+                self.weight.as_ptr(),
+                self.n_in as isize,
+                1,
+                beta,
+                gx.as_mut_ptr(),
+                self.n_in as isize,
+                1,
+            )
+        }
+    }
+
+    /// [`forward_rows`](Self::forward_rows) over all rows, in parallel.
+    pub fn forward(&self, schedule: Schedule, x: &[T], y: &mut [T]) {
+        let m = x.len() / self.n_in;
+        if let Schedule::Team(team) = schedule
+            && self.pair_splits(schedule, m, self.n_out)
+        {
+            let start = Start::Row(&self.bias);
+            paired_product(team, m, self.n_in, self.n_out, x, &self.weight_t, start, y);
+            return;
+        }
+        let per_task = rows_per_task(x.len() / self.n_in);
+        schedule.for_each_chunk_into(x, per_task * self.n_in, y, per_task * self.n_out, |x, y| {
+            self.forward_rows(x, y)
+        });
+    }
+
+    /// [`backward_rows`](Self::backward_rows) over all rows, in parallel.
+    pub fn backward(&self, schedule: Schedule, gy: &[T], gx: &mut [T], accumulate: bool) {
+        let m = gy.len() / self.n_out;
+        if let Schedule::Team(team) = schedule
+            && self.pair_splits(schedule, m, self.n_in)
+        {
+            let start = if accumulate {
+                Start::Accumulate
             } else {
-                let v_j = &v_in[(j * 3 + x) * h..][..h];
-                for c in 0..h {
-                    v_o[c] += v_j[c] * wv1[c] + ux * wv2[c];
-                }
-            }
+                Start::Zero
+            };
+            paired_product(team, m, self.n_out, self.n_in, gy, &self.weight, start, gx);
+            return;
         }
+        let per_task = rows_per_task(gy.len() / self.n_out);
+        schedule.for_each_chunk_into(
+            gy,
+            per_task * self.n_out,
+            gx,
+            per_task * self.n_in,
+            |gy, gx| self.backward_rows(gy, gx, accumulate),
+        );
     }
 }
 
-/// Backward of the message for one receiver row `i`.
-///
-/// With `need_inputs`, `gs_out`/`gv_out` get the gradient of the layer's inputs at `i`,
-/// gathered over the row (the reverse edge has the same filter): `gs_mid_i + sum_e gs_mid_j *
-/// ws`, `gv_mid_i + sum_e gv_mid_j * wv1`. Always, `de_dr[e]` gains this layer's `dE/dr_ij`.
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// `c[m][n] = start + a[m][k] b[k][n]` ([`small_product`]) on both threads of the
+/// molecule's team, in blocks of [`PAIR_BLOCK_COLUMNS`] output columns.
 #[allow(clippy::too_many_arguments)]
-pub fn message_backward_row<T: Real>(
-    h: usize,
-    receiver: usize,
-    sources: &[u32],
-    edges: &[EdgeGeometry<T>],
-    w: &[T],
-    dw: &[T],
-    filter_rows: &[u32],
-    s_in: &[T],
-    v_in: &[T],
-    gs_mid: &[T],
-    gv_mid: &[T],
-    need_inputs: bool,
-    u_epsilon: T,
-    gs_out: &mut [T],
-    gv_out: &mut [T],
-    de_dr: &mut [[T; 3]],
+fn paired_product<T: Real>(
+    team: &Team,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    b: &[T],
+    start: Start<'_, T>,
+    c: &mut [T],
 ) {
-    let gs_i = &gs_mid[receiver * h..][..h];
-    let gv_i = &gv_mid[receiver * 3 * h..][..3 * h];
-    if need_inputs {
-        gs_out[..h].copy_from_slice(gs_i);
-        gv_out[..3 * h].copy_from_slice(gv_i);
-    }
-    let lanes_end = h - h % LANES;
-    for (e, &j) in sources.iter().enumerate() {
-        let j = j as usize;
-        let filter_row = filter_rows[e] as usize;
-        let w = &w[filter_row * 3 * h..][..3 * h];
-        let dw = &dw[filter_row * 3 * h..][..3 * h];
-        let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
-        let (dws, dwv1, dwv2) = (&dw[..h], &dw[h..2 * h], &dw[2 * h..3 * h]);
-        let s_j = &s_in[j * h..][..h];
-        let v_j = &v_in[j * 3 * h..][..3 * h];
-        if need_inputs {
-            let gs_j = &gs_mid[j * h..][..h];
-            let gv_j = &gv_mid[j * 3 * h..][..3 * h];
-            let gs_out = &mut gs_out[..h];
-            for c in 0..h {
-                gs_out[c] += gs_j[c] * ws[c];
-            }
-            for x in 0..3 {
-                let gv_o = &mut gv_out[x * h..][..h];
-                let gv_jx = &gv_j[x * h..][..h];
-                for c in 0..h {
-                    gv_o[c] += gv_jx[c] * wv1[c];
-                }
-            }
-        }
-        // dE/dd = sum_c gs_i s_j dws + (sum_x gv_i v_j) dwv1 + (sum_x gv_i u_x) dwv2, and
-        // dE/du_x = sum_c gv_i[x] wv2, in fixed lanes.
-        let u = [edges[e][1], edges[e][2], edges[e][3]];
-        let mut lane_dd = [T::zero(); LANES];
-        let mut lane_u = [[T::zero(); LANES]; 3];
-        let (gv0, gv1, gv2) = (&gv_i[..h], &gv_i[h..2 * h], &gv_i[2 * h..3 * h]);
-        let (v0, v1, v2) = (&v_j[..h], &v_j[h..2 * h], &v_j[2 * h..3 * h]);
-        let mut c0 = 0;
-        while c0 < lanes_end {
-            // Fixed-size views: no bounds checks inside, so the lanes vectorise.
-            let gs_i = lanes_of(gs_i, c0);
-            let s_j = lanes_of(s_j, c0);
-            let (gv0, gv1, gv2) = (lanes_of(gv0, c0), lanes_of(gv1, c0), lanes_of(gv2, c0));
-            let (v0, v1, v2) = (lanes_of(v0, c0), lanes_of(v1, c0), lanes_of(v2, c0));
-            let (dws, dwv1, dwv2) = (lanes_of(dws, c0), lanes_of(dwv1, c0), lanes_of(dwv2, c0));
-            let wv2 = lanes_of(wv2, c0);
-            for lane in 0..LANES {
-                let gw_s = gs_i[lane] * s_j[lane];
-                let gw_v1 = gv0[lane] * v0[lane] + gv1[lane] * v1[lane] + gv2[lane] * v2[lane];
-                let gw_v2 = gv0[lane] * u[0] + gv1[lane] * u[1] + gv2[lane] * u[2];
-                lane_dd[lane] += gw_s * dws[lane] + gw_v1 * dwv1[lane] + gw_v2 * dwv2[lane];
-                lane_u[0][lane] += gv0[lane] * wv2[lane];
-                lane_u[1][lane] += gv1[lane] * wv2[lane];
-                lane_u[2][lane] += gv2[lane] * wv2[lane];
-            }
-            c0 += LANES;
-        }
-        for c in lanes_end..h {
-            let gw_s = gs_i[c] * s_j[c];
-            let gw_v1 = gv0[c] * v0[c] + gv1[c] * v1[c] + gv2[c] * v2[c];
-            let gw_v2 = gv0[c] * u[0] + gv1[c] * u[1] + gv2[c] * u[2];
-            lane_dd[0] += gw_s * dws[c] + gw_v1 * dwv1[c] + gw_v2 * dwv2[c];
-            lane_u[0][0] += gv0[c] * wv2[c];
-            lane_u[1][0] += gv1[c] * wv2[c];
-            lane_u[2][0] += gv2[c] * wv2[c];
-        }
-        let de_dd = sum_lanes(&lane_dd);
-        let g_u = [
-            sum_lanes(&lane_u[0]),
-            sum_lanes(&lane_u[1]),
-            sum_lanes(&lane_u[2]),
-        ];
-        // u = r / (d + eps): du_x/dr_y = delta_xy / (d + eps) - r_x r_y / (d (d + eps)^2).
-        let d = edges[e][0];
-        let r = [edges[e][4], edges[e][5], edges[e][6]];
-        let d_eps = d + u_epsilon;
-        let g_u_dot_r = g_u[0] * r[0] + g_u[1] * r[1] + g_u[2] * r[2];
-        let radial = de_dd / d - g_u_dot_r / (d * d_eps * d_eps);
-        for x in 0..3 {
-            de_dr[e][x] += radial * r[x] + g_u[x] / d_eps;
-        }
-    }
-}
-
-/// `values[start..start + LANES]` as a fixed-size array.
-#[inline(always)]
-fn lanes_of<T>(values: &[T], start: usize) -> &[T; LANES] {
-    values[start..start + LANES]
-        .try_into()
-        .expect("LANES elements")
-}
-
-#[inline(always)]
-fn sum_lanes<T: Real>(lanes: &[T; LANES]) -> T {
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
-}
-
-/// Cubic Hermite interpolation of a filter table for a row of edges: `w[e] = sum of the four
-/// basis weights times the two nodes' values and scaled derivatives`, and `dw/dd` likewise
-/// with the basis derivatives (when `dw` is given).
-#[multiversion(targets("x86_64+avx2+fma"))]
-pub fn interpolate_rows<T: Real>(
-    nodes: &[f32],
-    width: usize,
-    n_intervals: usize,
-    spacing: f64,
-    edges: &[EdgeGeometry<T>],
-    w: &mut [T],
-    mut dw: Option<&mut [T]>,
-) {
-    let inverse_h = T::of(1.0 / spacing);
-    debug_assert!(n_intervals > 0);
-    for (e, edge) in edges.iter().enumerate() {
-        let k = edge[7].f64() as usize;
-        let t = edge[8];
-        let stride = NODE_VECTORS * width;
-        let node = &nodes[k * stride..][..stride];
-        let next = &nodes[(k + 1) * stride..][..stride];
-        let (value, rest) = node.split_at(width);
-        let (delta, slope) = rest.split_at(width);
-        let next_slope = &next[2 * width..3 * width];
-        let [_, h10, h01, h11] = crate::model::filter::hermite_basis(t);
-        let out = &mut w[e * width..][..width];
-        for o in 0..width {
-            out[o] = T::of(value[o] as f64)
-                + h01 * T::of(delta[o] as f64)
-                + h10 * T::of(slope[o] as f64)
-                + h11 * T::of(next_slope[o] as f64);
-        }
-        if let Some(dw) = dw.as_deref_mut() {
-            let [_, g10, g01, g11] = crate::model::filter::hermite_basis_derivative(t);
-            let (g10, g01, g11) = (g10 * inverse_h, g01 * inverse_h, g11 * inverse_h);
-            let out = &mut dw[e * width..][..width];
-            for o in 0..width {
-                out[o] = g01 * T::of(delta[o] as f64)
-                    + g10 * T::of(slope[o] as f64)
-                    + g11 * T::of(next_slope[o] as f64);
-            }
-        }
-    }
+    let c = DisjointParts::new(&mut c[..m * n]);
+    team.for_each_block(n.div_ceil(PAIR_BLOCK_COLUMNS), |block| {
+        let columns = block * PAIR_BLOCK_COLUMNS..((block + 1) * PAIR_BLOCK_COLUMNS).min(n);
+        // SAFETY: each block is run once, by one thread, on its own columns.
+        unsafe { small_product_columns(m, k, n, a, b, start, &c, columns) };
+    });
 }
 
 /// Rows and columns of the register tile of [`small_product`]: 6 x 16 accumulators are
 /// twelve AVX registers in float32 (enough independent fused multiply-adds to hide their
 /// latency), and each B row loaded serves six rows of A.
 const TILE_ROWS: usize = 6;
-pub(super) const TILE_COLUMNS: usize = 16;
+const TILE_COLUMNS: usize = 16;
 
 /// Leftover rows (below [`TILE_ROWS`]) from which a zero-padded tile beats the remainder
 /// loop (instructions per call under callgrind, 13 to 17 atoms).
@@ -271,7 +285,7 @@ pub fn small_product<T: Real>(
     start: Start<'_, T>,
     c: &mut [T],
 ) {
-    let c = SharedSlice::new(&mut c[..m * n]);
+    let c = DisjointParts::new(&mut c[..m * n]);
     // SAFETY: `c` is borrowed mutably for the whole product, by this thread alone.
     unsafe { small_product_columns(m, k, n, a, b, start, &c, 0..n) };
 }
@@ -292,7 +306,7 @@ pub unsafe fn small_product_columns<T: Real>(
     a: &[T],
     b: &[T],
     start: Start<'_, T>,
-    c: &SharedSlice<'_, T>,
+    c: &DisjointParts<'_, T>,
     columns: std::ops::Range<usize>,
 ) {
     let (a, b) = (&a[..m * k], &b[..k * n]);
@@ -494,7 +508,7 @@ unsafe fn product_remainder<T: Real>(
     n: usize,
     a: &[T],
     b: &[T],
-    c: &SharedSlice<'_, T>,
+    c: &DisjointParts<'_, T>,
 ) {
     for r in rows {
         // SAFETY: in this call's columns (the function's contract).
@@ -660,7 +674,7 @@ mod tests {
             small_product(m, k, n, &a, &b, Start::Row(&bias), &mut whole);
             for split in [0, 5, 16, n / 2, n - 1, n] {
                 let mut parts = vec![f32::NAN; m * n];
-                let c = SharedSlice::new(&mut parts);
+                let c = DisjointParts::new(&mut parts);
                 // SAFETY: one thread, one range at a time.
                 unsafe {
                     small_product_columns(m, k, n, &a, &b, Start::Row(&bias), &c, 0..split);

@@ -1,0 +1,323 @@
+//! Stages `message_forward` and `message_backward` on the CPU (mirror `cuda/message.rs` and
+//! `cuda/message.cu`): each receiver's sum over its row of edges, forward, and the gradient
+//! of the layer's inputs gathered over the same row (the reverse edge has the same filter),
+//! with every edge's `dE/dr_ij`, backward. Rows are summed in order (sorted by source):
+//! deterministic, no atomics.
+//!
+//! The inner loops are compiled twice (portable, and AVX2+FMA chosen at run time).
+//! Reductions over features run in 8 fixed lanes combined in a fixed order: that lets the
+//! compiler vectorise them and keeps the result identical from call to call.
+
+use multiversion::multiversion;
+
+use super::filter::{FilterCache, RowFilter, Scratch};
+use super::graph::{EdgeGeometry, Graph, U_EPSILON};
+use super::real::Real;
+use super::schedule::Schedule;
+use crate::disjoint::DisjointParts;
+
+/// Atoms per parallel task in the message stages: a function of the atom count only (never
+/// of the thread count), so that results do not depend on the number of threads; small
+/// molecules still split into a few tasks.
+fn atoms_per_task(n_atoms: usize) -> usize {
+    (n_atoms / 16).clamp(2, 16)
+}
+
+/// The atoms of each task.
+fn task_atoms(task: usize, per_task: usize, n_atoms: usize) -> std::ops::Range<usize> {
+    task * per_task..((task + 1) * per_task).min(n_atoms)
+}
+
+/// `s_mid = s_i + sum_e s_j ws`, `v_mid = v_i + sum_e (v_j wv1 + u wv2)` over each row, for
+/// layer `layer` (inputs `s_in [n][H]`, `v_in [n][3][H]`; outputs alike).
+#[allow(clippy::too_many_arguments)]
+pub fn message_forward<T: Real>(
+    schedule: Schedule,
+    h: usize,
+    layer: usize,
+    graph: &Graph<T>,
+    filter: &RowFilter<'_, T>,
+    filters: &FilterCache<T>,
+    s_in: &[T],
+    v_in: &[T],
+    s_mid: &mut [T],
+    v_mid: &mut [T],
+) {
+    let n = graph.n_atoms();
+    let per_task = atoms_per_task(n);
+    let (s_mid, v_mid) = (DisjointParts::new(s_mid), DisjointParts::new(v_mid));
+    schedule.for_each_block(n.div_ceil(per_task), Scratch::new, |scratch, task| {
+        let atoms = task_atoms(task, per_task, n);
+        // SAFETY: each task writes the rows of its own atoms.
+        let (s_mid, v_mid) = unsafe {
+            (
+                s_mid.part(atoms.start * h..atoms.end * h),
+                v_mid.part(atoms.start * 3 * h..atoms.end * 3 * h),
+            )
+        };
+        for (i, (s_out, v_out)) in atoms
+            .clone()
+            .zip(s_mid.chunks_exact_mut(h).zip(v_mid.chunks_exact_mut(3 * h)))
+        {
+            let row = graph.row(i);
+            let (w, _, filter_rows) =
+                filters.rows(filter, layer, &graph.geometry, row.clone(), false, scratch);
+            message_row(
+                h,
+                i,
+                &graph.sources[row.clone()],
+                &graph.geometry[row],
+                w,
+                filter_rows,
+                s_in,
+                v_in,
+                layer == 0,
+                s_out,
+                v_out,
+            );
+        }
+    });
+}
+
+/// Backward of [`message_forward`] for layer `layer`: with `need_inputs` (layers above the
+/// first), the gradient of the layer's inputs `gs_in [n][H]`, `gv_in [n][3][H]` from those
+/// of its outputs `gs_mid`, `gv_mid`; always, this layer's share of `dE/dr_ij` added to
+/// `de_dr [n_edges][3]`.
+#[allow(clippy::too_many_arguments)]
+pub fn message_backward<T: Real>(
+    schedule: Schedule,
+    h: usize,
+    layer: usize,
+    graph: &Graph<T>,
+    filter: &RowFilter<'_, T>,
+    filters: &FilterCache<T>,
+    s_in: &[T],
+    v_in: &[T],
+    gs_mid: &[T],
+    gv_mid: &[T],
+    need_inputs: bool,
+    gs_in: &mut [T],
+    gv_in: &mut [T],
+    de_dr: &mut [[T; 3]],
+) {
+    let n = graph.n_atoms();
+    let per_task = atoms_per_task(n);
+    let (gs_in, gv_in, de_dr) = (
+        DisjointParts::new(gs_in),
+        DisjointParts::new(gv_in),
+        DisjointParts::new(de_dr),
+    );
+    schedule.for_each_block(n.div_ceil(per_task), Scratch::new, |scratch, task| {
+        let atoms = task_atoms(task, per_task, n);
+        // SAFETY: each task writes the rows of its own atoms and their edges.
+        let (gs_in, gv_in, mut de_dr) = unsafe {
+            (
+                gs_in.part(atoms.start * h..atoms.end * h),
+                gv_in.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                de_dr.part(graph.offsets[atoms.start]..graph.offsets[atoms.end]),
+            )
+        };
+        for (i, (gs_out, gv_out)) in atoms
+            .clone()
+            .zip(gs_in.chunks_exact_mut(h).zip(gv_in.chunks_exact_mut(3 * h)))
+        {
+            let row = graph.row(i);
+            let (row_de_dr, rest) = de_dr.split_at_mut(row.len());
+            de_dr = rest;
+            let (w, dw, filter_rows) =
+                filters.rows(filter, layer, &graph.geometry, row.clone(), true, scratch);
+            message_backward_row(
+                h,
+                i,
+                &graph.sources[row.clone()],
+                &graph.geometry[row],
+                w,
+                dw,
+                filter_rows,
+                s_in,
+                v_in,
+                gs_mid,
+                gv_mid,
+                need_inputs,
+                T::of(U_EPSILON),
+                gs_out,
+                gv_out,
+                row_de_dr,
+            );
+        }
+    });
+}
+
+/// Lanes of the vectorisable reductions.
+const LANES: usize = 8;
+
+/// Message of one receiver row: `s_out = s_i + sum_e s_j * ws`, `v_out = v_i + sum_e (v_j *
+/// wv1 + u (x) wv2)`. `w` is `[rows][3H]`, edge `e` reading row `filter_rows[e]`. In the first layer `v_in` is zero and skipped.
+#[multiversion(targets("x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+fn message_row<T: Real>(
+    h: usize,
+    receiver: usize,
+    sources: &[u32],
+    edges: &[EdgeGeometry<T>],
+    w: &[T],
+    filter_rows: &[u32],
+    s_in: &[T],
+    v_in: &[T],
+    first_layer: bool,
+    s_out: &mut [T],
+    v_out: &mut [T],
+) {
+    let s_out = &mut s_out[..h];
+    let v_out = &mut v_out[..3 * h];
+    s_out.copy_from_slice(&s_in[receiver * h..][..h]);
+    v_out.copy_from_slice(&v_in[receiver * 3 * h..][..3 * h]);
+    for (e, &j) in sources.iter().enumerate() {
+        let j = j as usize;
+        let w = &w[filter_rows[e] as usize * 3 * h..][..3 * h];
+        let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
+        let s_j = &s_in[j * h..][..h];
+        for c in 0..h {
+            s_out[c] += s_j[c] * ws[c];
+        }
+        let u = [edges[e][1], edges[e][2], edges[e][3]];
+        for x in 0..3 {
+            let v_o = &mut v_out[x * h..][..h];
+            let ux = u[x];
+            if first_layer {
+                for c in 0..h {
+                    v_o[c] += ux * wv2[c];
+                }
+            } else {
+                let v_j = &v_in[(j * 3 + x) * h..][..h];
+                for c in 0..h {
+                    v_o[c] += v_j[c] * wv1[c] + ux * wv2[c];
+                }
+            }
+        }
+    }
+}
+
+/// Backward of the message for one receiver row `i`.
+///
+/// With `need_inputs`, `gs_out`/`gv_out` get the gradient of the layer's inputs at `i`,
+/// gathered over the row (the reverse edge has the same filter): `gs_mid_i + sum_e gs_mid_j *
+/// ws`, `gv_mid_i + sum_e gv_mid_j * wv1`. Always, `de_dr[e]` gains this layer's `dE/dr_ij`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+fn message_backward_row<T: Real>(
+    h: usize,
+    receiver: usize,
+    sources: &[u32],
+    edges: &[EdgeGeometry<T>],
+    w: &[T],
+    dw: &[T],
+    filter_rows: &[u32],
+    s_in: &[T],
+    v_in: &[T],
+    gs_mid: &[T],
+    gv_mid: &[T],
+    need_inputs: bool,
+    u_epsilon: T,
+    gs_out: &mut [T],
+    gv_out: &mut [T],
+    de_dr: &mut [[T; 3]],
+) {
+    let gs_i = &gs_mid[receiver * h..][..h];
+    let gv_i = &gv_mid[receiver * 3 * h..][..3 * h];
+    if need_inputs {
+        gs_out[..h].copy_from_slice(gs_i);
+        gv_out[..3 * h].copy_from_slice(gv_i);
+    }
+    let lanes_end = h - h % LANES;
+    for (e, &j) in sources.iter().enumerate() {
+        let j = j as usize;
+        let filter_row = filter_rows[e] as usize;
+        let w = &w[filter_row * 3 * h..][..3 * h];
+        let dw = &dw[filter_row * 3 * h..][..3 * h];
+        let (ws, wv1, wv2) = (&w[..h], &w[h..2 * h], &w[2 * h..3 * h]);
+        let (dws, dwv1, dwv2) = (&dw[..h], &dw[h..2 * h], &dw[2 * h..3 * h]);
+        let s_j = &s_in[j * h..][..h];
+        let v_j = &v_in[j * 3 * h..][..3 * h];
+        if need_inputs {
+            let gs_j = &gs_mid[j * h..][..h];
+            let gv_j = &gv_mid[j * 3 * h..][..3 * h];
+            let gs_out = &mut gs_out[..h];
+            for c in 0..h {
+                gs_out[c] += gs_j[c] * ws[c];
+            }
+            for x in 0..3 {
+                let gv_o = &mut gv_out[x * h..][..h];
+                let gv_jx = &gv_j[x * h..][..h];
+                for c in 0..h {
+                    gv_o[c] += gv_jx[c] * wv1[c];
+                }
+            }
+        }
+        // dE/dd = sum_c gs_i s_j dws + (sum_x gv_i v_j) dwv1 + (sum_x gv_i u_x) dwv2, and
+        // dE/du_x = sum_c gv_i[x] wv2, in fixed lanes.
+        let u = [edges[e][1], edges[e][2], edges[e][3]];
+        let mut lane_dd = [T::zero(); LANES];
+        let mut lane_u = [[T::zero(); LANES]; 3];
+        let (gv0, gv1, gv2) = (&gv_i[..h], &gv_i[h..2 * h], &gv_i[2 * h..3 * h]);
+        let (v0, v1, v2) = (&v_j[..h], &v_j[h..2 * h], &v_j[2 * h..3 * h]);
+        let mut c0 = 0;
+        while c0 < lanes_end {
+            // Fixed-size views: no bounds checks inside, so the lanes vectorise.
+            let gs_i = lanes_of(gs_i, c0);
+            let s_j = lanes_of(s_j, c0);
+            let (gv0, gv1, gv2) = (lanes_of(gv0, c0), lanes_of(gv1, c0), lanes_of(gv2, c0));
+            let (v0, v1, v2) = (lanes_of(v0, c0), lanes_of(v1, c0), lanes_of(v2, c0));
+            let (dws, dwv1, dwv2) = (lanes_of(dws, c0), lanes_of(dwv1, c0), lanes_of(dwv2, c0));
+            let wv2 = lanes_of(wv2, c0);
+            for lane in 0..LANES {
+                let gw_s = gs_i[lane] * s_j[lane];
+                let gw_v1 = gv0[lane] * v0[lane] + gv1[lane] * v1[lane] + gv2[lane] * v2[lane];
+                let gw_v2 = gv0[lane] * u[0] + gv1[lane] * u[1] + gv2[lane] * u[2];
+                lane_dd[lane] += gw_s * dws[lane] + gw_v1 * dwv1[lane] + gw_v2 * dwv2[lane];
+                lane_u[0][lane] += gv0[lane] * wv2[lane];
+                lane_u[1][lane] += gv1[lane] * wv2[lane];
+                lane_u[2][lane] += gv2[lane] * wv2[lane];
+            }
+            c0 += LANES;
+        }
+        for c in lanes_end..h {
+            let gw_s = gs_i[c] * s_j[c];
+            let gw_v1 = gv0[c] * v0[c] + gv1[c] * v1[c] + gv2[c] * v2[c];
+            let gw_v2 = gv0[c] * u[0] + gv1[c] * u[1] + gv2[c] * u[2];
+            lane_dd[0] += gw_s * dws[c] + gw_v1 * dwv1[c] + gw_v2 * dwv2[c];
+            lane_u[0][0] += gv0[c] * wv2[c];
+            lane_u[1][0] += gv1[c] * wv2[c];
+            lane_u[2][0] += gv2[c] * wv2[c];
+        }
+        let de_dd = sum_lanes(&lane_dd);
+        let g_u = [
+            sum_lanes(&lane_u[0]),
+            sum_lanes(&lane_u[1]),
+            sum_lanes(&lane_u[2]),
+        ];
+        // u = r / (d + eps): du_x/dr_y = delta_xy / (d + eps) - r_x r_y / (d (d + eps)^2).
+        let d = edges[e][0];
+        let r = [edges[e][4], edges[e][5], edges[e][6]];
+        let d_eps = d + u_epsilon;
+        let g_u_dot_r = g_u[0] * r[0] + g_u[1] * r[1] + g_u[2] * r[2];
+        let radial = de_dd / d - g_u_dot_r / (d * d_eps * d_eps);
+        for x in 0..3 {
+            de_dr[e][x] += radial * r[x] + g_u[x] / d_eps;
+        }
+    }
+}
+
+/// `values[start..start + LANES]` as a fixed-size array.
+#[inline(always)]
+fn lanes_of<T>(values: &[T], start: usize) -> &[T; LANES] {
+    values[start..start + LANES]
+        .try_into()
+        .expect("LANES elements")
+}
+
+#[inline(always)]
+fn sum_lanes<T: Real>(lanes: &[T; LANES]) -> T {
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
