@@ -5,7 +5,12 @@
 
 use std::path::PathBuf;
 
-use painn::{Calculator, Cell, Device, Model, Precision, Request, Results};
+use std::sync::Arc;
+
+use painn::structures::SplitMix64;
+use painn::{
+    Calculator, Cell, Device, Model, NeighborList, NeighborListOptions, Precision, Request, Results,
+};
 use serde_json::Value;
 
 /// The repository root: `$PAINN_REPOSITORY` (test binaries run on another machine, such as
@@ -160,4 +165,89 @@ pub fn rms_difference(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
         .sum::<f64>()
         / (a.len().max(1) * 3) as f64)
         .sqrt()
+}
+
+/// A device and precision to run a test body on, with the tolerances that precision earns.
+#[derive(Clone, Copy, Debug)]
+pub struct Platform {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Platform {
+    /// Relative tolerance of energies, forces and virials against a float64 reference.
+    pub fn tolerance(&self) -> f64 {
+        match self.precision {
+            Precision::F64 => 1e-10,
+            Precision::F32 => 2e-5,
+        }
+    }
+
+    pub fn calculator(&self, model: &Arc<Model>) -> Option<Calculator> {
+        match Calculator::new(model.clone(), self.device, self.precision) {
+            Ok(calculator) => Some(calculator),
+            Err(error) if self.device != Device::Cpu => {
+                println!("SKIPPED on {}: {error}", self.device);
+                None
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
+
+/// One test body per platform and precision: `mod body { cpu_f64, cpu_f32, cuda_f32 }`.
+#[macro_export]
+macro_rules! on_every_platform {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                use super::*;
+                #[test]
+                fn cpu_f64() {
+                    super::$body(Platform { device: painn::Device::Cpu, precision: painn::Precision::F64 });
+                }
+                #[test]
+                fn cpu_f32() {
+                    super::$body(Platform { device: painn::Device::Cpu, precision: painn::Precision::F32 });
+                }
+                #[test]
+                fn cuda_f32() {
+                    super::$body(Platform { device: painn::Device::Cuda(0), precision: painn::Precision::F32 });
+                }
+            }
+        )*
+    };
+}
+
+/// A random periodic triclinic system of `n` atoms with no two atoms closer than 0.9 A.
+pub fn random_system(seed: u64, n: usize, max_z: i32) -> (Vec<i32>, Vec<[f64; 3]>, [[f64; 3]; 3]) {
+    let mut rng = SplitMix64::new(seed);
+    let lattice = [
+        [rng.range(6.0, 7.5), 0.0, 0.0],
+        [rng.range(-1.5, 1.5), rng.range(6.0, 7.5), 0.0],
+        [
+            rng.range(-1.5, 1.5),
+            rng.range(-1.5, 1.5),
+            rng.range(6.0, 7.5),
+        ],
+    ];
+    let mut positions: Vec<[f64; 3]> = Vec::new();
+    while positions.len() < n {
+        let f = [rng.uniform(), rng.uniform(), rng.uniform()];
+        let mut r = [0.0; 3];
+        for x in 0..3 {
+            r[x] = f[0] * lattice[0][x] + f[1] * lattice[1][x] + f[2] * lattice[2][x];
+        }
+        let cell = Cell::new(lattice, [true; 3]).unwrap();
+        let mut trial = positions.clone();
+        trial.push(r);
+        let list = NeighborList::build(&trial, &cell, NeighborListOptions::new(0.9)).unwrap();
+        if list.n_edges() == 0 {
+            positions = trial;
+        }
+    }
+    let z = (0..n)
+        .map(|_| 1 + (rng.next_u64() % max_z as u64) as i32)
+        .collect();
+    (z, positions, lattice)
 }
