@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
-use painn::{Calculator, Device, Precision, Request, Results};
+use painn::{Precision, Results};
 
 #[test]
 fn header_is_what_cbindgen_generates() {
@@ -209,15 +209,7 @@ fn check_against_library(model: &Arc<painn::Model>, cases: &[Case], output: &Pat
     assert_eq!(printed.len(), cases.len());
     for (case, (name, results)) in cases.iter().zip(&printed) {
         assert_eq!(&case.name, name);
-        let expected = Calculator::new(model.clone(), Device::Cpu, Precision::F64)
-            .unwrap()
-            .compute(
-                &case.atomic_numbers,
-                &case.positions,
-                &case.cell,
-                Request::ALL,
-            )
-            .unwrap();
+        let expected = compute(model, Precision::F64, case);
         assert!(
             results == &expected,
             "{language}: {name} differs from the Rust library"

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
+use painn::Precision;
 use painn::io::elements::symbol;
-use painn::{Calculator, Device, Precision, Request};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -79,15 +79,7 @@ fn eval_prints_what_the_library_computes() {
         ]);
         assert_eq!(code, 0, "{stderr}");
         let json: Value = serde_json::from_str(&stdout).unwrap();
-        let mut calculator = Calculator::new(model.clone(), Device::Cpu, Precision::F64).unwrap();
-        let expected = calculator
-            .compute(
-                &case.atomic_numbers,
-                &case.positions,
-                &case.cell,
-                Request::ALL,
-            )
-            .unwrap();
+        let expected = compute(&model, Precision::F64, &case);
         assert_eq!(
             json["energy"].as_f64().unwrap(),
             expected.energy,

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use painn::{Precision, Request};
+use painn::Precision;
 
 on_every_platform!(seed_reference);
 
@@ -28,14 +28,7 @@ fn seed_reference(platform: Platform) {
     };
     let reference = load_json(shared.join("reference/seed_reference_f64.json"));
     for case in cases(&reference) {
-        let results = calculator
-            .compute(
-                &case.atomic_numbers,
-                &case.positions,
-                &case.cell,
-                Request::ALL,
-            )
-            .unwrap();
+        let results = evaluate_case(&mut calculator, &case);
         let energy_error = (results.energy - case.energy).abs();
         let force_error = max_abs_difference(&results.forces, &case.forces);
         let virial_error = max_abs_difference(&results.virial, &case.virial);

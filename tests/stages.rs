@@ -58,8 +58,11 @@ fn is_integer_array(name: &str) -> bool {
     matches!(name, "offsets" | "sources" | "shifts" | "reverse")
 }
 
-/// Random systems: `(name, atomic numbers, positions, cell)`.
-fn systems(max_z: i32) -> Vec<(String, Vec<i32>, Vec<[f64; 3]>, Cell)> {
+/// A named system: atomic numbers, positions, cell.
+type System = (String, Vec<i32>, Vec<[f64; 3]>, Cell);
+
+/// Random systems of atomic numbers up to `max_z`.
+fn systems(max_z: i32) -> Vec<System> {
     let mut systems = Vec::new();
     for (seed, n_atoms, pbc) in [
         (101, 12, [true; 3]),

@@ -608,8 +608,7 @@ impl Chunk {
     ///
     /// Ranking was the costly part of a bin, and neighbouring bins along an axis share two
     /// thirds of their candidates: a group of eight bins ranks 9 x 10 bins' worth of
-    /// candidates, 11 per bin instead of 27 (a rebuild of 98,304 atoms went from 0.789 to
-    /// 0.738 us per atom, best of 80 timings each, old and new alternating). Each bin's
+    /// candidates, 11 per bin instead of 27. Each bin's
     /// candidates are slices of the group's runs, so their ranks in the group are copied
     /// slice by slice.
     fn write_rows(
@@ -707,8 +706,8 @@ impl Chunk {
 /// writes its edges in that order, from `entries` (padded to whole words) and the
 /// receiver's `wrap`. Returns the number of edges written.
 ///
-/// A loop per set bit in both steps: the byte-table listing that ranking uses measured
-/// slower for these denser masks (0.749 against 0.795 us per atom for 98,304 atoms).
+/// A loop per set bit in both steps: for these denser masks it is faster than the byte-table
+/// listing that ranking uses.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write_row(

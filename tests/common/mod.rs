@@ -133,8 +133,8 @@ pub fn cases(reference: &Value) -> Vec<Case> {
         .collect()
 }
 
-pub fn compute(model: &std::sync::Arc<Model>, precision: Precision, case: &Case) -> Results {
-    let mut calculator = Calculator::new(model.clone(), Device::Cpu, precision).unwrap();
+/// `calculator`'s results (all of them) for `case`.
+pub fn evaluate_case(calculator: &mut Calculator, case: &Case) -> Results {
     calculator
         .compute(
             &case.atomic_numbers,
@@ -143,6 +143,12 @@ pub fn compute(model: &std::sync::Arc<Model>, precision: Precision, case: &Case)
             Request::ALL,
         )
         .unwrap()
+}
+
+/// A new CPU calculator's results for `case` in `precision`.
+pub fn compute(model: &Arc<Model>, precision: Precision, case: &Case) -> Results {
+    let mut calculator = Calculator::new(model.clone(), Device::Cpu, precision).unwrap();
+    evaluate_case(&mut calculator, case)
 }
 
 pub fn max_abs_difference(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {

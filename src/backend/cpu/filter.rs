@@ -173,25 +173,25 @@ pub fn caches_filters(mode: FilterMode, n_atoms: usize, small_system_atoms: usiz
     mode == FilterMode::Table && n_atoms < small_system_atoms
 }
 
-/// For small systems with the tabulated filter, evaluates every layer's filter (and its
-/// derivative, when `derivative`) once per pair of edges `(i <- j, n)`, `(j <- i, -n)` (same
-/// distance, same values bit for bit): a quarter of the table reads of evaluating it per row
-/// in each pass. Table reads dominate a molecule's filter cost (the table does not fit in
-/// cache). Larger systems evaluate per row, in parallel, with nothing stored.
+/// For small systems with the tabulated filter (`table`, `None` otherwise), evaluates every
+/// layer's filter (and its derivative, when `derivative`) once per pair of edges
+/// `(i <- j, n)`, `(j <- i, -n)` (same distance, same values bit for bit): a quarter of the
+/// table reads of evaluating it per row in each pass. Table reads dominate a molecule's
+/// filter cost (the table does not fit in cache). Larger systems evaluate per row, in
+/// parallel, with nothing stored.
 pub fn cache_filters<T: Real>(
     schedule: Schedule,
     graph: &Graph<T>,
     table: Option<&FilterTable>,
     width: usize,
     n_layers: usize,
-    cache_wanted: bool,
     derivative: bool,
     cache: &mut FilterCache<T>,
 ) {
     let bytes = graph.n_edges() * width * n_layers * 2 * std::mem::size_of::<T>();
     cache.w.resize_with(n_layers, Vec::new);
     cache.dw.resize_with(n_layers, Vec::new);
-    let table = table.filter(|_| cache_wanted && bytes <= FILTER_CACHE_BYTES);
+    let table = table.filter(|_| bytes <= FILTER_CACHE_BYTES);
     let Some(table) = table else {
         // Rows evaluated on their own read their filter rows in order.
         let max_degree = (0..graph.n_atoms())

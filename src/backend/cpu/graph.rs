@@ -14,7 +14,7 @@ use crate::neighbors::{NeighborList, edge_vector};
 pub type EdgeGeometry<T> = [T; 9];
 
 /// `u = r / (d + U_EPSILON)`, as in the spec.
-pub const U_EPSILON: f64 = 1e-8;
+pub(super) const U_EPSILON: f64 = 1e-8;
 
 /// The graph a CPU backend evaluates: CSR by receiver, rows sorted by `(source, image)`.
 #[derive(Default)]

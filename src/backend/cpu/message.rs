@@ -23,45 +23,116 @@ fn atoms_per_task(n_atoms: usize) -> usize {
     (n_atoms / 16).clamp(2, 16)
 }
 
-/// The atoms of each task.
-fn task_atoms(task: usize, per_task: usize, n_atoms: usize) -> std::ops::Range<usize> {
-    task * per_task..((task + 1) * per_task).min(n_atoms)
+/// What both passes of one layer's message read.
+pub struct MessageLayer<'a, T: Real> {
+    pub h: usize,
+    pub layer: usize,
+    pub graph: &'a Graph<T>,
+    pub filter: &'a RowFilter<'a, T>,
+    pub filters: &'a FilterCache<T>,
+    /// The layer's inputs `[n][H]`, `[n][3][H]`.
+    pub s_in: &'a [T],
+    pub v_in: &'a [T],
 }
 
-/// `s_mid = s_i + sum_e s_j ws`, `v_mid = v_i + sum_e (v_j wv1 + u wv2)` over each row, for
-/// layer `layer` (inputs `s_in [n][H]`, `v_in [n][3][H]`; outputs alike).
-#[allow(clippy::too_many_arguments)]
-pub fn message_forward<T: Real>(
+impl<'a, T: Real> MessageLayer<'a, T> {
+    /// Layer `layer` of the model with inputs `(s_in, v_in)`.
+    pub fn new(
+        h: usize,
+        layer: usize,
+        graph: &'a Graph<T>,
+        filter: &'a RowFilter<'a, T>,
+        filters: &'a FilterCache<T>,
+        (s_in, v_in): (&'a [T], &'a [T]),
+    ) -> Self {
+        MessageLayer {
+            h,
+            layer,
+            graph,
+            filter,
+            filters,
+            s_in,
+            v_in,
+        }
+    }
+}
+
+/// `body(scratch, i, s_row, v_row, de_dr_row)` for every atom `i`, in tasks of a few atoms:
+/// `s_row` (`[H]`) and `v_row` (`[3][H]`) are atom `i`'s rows of `s_rows` and `v_rows`,
+/// `de_dr_row` its edges' rows of `de_dr` (empty without one).
+fn for_each_row<T: Real>(
     schedule: Schedule,
-    h: usize,
-    layer: usize,
     graph: &Graph<T>,
-    filter: &RowFilter<'_, T>,
-    filters: &FilterCache<T>,
-    s_in: &[T],
-    v_in: &[T],
-    s_mid: &mut [T],
-    v_mid: &mut [T],
+    h: usize,
+    s_rows: &mut [T],
+    v_rows: &mut [T],
+    de_dr: &mut [[T; 3]],
+    body: impl Fn(&mut Scratch<T>, usize, &mut [T], &mut [T], &mut [[T; 3]]) + Sync + Send,
 ) {
     let n = graph.n_atoms();
     let per_task = atoms_per_task(n);
-    let (s_mid, v_mid) = (DisjointParts::new(s_mid), DisjointParts::new(v_mid));
+    let with_edges = !de_dr.is_empty();
+    let (s_rows, v_rows, de_dr) = (
+        DisjointParts::new(s_rows),
+        DisjointParts::new(v_rows),
+        DisjointParts::new(de_dr),
+    );
     schedule.for_each_block(n.div_ceil(per_task), Scratch::new, |scratch, task| {
-        let atoms = task_atoms(task, per_task, n);
-        // SAFETY: each task writes the rows of its own atoms.
-        let (s_mid, v_mid) = unsafe {
+        let atoms = task * per_task..((task + 1) * per_task).min(n);
+        let edges = if with_edges {
+            graph.offsets[atoms.start]..graph.offsets[atoms.end]
+        } else {
+            0..0
+        };
+        // SAFETY: each task takes the rows of its own atoms and their edges.
+        let (s_rows, v_rows, mut de_dr) = unsafe {
             (
-                s_mid.part(atoms.start * h..atoms.end * h),
-                v_mid.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                s_rows.part(atoms.start * h..atoms.end * h),
+                v_rows.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                de_dr.part(edges),
             )
         };
-        for (i, (s_out, v_out)) in atoms
-            .clone()
-            .zip(s_mid.chunks_exact_mut(h).zip(v_mid.chunks_exact_mut(3 * h)))
-        {
+        for (i, (s_row, v_row)) in atoms.clone().zip(
+            s_rows
+                .chunks_exact_mut(h)
+                .zip(v_rows.chunks_exact_mut(3 * h)),
+        ) {
+            let length = if with_edges { graph.row(i).len() } else { 0 };
+            let (de_dr_row, rest) = de_dr.split_at_mut(length);
+            de_dr = rest;
+            body(scratch, i, s_row, v_row, de_dr_row);
+        }
+    });
+}
+
+/// `s_mid = s_i + sum_e s_j ws`, `v_mid = v_i + sum_e (v_j wv1 + u wv2)` over each row
+/// (outputs `[n][H]`, `[n][3][H]`).
+pub fn message_forward<T: Real>(
+    schedule: Schedule,
+    message: &MessageLayer<'_, T>,
+    s_mid: &mut [T],
+    v_mid: &mut [T],
+) {
+    let MessageLayer {
+        h, layer, graph, ..
+    } = *message;
+    for_each_row(
+        schedule,
+        graph,
+        h,
+        s_mid,
+        v_mid,
+        &mut [],
+        |scratch, i, s_out, v_out, _| {
             let row = graph.row(i);
-            let (w, _, filter_rows) =
-                filters.rows(filter, layer, &graph.geometry, row.clone(), false, scratch);
+            let (w, _, filter_rows) = message.filters.rows(
+                message.filter,
+                layer,
+                &graph.geometry,
+                row.clone(),
+                false,
+                scratch,
+            );
             message_row(
                 h,
                 i,
@@ -69,30 +140,24 @@ pub fn message_forward<T: Real>(
                 &graph.geometry[row],
                 w,
                 filter_rows,
-                s_in,
-                v_in,
+                message.s_in,
+                message.v_in,
                 layer == 0,
                 s_out,
                 v_out,
             );
-        }
-    });
+        },
+    );
 }
 
-/// Backward of [`message_forward`] for layer `layer`: with `need_inputs` (layers above the
-/// first), the gradient of the layer's inputs `gs_in [n][H]`, `gv_in [n][3][H]` from those
-/// of its outputs `gs_mid`, `gv_mid`; always, this layer's share of `dE/dr_ij` added to
+/// Backward of [`message_forward`]: with `need_inputs` (layers above the first), the
+/// gradient of the layer's inputs `gs_in [n][H]`, `gv_in [n][3][H]` from those of its
+/// outputs `gs_mid`, `gv_mid`; always, this layer's share of `dE/dr_ij` added to
 /// `de_dr [n_edges][3]`.
 #[allow(clippy::too_many_arguments)]
 pub fn message_backward<T: Real>(
     schedule: Schedule,
-    h: usize,
-    layer: usize,
-    graph: &Graph<T>,
-    filter: &RowFilter<'_, T>,
-    filters: &FilterCache<T>,
-    s_in: &[T],
-    v_in: &[T],
+    message: &MessageLayer<'_, T>,
     gs_mid: &[T],
     gv_mid: &[T],
     need_inputs: bool,
@@ -100,32 +165,26 @@ pub fn message_backward<T: Real>(
     gv_in: &mut [T],
     de_dr: &mut [[T; 3]],
 ) {
-    let n = graph.n_atoms();
-    let per_task = atoms_per_task(n);
-    let (gs_in, gv_in, de_dr) = (
-        DisjointParts::new(gs_in),
-        DisjointParts::new(gv_in),
-        DisjointParts::new(de_dr),
-    );
-    schedule.for_each_block(n.div_ceil(per_task), Scratch::new, |scratch, task| {
-        let atoms = task_atoms(task, per_task, n);
-        // SAFETY: each task writes the rows of its own atoms and their edges.
-        let (gs_in, gv_in, mut de_dr) = unsafe {
-            (
-                gs_in.part(atoms.start * h..atoms.end * h),
-                gv_in.part(atoms.start * 3 * h..atoms.end * 3 * h),
-                de_dr.part(graph.offsets[atoms.start]..graph.offsets[atoms.end]),
-            )
-        };
-        for (i, (gs_out, gv_out)) in atoms
-            .clone()
-            .zip(gs_in.chunks_exact_mut(h).zip(gv_in.chunks_exact_mut(3 * h)))
-        {
+    let MessageLayer {
+        h, layer, graph, ..
+    } = *message;
+    for_each_row(
+        schedule,
+        graph,
+        h,
+        gs_in,
+        gv_in,
+        de_dr,
+        |scratch, i, gs_out, gv_out, de_dr| {
             let row = graph.row(i);
-            let (row_de_dr, rest) = de_dr.split_at_mut(row.len());
-            de_dr = rest;
-            let (w, dw, filter_rows) =
-                filters.rows(filter, layer, &graph.geometry, row.clone(), true, scratch);
+            let (w, dw, filter_rows) = message.filters.rows(
+                message.filter,
+                layer,
+                &graph.geometry,
+                row.clone(),
+                true,
+                scratch,
+            );
             message_backward_row(
                 h,
                 i,
@@ -134,18 +193,18 @@ pub fn message_backward<T: Real>(
                 w,
                 dw,
                 filter_rows,
-                s_in,
-                v_in,
+                message.s_in,
+                message.v_in,
                 gs_mid,
                 gv_mid,
                 need_inputs,
                 T::of(U_EPSILON),
                 gs_out,
                 gv_out,
-                row_de_dr,
+                de_dr,
             );
-        }
-    });
+        },
+    );
 }
 
 /// Lanes of the vectorisable reductions.

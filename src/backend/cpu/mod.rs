@@ -44,6 +44,7 @@ use dense::Dense;
 use filter::{FilterCache, RowFilter};
 use graph::Graph;
 use head::HeadState;
+use message::MessageLayer;
 use schedule::Schedule;
 
 /// Below this many atoms the engine runs on the calling thread, with at most one helper (a
@@ -340,10 +341,9 @@ impl<T: Real> CpuBackend<T> {
         filter::cache_filters(
             schedule,
             &self.graph,
-            table,
+            table.filter(|_| cache_wanted),
             3 * h,
             n_layers,
-            cache_wanted,
             backward_follows,
             &mut filters,
         );
@@ -365,18 +365,9 @@ impl<T: Real> CpuBackend<T> {
             let layer = &mut done[l];
             layer.s_mid.resize(n * h, T::zero());
             layer.v_mid.resize(n * 3 * h, T::zero());
-            message::message_forward(
-                schedule,
-                h,
-                l,
-                &self.graph,
-                &filter,
-                &self.filters,
-                &layer.s_in,
-                &layer.v_in,
-                &mut layer.s_mid,
-                &mut layer.v_mid,
-            );
+            let inputs = (&layer.s_in[..], &layer.v_in[..]);
+            let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
+            message::message_forward(schedule, &message, &mut layer.s_mid, &mut layer.v_mid);
             layer.norm.resize(n * h, T::zero());
             self.concat.resize(n * 2 * h, T::zero());
             update::norm_concat(
@@ -495,15 +486,11 @@ impl<T: Real> CpuBackend<T> {
             if keep {
                 kept.update[l] = (g.gs_mid.clone(), g.gv_mid.clone());
             }
+            let inputs = (&layer.s_in[..], &layer.v_in[..]);
+            let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
             message::message_backward(
                 schedule,
-                h,
-                l,
-                &self.graph,
-                &filter,
-                &self.filters,
-                &layer.s_in,
-                &layer.v_in,
+                &message,
                 &g.gs_mid,
                 &g.gv_mid,
                 l > 0,

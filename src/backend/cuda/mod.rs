@@ -1419,6 +1419,7 @@ pub(crate) fn open(
 }
 
 /// Interim adapter (replaced by the staged CUDA backend).
+#[allow(clippy::type_complexity)]
 struct Adapter {
     backend: CudaBackend,
     system: Option<(Vec<i32>, Vec<[f64; 3]>, Cell, usize)>,
