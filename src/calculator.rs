@@ -250,25 +250,30 @@ impl Calculator {
             cell,
             n_energy_atoms,
         };
-        let backend = &mut self.backend;
-        backend.load_system(&system)?;
         let cutoff = self.model.cutoff_angstrom();
-        let rebuild = !self.skin.covers(positions, cell);
-        if rebuild {
-            self.skin.invalidate();
-            backend.build_neighbor_list(cutoff + self.skin.skin_angstrom())?;
-        }
-        backend.build_graph(cutoff)?;
-        backend.forward(request.needs_backward())?;
-        if request.needs_backward() {
-            backend.backward()?;
-        }
-        let results = backend.readout(request)?;
-        // Recorded only once the whole evaluation succeeded: a backend may find a problem
-        // with the list (two atoms too close) as late as its readout.
-        if rebuild {
-            self.skin.record(positions, cell);
-        }
+        let skin = &mut self.skin;
+        let results =
+            self.backend
+                .run_evaluation(system.n_atoms(), &mut |backend: &mut dyn Backend| {
+                    backend.load_system(&system)?;
+                    let rebuild = !skin.covers(positions, cell);
+                    if rebuild {
+                        skin.invalidate();
+                        backend.build_neighbor_list(cutoff + skin.skin_angstrom())?;
+                    }
+                    backend.build_graph(cutoff)?;
+                    backend.forward(request.needs_backward())?;
+                    if request.needs_backward() {
+                        backend.backward()?;
+                    }
+                    let results = backend.readout(request)?;
+                    // Recorded only once the whole evaluation succeeded: a backend may find a
+                    // problem with the list (two atoms too close) as late as its readout.
+                    if rebuild {
+                        skin.record(positions, cell);
+                    }
+                    Ok(results)
+                })?;
         check_finite(&results)?;
         Ok(results)
     }

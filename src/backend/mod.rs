@@ -181,6 +181,10 @@ impl StageOutput {
     }
 }
 
+/// The calculator's sequence of stages for one evaluation, handed to
+/// [`Backend::run_evaluation`].
+pub type Stages<'a> = dyn FnMut(&mut dyn Backend) -> Result<Results> + Send + 'a;
+
 /// An engine that runs the model: the CPU or a CUDA GPU. The [`Calculator`](crate::Calculator)
 /// calls the stages in this order, once each per evaluation:
 ///
@@ -219,6 +223,12 @@ pub trait Backend: Send {
 
     /// The requested results (forces and virials from `dE/dr_ij` and each edge's reverse).
     fn readout(&mut self, request: Request) -> Result<Results>;
+
+    /// Runs `stages`, the calculator's sequence for one evaluation of `n_atoms` atoms, where
+    /// this backend's work is best started from: the CPU backend runs a large system's
+    /// sequence on a thread of its pool (its parallel loops then start without waking the
+    /// pool and putting the caller to sleep each time); other backends run it here.
+    fn run_evaluation(&mut self, n_atoms: usize, stages: &mut Stages<'_>) -> Result<Results>;
 
     /// Test support: copies `stage`'s output of the last evaluation to the host.
     #[doc(hidden)]

@@ -34,7 +34,7 @@ use std::time::Instant;
 pub use filter::FilterMode;
 pub use real::Real;
 
-use super::{Backend, DeviceFacts, Request, Results, Stage, StageOutput, System};
+use super::{Backend, DeviceFacts, Request, Results, Stage, StageOutput, Stages, System};
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
@@ -305,22 +305,15 @@ impl<T: Real> CpuBackend<T> {
         self.run = Run::Pool;
     }
 
-    /// Runs `stage` with this evaluation's schedule; large systems run it on a pool thread
-    /// (the parallel loops inside then start without waking the pool each time). A failed
-    /// stage ends the run.
-    fn staged<R: Send>(
-        &mut self,
-        stage: impl FnOnce(&mut Self, Schedule) -> Result<R> + Send,
-    ) -> Result<R> {
+    /// Runs `stage` with this evaluation's schedule. A failed stage ends the run.
+    fn staged<R>(&mut self, stage: impl FnOnce(&mut Self, Schedule) -> Result<R>) -> Result<R> {
         let team = Arc::clone(&self.small.team);
-        let result = match self.run {
-            Run::Pool if rayon::current_thread_index().is_none() => {
-                rayon::scope(|_| stage(self, Schedule::Pool))
-            }
-            Run::Pool => stage(self, Schedule::Pool),
-            Run::InOrder => stage(self, Schedule::InOrder),
-            Run::Team { .. } => stage(self, Schedule::Team(&team)),
+        let schedule = match self.run {
+            Run::Pool => Schedule::Pool,
+            Run::InOrder => Schedule::InOrder,
+            Run::Team { .. } => Schedule::Team(&team),
         };
+        let result = stage(self, schedule);
         if result.is_err() {
             self.end_run(false);
         }
@@ -587,6 +580,14 @@ impl<T: Real> Backend for CpuBackend<T> {
         });
         self.end_run(results.is_ok());
         results
+    }
+
+    fn run_evaluation(&mut self, n_atoms: usize, stages: &mut Stages<'_>) -> Result<Results> {
+        if n_atoms >= SMALL_SYSTEM_ATOMS && rayon::current_thread_index().is_none() {
+            rayon::scope(|_| stages(self))
+        } else {
+            stages(self)
+        }
     }
 
     fn inspect(&mut self, stage: Stage) -> Result<StageOutput> {
