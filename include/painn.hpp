@@ -1,9 +1,25 @@
 // painn: header-only C++17 wrapper over the C ABI (painn.h). RAII handles; failures throw
 // painn::Error carrying the library's message and status code.
 //
-//     painn::Model model("student.safetensors");
-//     painn::Calculator calculator(model, "auto", "f32");
-//     painn::Results r = calculator.compute(atomic_numbers, positions, &cell, {true, true, true});
+// A complete program (a water molecule in a periodic 12 A box):
+//
+//     #include <cstdio>
+//     #include "painn.hpp"
+//
+//     int main() {
+//         try {
+//             painn::Model model("student.safetensors");
+//             painn::Calculator calculator(model, "auto", "f32");
+//             std::vector<int32_t> atomic_numbers = {8, 1, 1};
+//             std::vector<double> positions = {0.0, 0.0, 0.0, 0.9572, 0.0, 0.0, -0.24, 0.9266, 0.0};
+//             double cell[9] = {12.0, 0.0, 0.0, 0.0, 12.0, 0.0, 0.0, 0.0, 12.0};  // rows
+//             painn::Results r = calculator.compute(atomic_numbers, positions, cell, {true, true, true});
+//             std::printf("energy %.6f eV\n", r.energy);
+//         } catch (const painn::Error& error) {
+//             std::fprintf(stderr, "painn: %s\n", error.what());
+//             return 1;
+//         }
+//     }
 //
 // Threads: a Model may be shared by any number of threads and calculators; a Calculator
 // must be used by one thread at a time.

@@ -1,9 +1,10 @@
 //! `painn bench`: median time per energy + forces call for benzene, water clusters and
 //! periodic water boxes, on the CPU or a GPU.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use painn::io::elements::symbol;
 use painn::structures::{Structure, benzene, water_box, water_box_side_for_atoms, water_cluster};
@@ -13,11 +14,23 @@ pub struct Options {
     pub model: Arc<Model>,
     pub device: Device,
     pub precision: Precision,
-    pub max_atoms: usize,
+    /// Largest system; `None`: a default for the device.
+    pub max_atoms: Option<usize>,
     pub repeats: usize,
     pub write_structures: Option<PathBuf>,
     pub json: bool,
 }
+
+/// Default largest system on a GPU and on the CPU (a call on 10^4 atoms takes about a
+/// second on a few cores).
+const GPU_MAX_ATOMS: usize = 1_000_000;
+const CPU_MAX_ATOMS: usize = 11_000;
+
+/// Timed calls stop after this long (at least three are made).
+const TIME_PER_SYSTEM: Duration = Duration::from_secs(10);
+
+/// Progress on standard error at most this often, once a system has run this long.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// The benchmark's systems, smallest first.
 pub fn systems(max_atoms: usize) -> Vec<(String, Structure)> {
@@ -29,8 +42,12 @@ pub fn systems(max_atoms: usize) -> Vec<(String, Structure)> {
         ));
     }
     for atoms in [1_000usize, 10_000, 100_000, 1_000_000] {
-        let structure = water_box(water_box_side_for_atoms(atoms), 7);
-        systems.push((format!("water_box_{}", structure.len()), structure));
+        // Sizes come from the atom targets: build only those that can be kept.
+        let side = water_box_side_for_atoms(atoms);
+        if 3 * side * side * side <= max_atoms.saturating_mul(2) {
+            let structure = water_box(side, 7);
+            systems.push((format!("water_box_{}", structure.len()), structure));
+        }
     }
     systems.retain(|(_, s)| s.len() <= max_atoms);
     systems
@@ -60,8 +77,75 @@ fn write_xyz(path: &std::path::Path, structure: &Structure) -> std::io::Result<(
     std::fs::write(path, text)
 }
 
+/// Progress of one system on standard error: rewritten in place on a terminal, a line every
+/// few seconds otherwise; nothing for systems that finish quickly.
+struct Progress {
+    name: String,
+    started: Instant,
+    last: Option<Instant>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(name: &str) -> Self {
+        Progress {
+            name: name.to_string(),
+            started: Instant::now(),
+            last: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, what: &str) {
+        let now = Instant::now();
+        let due = self
+            .last
+            .map_or(now - self.started >= PROGRESS_EVERY, |last| {
+                now - last >= PROGRESS_EVERY
+            });
+        if !due {
+            return;
+        }
+        self.last = Some(now);
+        let elapsed = (now - self.started).as_secs_f64();
+        let line = format!("  {}: {what} ({elapsed:.0} s)", self.name);
+        let mut stderr = std::io::stderr().lock();
+        let _ = if self.terminal {
+            write!(stderr, "\r{line:<70}")
+        } else {
+            writeln!(stderr, "{line}")
+        };
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.last.is_some() {
+            eprint!("\r{:<70}\r", "");
+        }
+    }
+}
+
 pub fn run(options: Options) -> painn::Result<()> {
-    let systems = systems(options.max_atoms);
+    // The device first: the first calculator says which one `auto` resolved to.
+    let probe = Calculator::new(options.model.clone(), options.device, options.precision)?;
+    let device = probe.device();
+    let device_name = probe.facts().name;
+    drop(probe);
+    let max_atoms = options.max_atoms.unwrap_or(match device {
+        Device::Cuda(_) => GPU_MAX_ATOMS,
+        _ => CPU_MAX_ATOMS,
+    });
+    if !options.json {
+        let label = if device_name == device.to_string() {
+            device_name.clone()
+        } else {
+            format!("{device} ({device_name})")
+        };
+        println!(
+            "painn bench on {label}, precision {}, systems up to {max_atoms} atoms",
+            options.precision
+        );
+    }
+    let systems = systems(max_atoms);
     if let Some(directory) = &options.write_structures {
         std::fs::create_dir_all(directory).map_err(|source| painn::Error::Io {
             path: directory.clone(),
@@ -72,17 +156,16 @@ pub fn run(options: Options) -> painn::Result<()> {
             write_xyz(&path, structure).map_err(|source| painn::Error::Io { path, source })?;
         }
     }
-    let mut device_name = String::from("cpu");
     if !options.json {
         println!(
-            "{:<22} {:>9} {:>12} {:>14} {:>12}",
-            "system", "atoms", "median us", "atom-steps/s", "GPU MiB"
+            "{:<22} {:>9} {:>12} {:>14} {:>8} {:>12}",
+            "system", "atoms", "median us", "atom-steps/s", "calls", "GPU MiB"
         );
     }
     for (name, structure) in &systems {
+        let mut progress = Progress::new(name);
         let mut calculator =
             Calculator::new(options.model.clone(), options.device, options.precision)?;
-        device_name = calculator.facts().name;
         let cell = match structure.cell {
             Some(lattice) => Cell::new(lattice, [true; 3])?,
             None => Cell::open(),
@@ -107,19 +190,22 @@ pub fn run(options: Options) -> painn::Result<()> {
             Ok(elapsed)
         };
         for k in 0..3 {
+            progress.update(&format!("warm-up call {}", k + 1));
             call(&mut calculator, k)?;
         }
-        let repeats = if structure.len() >= 500_000 {
-            options.repeats.min(5)
-        } else if structure.len() >= 50_000 {
-            options.repeats.min(10)
-        } else {
-            options.repeats
+        let timing = Instant::now();
+        let mut times = Vec::new();
+        while times.len() < options.repeats.max(1)
+            && (times.len() < 3 || timing.elapsed() < TIME_PER_SYSTEM)
+        {
+            progress.update(&format!(
+                "call {} of at most {}",
+                times.len() + 1,
+                options.repeats
+            ));
+            times.push(call(&mut calculator, times.len() + 3)?);
         }
-        .max(1);
-        let mut times: Vec<f64> = (0..repeats)
-            .map(|k| call(&mut calculator, k + 3))
-            .collect::<painn::Result<_>>()?;
+        progress.finish();
         times.sort_by(|a, b| a.total_cmp(b));
         let median = times[times.len() / 2];
         let memory = matches!(calculator.device(), Device::Cuda(_))
@@ -136,22 +222,20 @@ pub fn run(options: Options) -> painn::Result<()> {
                     "median_us": median * 1e6,
                     "atom_steps_per_s": atom_steps,
                     "gpu_memory_mib": memory,
-                    "repeats": repeats,
+                    "repeats": times.len(),
                 })
             );
         } else {
             println!(
-                "{:<22} {:>9} {:>12.1} {:>14.3e} {:>12}",
+                "{:<22} {:>9} {:>12.1} {:>14.3e} {:>8} {:>12}",
                 name,
                 structure.len(),
                 median * 1e6,
                 atom_steps,
+                times.len(),
                 memory.map_or("-".to_string(), |m| format!("{m:.0}"))
             );
         }
-    }
-    if !options.json {
-        println!("device: {device_name}, precision {}", options.precision);
     }
     Ok(())
 }

@@ -291,7 +291,10 @@ fn c_program_is_clean_under_valgrind() {
             std::env::var_os("PAINN_REQUIRE_VALGRIND").is_none(),
             "PAINN_REQUIRE_VALGRIND is set but valgrind is not installed"
         );
-        println!("SKIPPED c_program_is_clean_under_valgrind: valgrind is not installed");
+        skipped(
+            "c_program_is_clean_under_valgrind",
+            "valgrind is not installed",
+        );
         return;
     }
     let directory = scratch().join("valgrind");

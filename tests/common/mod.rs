@@ -21,6 +21,24 @@ pub fn repository() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// Reports a skipped test: prints `SKIPPED test: reason` and, when `$PAINN_SKIP_LOG` names a
+/// file, appends the line to it (the test command prints that file's lines in its summary,
+/// since cargo shows a test that returns early as passed).
+pub fn skipped(test: &str, reason: impl std::fmt::Display) {
+    let line = format!("SKIPPED {test}: {reason}");
+    println!("{line}");
+    if let Some(path) = std::env::var_os("PAINN_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
 /// The training project's files (`spec/`, `models/`, `reference/`): `$PAINN_SHARED_DIR`,
 /// else `../shared` beside the repository. `None` (and a printed reason) when absent.
 pub fn shared_dir(test: &str) -> Option<PathBuf> {
@@ -30,9 +48,12 @@ pub fn shared_dir(test: &str) -> Option<PathBuf> {
     if candidate.join("reference/seed_reference_f64.json").exists() {
         Some(candidate)
     } else {
-        println!(
-            "SKIPPED {test}: the training project's files are not at {} (set PAINN_SHARED_DIR)",
-            candidate.display()
+        skipped(
+            test,
+            format!(
+                "the training project's files are not at {} (set PAINN_SHARED_DIR)",
+                candidate.display()
+            ),
         );
         None
     }
@@ -46,9 +67,12 @@ pub fn student_model(test: &str) -> Option<Model> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repository().join("target/models/student_427k.safetensors"));
     if !path.exists() {
-        println!(
-            "SKIPPED {test}: no converted student model at {} (run painn-convert, see tests/run_all.sh)",
-            path.display()
+        skipped(
+            test,
+            format!(
+                "no converted student model at {} (run painn-convert, see tests/run_all.sh)",
+                path.display()
+            ),
         );
         return None;
     }
@@ -193,7 +217,7 @@ impl Platform {
         match Calculator::new(model.clone(), self.device, self.precision) {
             Ok(calculator) => Some(calculator),
             Err(error) if self.device != Device::Cpu => {
-                println!("SKIPPED on {}: {error}", self.device);
+                skipped(&format!("{self:?}"), error);
                 None
             }
             Err(error) => panic!("{error}"),
@@ -217,6 +241,7 @@ macro_rules! on_every_platform {
                     super::$body(Platform { device: painn::Device::Cpu, precision: painn::Precision::F32 });
                 }
                 #[test]
+                #[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
                 fn cuda_f32() {
                     super::$body(Platform { device: painn::Device::Cuda(0), precision: painn::Precision::F32 });
                 }
