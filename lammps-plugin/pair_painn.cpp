@@ -17,6 +17,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -245,6 +246,7 @@ void PairPaiNN::coeff(int narg, char **arg)
 void PairPaiNN::init_style()
 {
   require_metal_units();
+  ghosts_checked = false;
   if (!model) error->all(FLERR, "pair_style painn: no model (pair_style painn MODEL ...)");
   // The engine builds its own graph, but the request is explicit: a full list, so that
   // LAMMPS knows this style needs neighbours of every atom within the cutoff.
@@ -262,6 +264,24 @@ void PairPaiNN::init_style()
                        need, layers, cutoff, neighbor->skin, need);
     }
   }
+}
+
+/* Several ranks evaluate the model on their ghost atoms too (the shell of layers x cutoff +
+   skin): once per run, say so when the ghosts outnumber the owned atoms several times over,
+   since fewer ranks are then faster. */
+void PairPaiNN::warn_about_ghosts(int owned, int ghosts)
+{
+  ghosts_checked = true;
+  const double local[2] = {static_cast<double>(owned), static_cast<double>(ghosts)};
+  double total[2] = {0.0, 0.0};
+  MPI_Allreduce(local, total, 2, MPI_DOUBLE, MPI_SUM, world);
+  constexpr double GHOSTS_PER_OWNED = 4.0;
+  if (comm->me == 0 && total[1] > GHOSTS_PER_OWNED * total[0])
+    error->warning(FLERR,
+                   "pair_style painn: the {} ranks evaluate {:.0f} ghost atoms for {:.0f} owned "
+                   "ones ({:.1f} per owned atom, in a ghost shell of {} layers x cutoff + skin): "
+                   "for a system this small, fewer ranks are faster",
+                   comm->nprocs, total[1], total[0], total[1] / std::max(total[0], 1.0), layers);
 }
 
 double PairPaiNN::init_one(int, int)
@@ -324,6 +344,7 @@ void PairPaiNN::compute(int eflag, int vflag)
   }
   if (status != PAINN_SUCCESS)
     error->one(FLERR, "pair_style painn: step {}: {}", update->ntimestep, painn_last_error());
+  if (!single_rank && !ghosts_checked) warn_about_ghosts(owned, n - owned);
 
   if (single_rank || force->newton_pair) {
     // Ghost forces (several ranks) are summed into their owners by LAMMPS (newton on).

