@@ -4,9 +4,11 @@ The metadata lives in pyproject.toml; this file only adds the build step, so tha
 `pip install ./python` (from the repository) is the one command that installs the package
 with its engine:
 
-* `build_ext` runs `cargo build --release --lib` in the repository root (`../Cargo.toml`
-  relative to this file) and copies `<target dir>/release/libpainn.so` into the built
-  package as `painn/libpainn.so` (into the source tree for an editable install). The
+* `build_ext` runs `cargo build --release --lib --bin painn` in the repository root
+  (`../Cargo.toml` relative to this file) and copies `<target dir>/release/libpainn.so`
+  and the `painn` command line into the built package as `painn/libpainn.so` and
+  `painn/bin/painn` (into the source tree for an editable install); the `painn` console
+  script runs the latter. The
   target dir is $PAINN_CARGO_TARGET_DIR, else $CARGO_TARGET_DIR, else cargo's own choice
   (`target/` of the repository); $CARGO names the cargo binary if it is not on PATH.
 * the distribution declares binary content, so the wheel is platform-specific
@@ -25,6 +27,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LIBRARY = "libpainn.so"
+BINARY = "painn"
 
 
 class BuildError(RuntimeError):
@@ -42,8 +45,8 @@ def _cargo() -> str:
         "`pip install ./python`.")
 
 
-def build_engine() -> Path:
-    """Runs cargo in the repository root and returns the path of the built libpainn.so."""
+def build_engine() -> "tuple[Path, Path]":
+    """Runs cargo in the repository root; returns the paths of libpainn.so and the CLI."""
     manifest = REPO / "Cargo.toml"
     if not manifest.is_file():
         raise BuildError(
@@ -59,17 +62,18 @@ def build_engine() -> Path:
         if not target.is_absolute():
             target = REPO / target
         env["CARGO_TARGET_DIR"] = str(target)
-    command = [cargo, "build", "--release", "--lib", "--manifest-path", str(manifest)]
+    command = [cargo, "build", "--release", "--lib", "--bin", BINARY, "--manifest-path", str(manifest)]
     print("painn: " + " ".join(command), file=sys.stderr, flush=True)
     done = subprocess.run(command, cwd=REPO, env=env)
     if done.returncode != 0:
         raise BuildError(f"painn: `{' '.join(command)}` failed with status {done.returncode} (its output is above)")
     if target is None:
         target = _cargo_target_dir(cargo, manifest, env)
-    library = target / "release" / LIBRARY
-    if not library.is_file():
-        raise BuildError(f"painn: cargo succeeded but {library} does not exist")
-    return library
+    built = target / "release" / LIBRARY, target / "release" / BINARY
+    for path in built:
+        if not path.is_file():
+            raise BuildError(f"painn: cargo succeeded but {path} does not exist")
+    return built
 
 
 def _cargo_target_dir(cargo, manifest, env) -> Path:
@@ -90,29 +94,31 @@ class BuildEngine(build_ext):
 
     description = "build the painn engine with cargo and bundle libpainn.so"
 
-    def _destination(self) -> Path:
+    def _package(self) -> Path:
         if self.inplace or getattr(self, "editable_mode", False):
-            return HERE / "painn" / LIBRARY
-        return Path(self.build_lib) / "painn" / LIBRARY
+            return HERE / "painn"
+        return Path(self.build_lib) / "painn"
 
     def run(self):
         try:
-            library = build_engine()
+            library, binary = build_engine()
         except BuildError as error:
             sys.exit(str(error))
-        destination = self._destination()
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(library, destination)
-        os.chmod(destination, 0o755)
-        self._built = library
-        print(f"painn: bundled {library} as {destination}", file=sys.stderr, flush=True)
+        package = self._package()
+        self._built = {}
+        for source, name in ((library, LIBRARY), (binary, "bin/" + BINARY)):
+            destination = package / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+            os.chmod(destination, 0o755)
+            self._built[str(Path(self.build_lib) / "painn" / name)] = str(source)
+            print(f"painn: bundled {source} as {destination}", file=sys.stderr, flush=True)
 
     def get_outputs(self):
-        return [str(Path(self.build_lib) / "painn" / LIBRARY)]
+        return [str(Path(self.build_lib) / "painn" / name) for name in (LIBRARY, "bin/" + BINARY)]
 
     def get_output_mapping(self):
-        built = getattr(self, "_built", None)
-        return {self.get_outputs()[0]: str(built)} if built else {}
+        return dict(getattr(self, "_built", {}))
 
 
 class BinaryDistribution(Distribution):
