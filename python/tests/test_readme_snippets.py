@@ -40,7 +40,7 @@ TINY_MODEL = REPO / "tests/data/tiny_model.safetensors"
 MODEL_NAME = "student.safetensors"
 STATIC_LIB = REPO / "target/release/libpainn.a"
 RLIB = REPO / "target/release/libpainn.rlib"
-TESTED_TAGS = ("c", "cpp", "rust", "python", "lammps")
+TESTED_TAGS = ("c", "rust", "python", "lammps")  # C++: the example in include/painn.hpp
 
 # "energy -1.039991 eV" and the like: the energy the compiled snippets print.
 ENERGY = re.compile(r"energy (\S+) eV")
