@@ -178,6 +178,7 @@ pub fn caches_filters(mode: FilterMode, n_atoms: usize, small_system_atoms: usiz
 /// distance, same values bit for bit): a quarter of the table reads of evaluating it per row
 /// in each pass. Table reads dominate a molecule's filter cost (the table does not fit in
 /// cache). Larger systems evaluate per row, in parallel, with nothing stored.
+#[allow(clippy::too_many_arguments)]
 pub fn cache_filters<T: Real>(
     schedule: Schedule,
     graph: &Graph<T>,
