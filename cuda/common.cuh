@@ -1,23 +1,53 @@
 // Shared by every kernel family (one family per .cu file). The library concatenates this
 // header and the .cu files into one NVRTC program, compiled at run time for the GPU's own
-// architecture; see src/backend/cuda/kernels.rs.
+// architecture; see src/backend/cuda/compile.rs.
 #pragma once
 
 typedef long long i64;
 typedef unsigned long long u64;
 
-// Status words the host reads back with the results (see readout.cu).
-#define STATUS_OVERFLOW 0      // an edge array was too small; the host grows it and repeats
-#define STATUS_CLOSE_EDGE 1    // lowest edge index closer than MINIMUM_DISTANCE (INT_MAX: none)
-#define STATUS_WORDS 4
+// The numbers shared with the host are defined once, in Rust, and passed by NVRTC as
+// -DNAME=value options (src/backend/cuda/compile.rs, `defines`). Those used by several
+// families are checked here, the others in their family's file.
+
+// Status words the host reads back with the results (see readout.cu): STATUS_OVERFLOW, an
+// edge array was too small (cannot happen: the host sizes the arrays from the count before
+// filling them; readout reports it as an internal error); STATUS_CLOSE_EDGE, the lowest edge
+// index closer than MINIMUM_DISTANCE (NO_CLOSE_EDGE: none).
+#ifndef STATUS_WORDS
+#error "STATUS_WORDS must be defined by the host (-DSTATUS_WORDS=...)"
+#endif
+#ifndef STATUS_OVERFLOW
+#error "STATUS_OVERFLOW must be defined by the host (-DSTATUS_OVERFLOW=...)"
+#endif
+#ifndef STATUS_CLOSE_EDGE
+#error "STATUS_CLOSE_EDGE must be defined by the host (-DSTATUS_CLOSE_EDGE=...)"
+#endif
+#ifndef NO_CLOSE_EDGE
+#error "NO_CLOSE_EDGE must be defined by the host (-DNO_CLOSE_EDGE=...)"
+#endif
 
 // Floats per edge of geometry: d, u (3), r (3), table interval k, position t in it.
-#define GEOMETRY_WIDTH 9
+#ifndef GEOMETRY_WIDTH
+#error "GEOMETRY_WIDTH must be defined by the host (-DGEOMETRY_WIDTH=...)"
+#endif
+static_assert(GEOMETRY_WIDTH == 9, "the kernels read the geometry as d, u (3), r (3), k, t");
+
 // Vectors per filter-table node: value, difference to the next node, h dw/dd.
-#define NODE_VECTORS 3
+#ifndef NODE_VECTORS
+#error "NODE_VECTORS must be defined by the host (-DNODE_VECTORS=...)"
+#endif
+static_assert(NODE_VECTORS == 3, "the interpolation reads value, difference and h dw/dd");
 
 // Two distinct atoms closer than this (Angstrom) are refused, as on the CPU.
-#define MINIMUM_DISTANCE 1e-4
+#ifndef MINIMUM_DISTANCE
+#error "MINIMUM_DISTANCE must be defined by the host (-DMINIMUM_DISTANCE=...)"
+#endif
+
+// u = r / (d + U_EPSILON), as on the CPU.
+#ifndef U_EPSILON
+#error "U_EPSILON must be defined by the host (-DU_EPSILON=...)"
+#endif
 
 // Edge vector r_ij = (r_j - r_i) + n . cell in float64, in exactly the operation order of the
 // CPU code (neighbors::edge_vector): no fused multiply-adds, so both lists agree bit for bit

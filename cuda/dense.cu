@@ -2,8 +2,18 @@
 // outputs per thread) and the element-wise activations around them. Each output sums over
 // k in a fixed order: deterministic.
 
-#define TILE_M 64
-#define TILE_N 64
+// Tile side and threads per block; the host sizes the grid from them.
+#ifndef GEMM_TILE
+#error "GEMM_TILE must be defined by the host (-DGEMM_TILE=...)"
+#endif
+#ifndef GEMM_THREADS
+#error "GEMM_THREADS must be defined by the host (-DGEMM_THREADS=...)"
+#endif
+static_assert(GEMM_TILE == 64 && GEMM_THREADS == 256,
+              "the index arithmetic below assumes 64 x 64 tiles of 16 x 16 threads");
+
+#define TILE_M GEMM_TILE
+#define TILE_N GEMM_TILE
 #define TILE_K 16
 
 // C[M][N] = A[M][K] . op(B) (+ bias[N]) (+ C when accumulate), row-major; op(B) = B^T with
@@ -22,7 +32,7 @@ __device__ void gemm(int m_rows, int n_cols, int k_depth, const float* __restric
     float acc[4][4] = {};
     for (int k0 = 0; k0 < k_depth; k0 += TILE_K) {
         for (int q = 0; q < 4; ++q) {
-            const int index = tid + 256 * q;
+            const int index = tid + GEMM_THREADS * q;
             const int mm = index >> 4, kk = index & 15;
             const int row = row0 + mm, k = k0 + kk;
             a_tile[kk][mm] = (row < m_rows && k < k_depth) ? a[(i64)row * k_depth + k] : 0.0f;
@@ -71,12 +81,12 @@ extern "C" __global__ void gemm_nn(int m_rows, int n_cols, int k_depth, const fl
     gemm<false>(m_rows, n_cols, k_depth, a, b, nullptr, accumulate, c);
 }
 
-// out = silu(in), element-wise.
-extern "C" __global__ void silu_forward(i64 count, const float* __restrict__ in,
-                                        float* __restrict__ out) {
+// output = silu(input), element-wise.
+extern "C" __global__ void silu_forward(i64 count, const float* __restrict__ input,
+                                        float* __restrict__ output) {
     for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
          k += (i64)gridDim.x * blockDim.x) {
-        out[k] = silu(in[k]);
+        output[k] = silu(input[k]);
     }
 }
 

@@ -1,6 +1,6 @@
 // From the neighbour list (built with cutoff + skin, reused across steps) to the graph the
 // model runs on: the edges within the cutoff for the current positions, their geometry in
-// float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z, k, t], u = r / (d + 1e-8), and the filter-table
+// float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z, k, t], u = r / (d + U_EPSILON), and the filter-table
 // interval k and position t with d = (k + t) h, all computed in float64 as on the CPU), and
 // the reverse of each edge (the backward pass gathers through it).
 
@@ -13,7 +13,7 @@ extern "C" __global__ void graph_count(int n, const double* __restrict__ positio
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     if (status[STATUS_OVERFLOW]) {
-        // The neighbour list is incomplete: an empty graph, and the host repeats the call.
+        // The neighbour list is incomplete (cannot happen, see common.cuh): an empty graph.
         counts[i] = 0;
         return;
     }
@@ -51,7 +51,7 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
         graph_sources[out] = sources[e];
         for (int a = 0; a < 3; ++a) graph_shifts[3 * out + a] = shifts[3 * e + a];
         const double d = sqrt(d2);
-        const double inverse = 1.0 / (d + 1e-8);
+        const double inverse = 1.0 / (d + U_EPSILON);
         float* g = geometry + GEOMETRY_WIDTH * out;
         g[0] = (float)d;
         for (int a = 0; a < 3; ++a) {

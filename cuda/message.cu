@@ -1,8 +1,13 @@
 // Message passing, forward and backward, one block per receiver and one thread per feature
-// (blockDim = H, a multiple of 32, at most 1024). The radial filter w(d) of each edge is
+// (blockDim = H, a multiple of 32, at most MAX_HIDDEN). The radial filter w(d) of each edge is
 // interpolated from the layer's table (cubic Hermite, model/filter.rs) feature by feature,
 // so no per-edge array of width 3H ever exists in memory. Every sum over a row runs in row
 // order (sorted by source): deterministic, no atomics.
+
+#ifndef MAX_HIDDEN
+#error "MAX_HIDDEN must be defined by the host (-DMAX_HIDDEN=...)"
+#endif
+static_assert(MAX_HIDDEN % 32 == 0 && MAX_HIDDEN <= 1024, "one thread per feature, whole warps");
 
 // Filter value of output `o` in the edge's interval from the nodes (v_k, delta_k, h m_k) and
 // h m_(k+1): v_k + b[2] delta_k + b[1] h m_k + b[3] h m_(k+1) (b: Hermite basis; b[0] is
@@ -89,7 +94,7 @@ extern "C" __global__ void message_backward(int h, const i64* __restrict__ offse
                                             float* __restrict__ gs_in,
                                             float* __restrict__ gv_in,
                                             float* __restrict__ de_dr) {
-    __shared__ float scratch[4 * 32];
+    __shared__ float scratch[4 * (MAX_HIDDEN / 32)];
     const int i = blockIdx.x;
     const int c = threadIdx.x;
     const int width = 3 * h;
@@ -129,7 +134,7 @@ extern "C" __global__ void message_backward(int h, const i64* __restrict__ offse
         if (c == 0) {
             // u = r / (d + eps): du_x/dr_y = delta_xy / (d + eps) - r_x r_y / (d (d + eps)^2).
             const float d = g[0];
-            const float d_eps = d + 1e-8f;
+            const float d_eps = d + (float)U_EPSILON;
             const float g_u_dot_r = partial[1] * g[4] + partial[2] * g[5] + partial[3] * g[6];
             const float radial = partial[0] / d - g_u_dot_r / (d * d_eps * d_eps);
             for (int x = 0; x < 3; ++x) de_dr[3 * e + x] += radial * g[4 + x] + partial[1 + x] / d_eps;

@@ -10,7 +10,7 @@
 // 4. nl_fill: each row's edges as sortable 64-bit keys (source, image in the wrapped frame);
 //    nl_sort_rows sorts each row; nl_decode turns keys into sources and image shifts.
 
-// Binning frame, computed by the host (src/backend/cuda/neighbors.rs, same layout).
+// Binning frame, computed by the host (src/backend/cuda/grid.rs, same layout).
 struct Grid {
     double to_fractional[9];  // f[a] = sum_x r[x] to_fractional[3 x + a]
     double lattice[9];        // rows
@@ -24,6 +24,13 @@ struct Grid {
 
 // Key layout: source in bits 30..61, wrapped-frame image (m + 512) in 10 bits per axis.
 #define KEY_IMAGE_BIAS 512
+
+// Largest number of bins searched on each side of an axis (the host refuses thinner cells):
+// the image m of a searched bin lies within +-MAX_REACH, which must fit the key's 10 bits.
+#ifndef MAX_REACH
+#error "MAX_REACH must be defined by the host (-DMAX_REACH=...)"
+#endif
+static_assert(MAX_REACH < KEY_IMAGE_BIAS, "an image must fit the key's 10 bits per axis");
 
 __device__ __forceinline__ int floor_div(int a, int b) {
     const int q = a / b;
@@ -146,10 +153,13 @@ extern "C" __global__ void nl_fill(int n, const double* __restrict__ positions, 
                            keys + offsets[i]);
 }
 
-// One warp per row: bitonic sort in shared memory for rows up to SORT_CAPACITY keys; longer
-// rows (tiny cells with huge cutoffs) fall back to an insertion sort by one lane.
+// One warp per row, SORT_WARPS rows per block: bitonic sort in shared memory for rows up to
+// SORT_CAPACITY keys; longer rows (tiny cells with huge cutoffs) fall back to an insertion
+// sort by one lane.
 #define SORT_CAPACITY 1024
-#define SORT_WARPS 4
+#ifndef SORT_WARPS
+#error "SORT_WARPS must be defined by the host (-DSORT_WARPS=...)"
+#endif
 
 extern "C" __global__ void nl_sort_rows(int n, const i64* __restrict__ offsets,
                                         u64* __restrict__ keys, const int* __restrict__ status) {

@@ -1,35 +1,14 @@
-// Energy head ends, forces, virials and the packed results buffer (float64) that the host
-// copies back in one transfer:
+// Forces, virials and the packed results buffer (float64) that the host copies back in one
+// transfer:
 //   [status (STATUS_WORDS)] [energy] [virial (9)] [forces (3n)] [energies (n)] [atom virials (9n)]
 // Per-atom values are sums over each atom's row; totals are reduced by one block in a fixed
 // order: deterministic.
 
-#define RESULTS_HEADER (STATUS_WORDS + 10)
-
-// E_i = b + sum_c act[i][c] w[c] (the head's last Linear(H/4, 1)).
-extern "C" __global__ void head_energy(int n, int q, const float* __restrict__ act,
-                                       const float* __restrict__ weight, const float* bias,
-                                       float* __restrict__ energies) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float e = bias[0];
-    for (int c = 0; c < q; ++c) e += act[(i64)i * q + c] * weight[c];
-    energies[i] = e;
-}
-
-// Start of the backward pass: dE/dpre of the head's second activation, 0 for ghost atoms.
-extern "C" __global__ void head_backward(int n, int n_energy, int q,
-                                         const float* __restrict__ weight,
-                                         const float* __restrict__ pre,
-                                         float* __restrict__ gradient) {
-    const i64 count = (i64)n * q;
-    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
-         k += (i64)gridDim.x * blockDim.x) {
-        const i64 i = k / q;
-        const int c = (int)(k % q);
-        gradient[k] = i < n_energy ? weight[c] * silu_derivative(pre[k]) : 0.0f;
-    }
-}
+// Values before the forces: the status words, the energy and the virial.
+#ifndef RESULTS_HEADER
+#error "RESULTS_HEADER must be defined by the host (-DRESULTS_HEADER=...)"
+#endif
+static_assert(RESULTS_HEADER == STATUS_WORDS + 10, "status words, energy, virial (9)");
 
 // Forces F_i = sum over row i of (dE/dr_e - dE/dr_reverse(e)); the row's share of the virial
 // -sum r_e (x) dE/dr_e; per-atom virials (half of each edge to each end) when wanted.
@@ -78,7 +57,9 @@ extern "C" __global__ void energies_out(int n, int n_energy, const float* __rest
 }
 
 // One block of REDUCE_THREADS threads: total energy and virial, and the status words.
-#define REDUCE_THREADS 256
+#ifndef REDUCE_THREADS
+#error "REDUCE_THREADS must be defined by the host (-DREDUCE_THREADS=...)"
+#endif
 extern "C" __global__ void reduce_results(int n, int n_energy, const float* __restrict__ energies,
                                           const double* __restrict__ row_virials,
                                           const int* __restrict__ status,
@@ -102,11 +83,14 @@ extern "C" __global__ void reduce_results(int n, int n_energy, const float* __re
     if (t < STATUS_WORDS) results[t] = (double)status[t];
 }
 
-// Status words at the start of each call: no overflow, no close pair (INT_MAX = none).
+// Status words at the start of each evaluation: no overflow, no close pair (NO_CLOSE_EDGE),
+// the two spare words 0.
+static_assert(STATUS_WORDS == 4 && STATUS_OVERFLOW == 0 && STATUS_CLOSE_EDGE == 1,
+              "status_reset sets words 0 and 1 and clears the spare words 2 and 3");
 extern "C" __global__ void status_reset(int* status) {
     if (threadIdx.x == 0) {
         status[STATUS_OVERFLOW] = 0;
-        status[STATUS_CLOSE_EDGE] = 0x7fffffff;
+        status[STATUS_CLOSE_EDGE] = NO_CLOSE_EDGE;
         status[2] = 0;
         status[3] = 0;
     }

@@ -2,7 +2,10 @@
 // (blocks, block sums, add back); the host recurses over levels. Integer sums: exact and
 // deterministic.
 
-#define SCAN_BLOCK 1024
+// Elements per block (and threads per block) of scan_blocks and scan_add.
+#ifndef SCAN_BLOCK
+#error "SCAN_BLOCK must be defined by the host (-DSCAN_BLOCK=...)"
+#endif
 
 // In place, per block of SCAN_BLOCK elements: exclusive scan; the block's total goes to
 // block_sums[blockIdx.x].

@@ -1,7 +1,8 @@
 //! The CUDA backend: kernels compile through NVRTC (everywhere NVRTC is present), and on a
 //! GPU: the GPU neighbour list equals the CPU one edge for edge, results match the float64
 //! CPU engine, repeated calls are bit-identical, capacities grow, the skin is honoured.
-//! Without a GPU the GPU tests print why they skipped.
+//! The GPU tests are ignored with their reason; run them on a GPU host with
+//! `--include-ignored` (without a usable GPU they then print why they skip).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use painn::backend::Stage;
-use painn::backend::cuda::kernels;
+use painn::backend::cuda::compile;
 use painn::structures::{SplitMix64, water_box};
 use painn::{
     Calculator, CalculatorOptions, Cell, Device, Model, NeighborList, NeighborListOptions,
@@ -18,18 +19,18 @@ use painn::{
 
 #[test]
 fn kernels_compile_with_nvrtc_for_sm80_and_sm90() {
-    if let Err(reason) = kernels::check_nvrtc() {
+    if let Err(reason) = compile::check_nvrtc() {
         // The test command installs NVRTC and sets PAINN_REQUIRE_NVRTC: there it must run.
         assert!(
             std::env::var_os("PAINN_REQUIRE_NVRTC").is_none(),
             "PAINN_REQUIRE_NVRTC is set but {reason}"
         );
-        println!("SKIPPED kernels_compile_with_nvrtc_for_sm80_and_sm90: {reason}");
+        skipped("kernels_compile_with_nvrtc_for_sm80_and_sm90", reason);
         return;
     }
-    let (major, minor) = kernels::nvrtc_version().unwrap();
+    let (major, minor) = compile::nvrtc_version().unwrap();
     for arch in ["sm_80", "sm_90"] {
-        let cubin = kernels::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let cubin = compile::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         println!(
             "NVRTC {major}.{minor}: {arch} cubin of {} bytes",
             cubin.len()
@@ -51,7 +52,7 @@ fn gpu(test: &str, model: &Arc<Model>, skin: f64) -> Option<Calculator> {
             Some(calculator)
         }
         Err(reason) => {
-            println!("SKIPPED {test}: {reason}");
+            skipped(test, reason);
             None
         }
     }
@@ -61,7 +62,7 @@ fn gpu_calculator(test: &str, model: &Arc<Model>) -> Option<Calculator> {
     match Calculator::new(model.clone(), Device::Cuda(0), Precision::F32) {
         Ok(calculator) => Some(calculator),
         Err(reason) => {
-            println!("SKIPPED {test}: {reason}");
+            skipped(test, reason);
             None
         }
     }
@@ -112,6 +113,7 @@ fn random_case(rng: &mut SplitMix64, radius: f64) -> (Vec<[f64; 3]>, Cell) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_neighbor_list_equals_the_cpu_list() {
     let model = Arc::new(tiny_model());
     let mut rng = SplitMix64::new(2024);
@@ -191,6 +193,7 @@ fn cpu_f64(model: &Arc<Model>, z: &[i32], positions: &[[f64; 3]], cell: &Cell) -
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_matches_the_cpu_float64_engine() {
     let tiny = Arc::new(tiny_model());
     let Some(mut calculator) = gpu_calculator("gpu_matches_the_cpu_float64_engine", &tiny) else {
@@ -198,14 +201,7 @@ fn gpu_matches_the_cpu_float64_engine() {
     };
     let fixtures = load_json(repository().join("tests/data/tiny_reference.json"));
     for case in cases(&fixtures) {
-        let gpu = calculator
-            .compute(
-                &case.atomic_numbers,
-                &case.positions,
-                &case.cell,
-                Request::ALL,
-            )
-            .unwrap();
+        let gpu = evaluate_case(&mut calculator, &case);
         let reference = cpu_f64(&tiny, &case.atomic_numbers, &case.positions, &case.cell);
         assert_matches_f64(&case.name, &gpu, &reference);
         let energies_error = gpu
@@ -227,29 +223,12 @@ fn gpu_matches_the_cpu_float64_engine() {
             case.name
         );
     }
+    // (The training project's references: tests/engine_reference.rs, on every platform.)
     let Some(student) = student_model("gpu_matches_the_cpu_float64_engine") else {
         return;
     };
     let student = Arc::new(student);
     let mut calculator = gpu_calculator("student", &student).unwrap();
-    let shared = shared_dir("student").unwrap();
-    for case in cases(&load_json(shared.join("reference/seed_reference_f64.json"))) {
-        let gpu = calculator
-            .compute(
-                &case.atomic_numbers,
-                &case.positions,
-                &case.cell,
-                Request::ALL,
-            )
-            .unwrap();
-        let reference = Results {
-            energy: case.energy,
-            forces: case.forces.clone(),
-            virial: case.virial,
-            ..Results::default()
-        };
-        assert_matches_f64(&format!("seed reference {}", case.name), &gpu, &reference);
-    }
     // A periodic water box of 10^4 atoms.
     let water = water_box(15, 3);
     let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
@@ -265,6 +244,7 @@ fn gpu_matches_the_cpu_float64_engine() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_calls_are_bit_identical() {
     let model = Arc::new(tiny_model());
     let Some(mut first) = gpu_calculator("gpu_calls_are_bit_identical", &model) else {
@@ -298,6 +278,7 @@ fn gpu_calls_are_bit_identical() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_capacity_grows_when_the_box_is_compressed() {
     let Some(student) = student_model("gpu_capacity_grows_when_the_box_is_compressed") else {
         return;
@@ -340,6 +321,7 @@ fn gpu_capacity_grows_when_the_box_is_compressed() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_reuses_the_list_within_the_skin() {
     let model = Arc::new(tiny_model());
     let options = CalculatorOptions {
@@ -349,7 +331,7 @@ fn gpu_reuses_the_list_within_the_skin() {
     let Ok(mut calculator) =
         Calculator::with_options(model.clone(), Device::Cuda(0), Precision::F32, options)
     else {
-        println!("SKIPPED gpu_reuses_the_list_within_the_skin: no usable GPU");
+        skipped("gpu_reuses_the_list_within_the_skin", "no usable GPU");
         return;
     };
     let water = water_box(6, 1);
@@ -376,6 +358,7 @@ fn gpu_reuses_the_list_within_the_skin() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_refuses_what_the_cpu_refuses() {
     let model = Arc::new(tiny_model());
     if Calculator::new(model.clone(), Device::Cuda(0), Precision::F64).is_ok() {
@@ -408,4 +391,130 @@ fn gpu_refuses_what_the_cpu_refuses() {
         .compute(&[1, 6], &[[0.0; 3], [1.1, 0.0, 0.0]], &open, Request::ALL)
         .unwrap();
     assert!(ok.energy.is_finite());
+}
+
+/// The arrays `inspect(stage)` must return, `(name, shape)`, for `n` atoms of `h` features
+/// in a model of `layers` layers, with `list_edges` and `graph_edges` edges (backend/mod.rs).
+fn expected_arrays(
+    stage: Stage,
+    n: usize,
+    h: usize,
+    layers: usize,
+    list_edges: usize,
+    graph_edges: usize,
+) -> Vec<(&'static str, Vec<usize>)> {
+    match stage {
+        Stage::NeighborList => vec![
+            ("offsets", vec![n + 1]),
+            ("sources", vec![list_edges]),
+            ("shifts", vec![list_edges, 3]),
+        ],
+        Stage::Graph => vec![
+            ("offsets", vec![n + 1]),
+            ("sources", vec![graph_edges]),
+            ("reverse", vec![graph_edges]),
+            ("distances", vec![graph_edges]),
+            ("directions", vec![graph_edges, 3]),
+        ],
+        Stage::Embedding => vec![("s", vec![n, h])],
+        Stage::Message { .. } => vec![("s_mid", vec![n, h]), ("v_mid", vec![n, 3, h])],
+        Stage::Update { layer } if layer + 1 == layers => vec![("s_out", vec![n, h])],
+        Stage::Update { .. } => vec![("s_out", vec![n, h]), ("v_out", vec![n, 3, h])],
+        Stage::Head => vec![("energies", vec![n])],
+        Stage::HeadBackward => vec![("gs", vec![n, h])],
+        Stage::UpdateBackward { .. } => vec![("gs_mid", vec![n, h]), ("gv_mid", vec![n, 3, h])],
+        Stage::MessageBackward { .. } => vec![("gs_in", vec![n, h]), ("gv_in", vec![n, 3, h])],
+        Stage::EdgeGradients => vec![("de_dr", vec![graph_edges, 3])],
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
+fn gpu_inspects_every_stage_as_the_cpu_does() {
+    let model = Arc::new(tiny_model());
+    let Some(mut gpu) = gpu_calculator("gpu_inspects_every_stage_as_the_cpu_does", &model) else {
+        return;
+    };
+    let mut cpu = Calculator::new(model.clone(), Device::Cpu, Precision::F32).unwrap();
+    let water = water_box(4, 7);
+    let max_z = model.max_z() as i32;
+    let z: Vec<i32> = water.atomic_numbers.iter().map(|&z| z.min(max_z)).collect();
+    let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    for calculator in [&mut gpu, &mut cpu] {
+        calculator.keep_stage_outputs(true);
+        calculator
+            .compute(&z, &water.positions, &cell, Request::ALL)
+            .unwrap();
+    }
+    let (n, h, layers) = (z.len(), model.hidden_features(), model.layers());
+    let edges = |calculator: &mut Calculator, stage| {
+        let output = calculator.inspect(stage).unwrap();
+        *output.array("offsets").unwrap().values.last().unwrap() as usize
+    };
+    let list_edges = edges(&mut gpu, Stage::NeighborList);
+    let graph_edges = edges(&mut gpu, Stage::Graph);
+    assert!(
+        graph_edges > n && list_edges > graph_edges,
+        "{list_edges}, {graph_edges}"
+    );
+    let mut stages = vec![
+        Stage::NeighborList,
+        Stage::Graph,
+        Stage::Embedding,
+        Stage::Head,
+        Stage::HeadBackward,
+        Stage::EdgeGradients,
+    ];
+    for layer in 0..layers {
+        stages.extend([
+            Stage::Message { layer },
+            Stage::Update { layer },
+            Stage::UpdateBackward { layer },
+        ]);
+        if layer > 0 {
+            stages.push(Stage::MessageBackward { layer });
+        }
+    }
+    for stage in stages {
+        let on_gpu = gpu.inspect(stage).unwrap();
+        let on_cpu = cpu.inspect(stage).unwrap();
+        let expected = expected_arrays(stage, n, h, layers, list_edges, graph_edges);
+        let layout = |output: &painn::backend::StageOutput| -> Vec<(&'static str, Vec<usize>)> {
+            output
+                .arrays
+                .iter()
+                .map(|a| (a.name, a.shape.clone()))
+                .collect()
+        };
+        assert_eq!(layout(&on_gpu), expected, "{stage:?} on the GPU");
+        assert_eq!(layout(&on_cpu), expected, "{stage:?} on the CPU");
+        for (g, c) in on_gpu.arrays.iter().zip(&on_cpu.arrays) {
+            assert_eq!(g.values.len(), g.shape.iter().product::<usize>());
+            assert!(
+                g.values.iter().all(|v| v.is_finite()),
+                "{stage:?} {}",
+                g.name
+            );
+            // Float32 on both sides, summed in different orders: close, relative to the
+            // array's largest value.
+            let scale = c.values.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let difference = g
+                .values
+                .iter()
+                .zip(&c.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            let error = difference / scale;
+            assert!(error <= 1e-3, "{stage:?} {}: {error:.1e}", g.name);
+        }
+        println!("{stage:?}: {:?}", layout(&on_gpu));
+    }
+    assert!(gpu.inspect(Stage::MessageBackward { layer: 0 }).is_err());
+    assert!(gpu.inspect(Stage::Message { layer: layers }).is_err());
+    // Without keep, the backward pass's per-layer gradients are not kept.
+    gpu.keep_stage_outputs(false);
+    gpu.compute(&z, &water.positions, &cell, Request::ALL)
+        .unwrap();
+    assert!(gpu.inspect(Stage::UpdateBackward { layer: 0 }).is_err());
+    assert!(gpu.inspect(Stage::EdgeGradients).is_ok());
 }

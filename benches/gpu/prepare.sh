@@ -18,6 +18,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], ".device/bin/test-" + m["target"]["name"])
 '
 cp target/release/painn .device/bin/painn
+# The build to compare against (benches/gpu/run_on_device.sh ab), when one is given.
+if [ -n "${PAINN_BASELINE:-}" ]; then cp "$PAINN_BASELINE" .device/bin/painn-base; fi
 cp "$(bash lammps-plugin/build.sh)" .device/bin/painnplugin.so
 strip .device/bin/* 2>/dev/null || true
 cp target/models/student_427k.safetensors .device/models/

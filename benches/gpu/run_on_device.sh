@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (after benches/gpu/prepare.sh here):
-#   bash benches/gpu/run_on_device.sh [tests|bench|lammps|ase|all ...] [max atoms]
-#   tests   the Rust GPU tests (test binaries)
-#   bench   painn bench and the PyTorch implementation of the same weights, one GPU
+#   bash benches/gpu/run_on_device.sh [tests|sanitize|bench|ab|lammps|ase|all ...] [max atoms]
+#   tests     the Rust GPU tests (test binaries, ignored GPU instances included)
+#   sanitize  compute-sanitizer memcheck and racecheck on benzene and a periodic water box
+#   bench     painn bench and the PyTorch implementation of the same weights, one GPU
+#   ab        painn bench of .device/bin/painn-base and .device/bin/painn, alternated
 #   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
 #   ase     ASE MD speed through the calculator (benzene)
 #   copper  the main job (python/scripts/copper_md.py) with device cuda
@@ -31,9 +33,33 @@ python_setup() {
 }
 if has tests; then
     # (the C ABI tests need a C compiler and the static library: they run in CI)
-    for t in cuda engine engine_reference; do
+    for t in cuda engine engine_reference stages; do
         echo "== test-$t =="
-        .device/bin/test-$t --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|left|right" | head -60
+        .device/bin/test-$t --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|left|right" | head -60
+    done
+fi
+if has sanitize; then
+    mkdir -p /tmp/painn-structures
+    .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 1100 --repeats 1 \
+        --write-structures /tmp/painn-structures > /dev/null
+    for tool in memcheck racecheck; do
+        for s in benzene water_box_1029; do
+            echo "== compute-sanitizer $tool, $s =="
+            compute-sanitizer --tool $tool --error-exitcode 9 .device/bin/painn eval \
+                --model "$PAINN_STUDENT_MODEL" --device cuda --precision f32 /tmp/painn-structures/$s.xyz \
+                > "$out/sanitize-$tool-$s.log" 2>&1
+            echo "exit status $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error" "$out/sanitize-$tool-$s.log" | head -5
+        done
+    done
+fi
+if has ab; then
+    echo "== painn bench, baseline (painn-base) and this build (painn), alternated =="
+    for round in 1 2 3; do
+        for b in painn-base painn; do
+            .device/bin/$b bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --json \
+                | sed "s/^/$b $round /" | tee -a "$out/ab.txt" | grep -E '"(benzene|water_box_98304)"' \
+                | sed -E 's/"atom_steps[^,]*,//; s/"gpu_memory_mib[^,]*,//'
+        done
     done
 fi
 if has bench; then

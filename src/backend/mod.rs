@@ -28,8 +28,15 @@ use std::sync::Arc;
 
 use crate::calculator::{CalculatorOptions, Device, Precision};
 use crate::cell::Cell;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
+
+/// Values of per-edge geometry in the graph of both backends: `[d, u_x, u_y, u_z, r_x, r_y,
+/// r_z, k, t]`, with `k` and `t` locating `d` in the filter table. Shared with the kernels.
+pub(crate) const GEOMETRY_WIDTH: usize = 9;
+
+/// `u = r / (d + U_EPSILON)`, as in the spec. Shared with the kernels.
+pub(crate) const U_EPSILON: f64 = 1e-8;
 
 /// What a caller wants besides the total energy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +144,24 @@ pub enum Stage {
     MessageBackward { layer: usize },
     /// `de_dr [E][3]`: `dE/dr_ij` of every graph edge, the backward pass's result.
     EdgeGradients,
+}
+
+/// `layer` of a [`Stage`] to inspect in a model of `n_layers` layers, or the error saying
+/// there is no such layer.
+pub(crate) fn inspected_layer(layer: usize, n_layers: usize) -> Result<usize> {
+    if layer < n_layers {
+        Ok(layer)
+    } else {
+        Err(Error::invalid(
+            "stage",
+            format!("layer {layer} of a model of {n_layers} layers"),
+        ))
+    }
+}
+
+/// The error of [`Backend::inspect`] for an output that was not kept.
+pub(crate) fn not_kept(what: &str) -> Error {
+    Error::invalid("stage", format!("{what} was not kept"))
 }
 
 /// One array of a stage's output, in float64 (integers and float32 values are exact).

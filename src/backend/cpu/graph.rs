@@ -3,6 +3,7 @@
 //! the per-edge geometry the model reads.
 
 use super::real::Real;
+use crate::backend::{GEOMETRY_WIDTH, U_EPSILON};
 use crate::cell::Cell;
 use crate::model::FilterTable;
 use crate::neighbors::{NeighborList, edge_vector};
@@ -11,10 +12,7 @@ use crate::neighbors::{NeighborList, edge_vector};
 /// value) and `t` locate `d` in the filter table. They are computed from the float64
 /// distance: in float32, `d / h` would lose up to 6e-5 of `t` and, through the steep
 /// filter, about 1e-6 of `w`.
-pub type EdgeGeometry<T> = [T; 9];
-
-/// `u = r / (d + U_EPSILON)`, as in the spec.
-pub(super) const U_EPSILON: f64 = 1e-8;
+pub type EdgeGeometry<T> = [T; GEOMETRY_WIDTH];
 
 /// The graph a CPU backend evaluates: CSR by receiver, rows sorted by `(source, image)`.
 #[derive(Default)]

@@ -11,9 +11,10 @@
 use multiversion::multiversion;
 
 use super::filter::{FilterCache, RowFilter, Scratch};
-use super::graph::{EdgeGeometry, Graph, U_EPSILON};
+use super::graph::{EdgeGeometry, Graph};
 use super::real::Real;
 use super::schedule::Schedule;
+use crate::backend::U_EPSILON;
 use crate::disjoint::DisjointParts;
 
 /// Atoms per parallel task in the message stages: a function of the atom count only (never

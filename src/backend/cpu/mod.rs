@@ -34,7 +34,10 @@ use std::time::Instant;
 pub use filter::FilterMode;
 pub use real::Real;
 
-use super::{Backend, DeviceFacts, Request, Results, Stage, StageOutput, Stages, System};
+use super::{
+    Backend, DeviceFacts, Request, Results, Stage, StageOutput, Stages, System, inspected_layer,
+    not_kept,
+};
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
@@ -596,17 +599,8 @@ impl<T: Real> Backend for CpuBackend<T> {
         let n_layers = self.weights.layers.len();
         let edges = self.graph.n_edges();
         let mut output = StageOutput::default();
-        let layer_index = |layer: usize| -> Result<usize> {
-            if layer < n_layers {
-                Ok(layer)
-            } else {
-                Err(Error::invalid(
-                    "stage",
-                    format!("layer {layer} of a model of {n_layers} layers"),
-                ))
-            }
-        };
-        let missing = |what: &str| Error::invalid("stage", format!("{what} was not kept"));
+        let layer_index = |layer: usize| inspected_layer(layer, n_layers);
+        let missing = not_kept;
         match stage {
             Stage::NeighborList => {
                 let list = self

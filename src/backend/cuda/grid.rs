@@ -1,6 +1,6 @@
 //! Host-side arithmetic of the GPU neighbour list and launches: the binning frame handed to
-//! the kernels (same layout as `struct Grid` in cuda/neighbors.cu) and grid sizes. Pure
-//! functions, unit-tested on the CPU.
+//! the kernels (same layout as `struct Grid` in cuda/neighbors.cu), the block sizes the
+//! kernels are written for, and grid sizes. Pure functions, unit-tested on the CPU.
 
 use crate::cell::{Cell, inverse, norm};
 use crate::error::{Error, Result};
@@ -10,8 +10,32 @@ use crate::error::{Error, Result};
 const BIN_MARGIN: f64 = 1e-9;
 
 /// Largest number of bins searched on each side of an axis (the sort key has 10 bits per
-/// axis for the image).
+/// axis for the image). Shared with the kernels.
 pub const MAX_REACH: i32 = 500;
+
+/// Threads per block of the one-thread-per-atom kernels.
+pub(crate) const ATOM_THREADS: u32 = 128;
+
+/// Threads per block of the grid-stride element-wise kernels.
+pub(crate) const STRIDE_THREADS: u32 = 256;
+
+/// Elements (and threads) per block of the scan. Shared with the kernels.
+pub(crate) const SCAN_BLOCK: usize = 1024;
+
+/// Rows per block of `nl_sort_rows`, one warp each. Shared with the kernels.
+pub(crate) const SORT_WARPS: u32 = 4;
+
+/// Threads of the one block of `reduce_results`. Shared with the kernels.
+pub(crate) const REDUCE_THREADS: u32 = 256;
+
+/// Side of the GEMM's square output tile and threads per GEMM block. Shared with the
+/// kernels.
+pub(crate) const GEMM_TILE: u32 = 64;
+pub(crate) const GEMM_THREADS: u32 = 256;
+
+/// Largest hidden size H: the message kernels run one thread per feature in one block.
+/// Shared with the kernels.
+pub(crate) const MAX_HIDDEN: usize = 1024;
 
 /// Atoms farther outside the cell than this many lattice vectors cannot be represented.
 const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
@@ -179,9 +203,10 @@ pub fn scan_levels(count: usize, block: usize) -> Vec<usize> {
     levels
 }
 
-/// The (x, y) grid of the tiled GEMM: rows in tiles of 64 along x, columns along y.
+/// The (x, y) grid of the tiled GEMM: rows in tiles of [`GEMM_TILE`] along x, columns
+/// along y.
 pub fn gemm_grid(rows: usize, columns: usize) -> (u32, u32) {
-    (blocks(rows, 64), blocks(columns, 64))
+    (blocks(rows, GEMM_TILE), blocks(columns, GEMM_TILE))
 }
 
 #[cfg(test)]

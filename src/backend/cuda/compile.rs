@@ -1,15 +1,29 @@
 //! The CUDA kernels: embedded in the library, compiled at run time by NVRTC for the GPU's
-//! own architecture, and cached on disk keyed by source hash, architecture and NVRTC
-//! version. Building the crate needs no CUDA toolkit; running it needs the driver
-//! (`libcuda.so`) and NVRTC (`libnvrtc.so`, from the toolkit or PyPI's nvidia-cuda-nvrtc).
+//! own architecture, and cached on disk keyed by the source, the compile options,
+//! architecture and NVRTC version. Building the crate needs no CUDA toolkit; running it needs
+//! the driver (`libcuda.so`) and NVRTC (`libnvrtc.so`, from the toolkit or PyPI's
+//! nvidia-cuda-nvrtc).
+//!
+//! Every number that both the host and the kernels use is defined once, in Rust, and handed
+//! to NVRTC as a `-DNAME=value` option ([`defines`]); the `.cu` files refuse to compile
+//! without them (`#ifndef NAME #error`).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::path::PathBuf;
 
+use super::grid::{
+    GEMM_THREADS, GEMM_TILE, MAX_HIDDEN, MAX_REACH, REDUCE_THREADS, SCAN_BLOCK, SORT_WARPS,
+};
+use super::readout::{
+    NO_CLOSE_EDGE, RESULTS_HEADER, STATUS_CLOSE_EDGE, STATUS_OVERFLOW, STATUS_WORDS,
+};
+use crate::backend::{GEOMETRY_WIDTH, U_EPSILON};
 use crate::error::{Error, Result};
+use crate::model::filter::NODE_VECTORS;
+use crate::neighbors::MINIMUM_DISTANCE_ANGSTROM;
 
 /// The header and the kernel families, in the order they are concatenated.
-const SOURCES: [(&str, &str); 8] = [
+const SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../../../cuda/common.cuh")),
     ("scan.cu", include_str!("../../../cuda/scan.cu")),
     ("neighbors.cu", include_str!("../../../cuda/neighbors.cu")),
@@ -17,40 +31,63 @@ const SOURCES: [(&str, &str); 8] = [
     ("message.cu", include_str!("../../../cuda/message.cu")),
     ("dense.cu", include_str!("../../../cuda/dense.cu")),
     ("update.cu", include_str!("../../../cuda/update.cu")),
+    ("head.cu", include_str!("../../../cuda/head.cu")),
     ("readout.cu", include_str!("../../../cuda/readout.cu")),
 ];
 
-/// Every kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 28] = [
-    "scan_blocks",
-    "scan_add",
-    "nl_bin",
-    "nl_scatter",
-    "nl_count",
-    "nl_fill",
-    "nl_sort_rows",
-    "nl_decode",
-    "graph_count",
-    "graph_fill",
-    "graph_reverse",
-    "message_forward",
-    "message_backward",
-    "gemm_nt",
-    "gemm_nn",
-    "silu_forward",
-    "silu_backward",
-    "embed",
-    "norm_concat",
-    "gate_forward",
-    "gate_backward",
-    "norm_backward",
-    "head_energy",
-    "head_backward",
-    "forces_virials",
-    "energies_out",
-    "reduce_results",
-    "status_reset",
-];
+/// A float64 constant as a C literal that reads back as the same double (Rust prints the
+/// shortest such decimal).
+fn double_literal(value: f64) -> String {
+    format!("{value:e}")
+}
+
+/// The numbers shared by the host and the kernels, as `(NAME, C literal)`: each becomes
+/// `-DNAME=value`.
+pub fn defines() -> Vec<(&'static str, String)> {
+    let integers = [
+        ("GEOMETRY_WIDTH", GEOMETRY_WIDTH),
+        ("NODE_VECTORS", NODE_VECTORS),
+        ("STATUS_WORDS", STATUS_WORDS),
+        ("STATUS_OVERFLOW", STATUS_OVERFLOW),
+        ("STATUS_CLOSE_EDGE", STATUS_CLOSE_EDGE),
+        ("NO_CLOSE_EDGE", NO_CLOSE_EDGE as usize),
+        ("RESULTS_HEADER", RESULTS_HEADER),
+        ("SCAN_BLOCK", SCAN_BLOCK),
+        ("SORT_WARPS", SORT_WARPS as usize),
+        ("REDUCE_THREADS", REDUCE_THREADS as usize),
+        ("GEMM_TILE", GEMM_TILE as usize),
+        ("GEMM_THREADS", GEMM_THREADS as usize),
+        ("MAX_HIDDEN", MAX_HIDDEN),
+        ("MAX_REACH", MAX_REACH as usize),
+    ];
+    let doubles = [
+        ("MINIMUM_DISTANCE", MINIMUM_DISTANCE_ANGSTROM),
+        ("U_EPSILON", U_EPSILON),
+    ];
+    integers
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .chain(
+            doubles
+                .into_iter()
+                .map(|(name, value)| (name, double_literal(value))),
+        )
+        .collect()
+}
+
+/// NVRTC's options for `arch`: the architecture, the language standard and [`defines`].
+pub fn options(arch: &str) -> Vec<String> {
+    let mut options = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+    ];
+    options.extend(
+        defines()
+            .into_iter()
+            .map(|(name, value)| format!("-D{name}={value}")),
+    );
+    options
+}
 
 /// The whole program as one translation unit (`#line` directives keep compiler messages
 /// pointing at the right file).
@@ -64,7 +101,7 @@ pub fn program_source() -> String {
     source
 }
 
-/// FNV-1a, 64 bits: a stable hash of the source for the cache key.
+/// FNV-1a, 64 bits: a stable hash of the source and options for the cache key.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
@@ -136,13 +173,10 @@ pub fn compile(arch: &str) -> Result<Vec<u8>> {
     check_nvrtc()?;
     let source = CString::new(program_source()).expect("no NUL in the sources");
     let name = CString::new("painn.cu").expect("no NUL");
-    let options: Vec<CString> = [
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-    ]
-    .into_iter()
-    .map(|o| CString::new(o).expect("no NUL"))
-    .collect();
+    let options: Vec<CString> = options(arch)
+        .into_iter()
+        .map(|o| CString::new(o).expect("no NUL"))
+        .collect();
     let option_pointers: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
     let mut program: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is to a live NUL-terminated string; the program is destroyed below.
@@ -206,13 +240,23 @@ fn cache_directory() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/painn"))
 }
 
+/// What the cached CUBIN for `arch` is compiled from: the program and every option.
+fn cache_text(arch: &str) -> String {
+    let mut text = program_source();
+    for option in options(arch) {
+        text.push('\0');
+        text.push_str(&option);
+    }
+    text
+}
+
 /// The CUBIN for `arch`, from the cache when present, else compiled (and cached; a cache that
 /// cannot be written is not an error).
 pub fn cubin_for(arch: &str) -> Result<Vec<u8>> {
     let (major, minor) = nvrtc_version()?;
     let key = format!(
         "kernels-{:016x}-{arch}-nvrtc{major}.{minor}.cubin",
-        fnv1a(program_source().as_bytes())
+        fnv1a(cache_text(arch).as_bytes())
     );
     let path = cache_directory().map(|directory| directory.join(key));
     if let Some(path) = &path
@@ -238,16 +282,41 @@ pub fn cubin_for(arch: &str) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Every shared number comes from the host: the sources guard each one and define none.
     #[test]
-    fn every_kernel_name_is_defined_once_in_the_sources() {
+    fn shared_numbers_are_defined_by_the_host_only() {
         let source = program_source();
-        for name in KERNEL_NAMES {
-            let definition = format!("__global__ void {name}(");
-            assert_eq!(source.matches(&definition).count(), 1, "{name}");
+        for (name, value) in defines() {
+            assert!(
+                source.contains(&format!("#ifndef {name}\n#error")),
+                "{name} has no #ifndef guard"
+            );
+            assert!(
+                !source.contains(&format!("#define {name} ")),
+                "{name} is defined in the sources too"
+            );
+            assert!(!value.is_empty() && !value.contains(' '), "{name}={value}");
         }
-        assert_eq!(
-            source.matches("__global__ void").count(),
-            KERNEL_NAMES.len()
+    }
+
+    #[test]
+    fn double_literals_read_back_exactly() {
+        for value in [MINIMUM_DISTANCE_ANGSTROM, U_EPSILON, 0.1, 1.0 / 3.0] {
+            assert_eq!(double_literal(value).parse::<f64>().unwrap(), value);
+        }
+        assert_eq!(double_literal(1e-4), "1e-4");
+    }
+
+    #[test]
+    fn the_cache_key_covers_the_options() {
+        let text = cache_text("sm_90");
+        assert!(text.starts_with(&program_source()));
+        for option in options("sm_90") {
+            assert!(text.contains(&option), "{option}");
+        }
+        assert_ne!(
+            fnv1a(text.as_bytes()),
+            fnv1a(cache_text("sm_80").as_bytes())
         );
     }
 
