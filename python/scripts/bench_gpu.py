@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""GPU benchmark of the PyTorch implementation of the same weights (painn.reference, float32,
+"""Benchmark of the PyTorch implementation of the same weights (painn.reference, float32,
 energy + forces by autograd), eager and torch.compile, on the structures `painn bench
---write-structures DIR` wrote, so that both codes time the same atoms on the same GPU in one
-run (benches/gpu/run_on_device.sh runs both).
+--write-structures DIR` wrote, so that both codes time the same atoms on the same device in
+one run (benches/gpu/run_on_device.sh runs both on a GPU).
 
-    python3 python/scripts/bench_gpu.py MODEL.safetensors DIR [--max-atoms 24576]
-        [--compile-max-atoms 3072] [--repeats 20]
+    python3 python/scripts/bench_gpu.py MODEL.safetensors DIR [--device cuda|cpu]
+        [--max-atoms 24576] [--compile-max-atoms 3072] [--repeats 20]
 
 Prints one JSON object per line: system, atoms, mode (eager | compile), median_us,
 peak_memory_mib. The neighbour list is built once, outside the timed region.
@@ -43,15 +43,15 @@ def read_xyz(path: Path):
     return np.array(z), np.array(pos), cell
 
 
-def timed(function, repeats):
+def timed(function, repeats, synchronize):
     for _ in range(3):
         function()
-    torch.cuda.synchronize()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -83,9 +83,12 @@ def main():
     parser.add_argument("--max-atoms", type=int, default=24576)
     parser.add_argument("--compile-max-atoms", type=int, default=3072)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     args = parser.parse_args()
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     model = reference.load_model(args.model)
     weights = {k: v.to(device) for k, v in model.weights(torch.float32).items()}
     compiled = torch.compile(reference.atomic_energies, dynamic=False)
@@ -115,12 +118,15 @@ def main():
                 forces = -torch.autograd.grad(energy, p)[0]
                 return energy.item(), forces.cpu()
 
-            torch.cuda.reset_peak_memory_stats()
-            median = timed(step, args.repeats if atoms < 10000 else max(3, args.repeats // 4))
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            median = timed(step, args.repeats if atoms < 10000 else max(3, args.repeats // 4),
+                           synchronize)
             print(json.dumps({
                 "system": name, "atoms": atoms, "mode": mode, "median_us": median * 1e6,
-                "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
-                "device": torch.cuda.get_device_name(),
+                "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
+                "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+                "threads": None if on_gpu else torch.get_num_threads(),
             }), flush=True)
 
 
