@@ -19,6 +19,8 @@ pub struct Options {
     pub repeats: usize,
     pub write_structures: Option<PathBuf>,
     pub json: bool,
+    /// Also time each stage (after the timed calls, in calls of their own).
+    pub profile: bool,
 }
 
 /// Default largest system on a GPU and on the CPU (a call on 10^4 atoms takes about a
@@ -124,6 +126,70 @@ impl Progress {
     }
 }
 
+/// Calls made with per-stage timing on (at least this many, for about two seconds at most).
+const PROFILE_CALLS: usize = 5;
+const PROFILE_TIME: Duration = Duration::from_secs(2);
+
+/// Each stage's median time over calls made with profiling on, then the neighbour list of
+/// one call that rebuilds it (`call(calculator, k, shift)` first moves every atom by `shift`
+/// Angstrom along x: 0.6 A is past half the default skin).
+fn profile(
+    calculator: &mut Calculator,
+    call: &mut impl FnMut(&mut Calculator, usize, f64) -> painn::Result<f64>,
+    first_call: usize,
+    progress: &mut Progress,
+) -> painn::Result<Vec<(String, f64)>> {
+    calculator.set_profiling(true);
+    let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
+    let started = Instant::now();
+    let mut k = 0;
+    while k < PROFILE_CALLS || (k < 50 && started.elapsed() < PROFILE_TIME) {
+        progress.update(&format!("profiled call {}", k + 1));
+        call(calculator, first_call + k, 0.0)?;
+        for (index, time) in calculator.stage_times()?.into_iter().enumerate() {
+            if samples.len() <= index {
+                samples.push((time.stage.clone(), Vec::new()));
+            }
+            samples[index].1.push(time.seconds);
+        }
+        k += 1;
+    }
+    let mut stages: Vec<(String, f64)> = samples
+        .into_iter()
+        .map(|(stage, mut seconds)| {
+            seconds.sort_by(|a, b| a.total_cmp(b));
+            (stage, seconds[seconds.len() / 2])
+        })
+        .collect();
+    call(calculator, first_call + k, REBUILD_SHIFT_ANGSTROM)?;
+    let rebuild = calculator.stage_times()?;
+    calculator.set_profiling(false);
+    if let Some(list) = rebuild.iter().find(|time| time.stage == "neighbor list") {
+        stages.push(("neighbor list (rebuild)".to_string(), list.seconds));
+    }
+    Ok(stages)
+}
+
+/// A shift of every atom that the neighbour list's default skin (1 A) does not cover.
+const REBUILD_SHIFT_ANGSTROM: f64 = 0.6;
+
+/// The per-stage table under a system's row.
+fn print_stages(stages: &[(String, f64)]) {
+    // Shares of a steady call (the rebuild is a call of its own).
+    let total: f64 = stages
+        .iter()
+        .filter(|(stage, _)| !stage.ends_with("(rebuild)"))
+        .map(|(_, seconds)| seconds)
+        .sum();
+    for (stage, seconds) in stages {
+        println!(
+            "    {stage:<22} {:>12.1} us {:>5.1}%",
+            seconds * 1e6,
+            100.0 * seconds / total.max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
 pub fn run(options: Options) -> painn::Result<()> {
     // The device first: the first calculator says which one `auto` resolved to.
     let probe = Calculator::new(options.model.clone(), options.device, options.precision)?;
@@ -173,10 +239,10 @@ pub fn run(options: Options) -> painn::Result<()> {
         // Positions move by 0.001 A from call to call, as in MD (within the skin: the
         // neighbour list is checked every call and rebuilt when needed).
         let mut positions = structure.positions.clone();
-        let mut call = |calculator: &mut Calculator, k: usize| -> painn::Result<f64> {
+        let mut call = |calculator: &mut Calculator, k: usize, shift: f64| -> painn::Result<f64> {
             let sign = if k.is_multiple_of(2) { 1e-3 } else { -1e-3 };
             for r in positions.iter_mut() {
-                r[0] += sign;
+                r[0] += sign + shift;
             }
             let start = Instant::now();
             let results = calculator.compute(
@@ -191,7 +257,7 @@ pub fn run(options: Options) -> painn::Result<()> {
         };
         for k in 0..3 {
             progress.update(&format!("warm-up call {}", k + 1));
-            call(&mut calculator, k)?;
+            call(&mut calculator, k, 0.0)?;
         }
         let timing = Instant::now();
         let mut times = Vec::new();
@@ -203,8 +269,18 @@ pub fn run(options: Options) -> painn::Result<()> {
                 times.len() + 1,
                 options.repeats
             ));
-            times.push(call(&mut calculator, times.len() + 3)?);
+            times.push(call(&mut calculator, times.len() + 3, 0.0)?);
         }
+        let stages = if options.profile {
+            Some(profile(
+                &mut calculator,
+                &mut call,
+                times.len(),
+                &mut progress,
+            )?)
+        } else {
+            None
+        };
         progress.finish();
         times.sort_by(|a, b| a.total_cmp(b));
         let median = times[times.len() / 2];
@@ -223,6 +299,12 @@ pub fn run(options: Options) -> painn::Result<()> {
                     "atom_steps_per_s": atom_steps,
                     "gpu_memory_mib": memory,
                     "repeats": times.len(),
+                    "stages": stages.as_ref().map(|stages| stages
+                        .iter()
+                        .map(|(stage, seconds)| serde_json::json!({
+                            "stage": stage, "median_us": seconds * 1e6
+                        }))
+                        .collect::<Vec<_>>()),
                 })
             );
         } else {
@@ -235,6 +317,9 @@ pub fn run(options: Options) -> painn::Result<()> {
                 times.len(),
                 memory.map_or("-".to_string(), |m| format!("{m:.0}"))
             );
+            if let Some(stages) = &stages {
+                print_stages(stages);
+            }
         }
     }
     Ok(())

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::cpu::FilterMode;
-use crate::backend::{self, Backend, DeviceFacts, Request, Results, Stage, StageOutput, System};
+use crate::backend::{
+    self, Backend, DeviceFacts, Request, Results, Stage, StageOutput, StageTime, System,
+};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -209,6 +211,17 @@ impl Calculator {
             ));
         }
         self.evaluate(atomic_numbers, positions, &Cell::open(), n_owned, request)
+    }
+
+    /// Turns per-stage timing on or off ([`Calculator::stage_times`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.backend.set_profiling(on);
+    }
+
+    /// The time each stage of the last evaluation took, while profiling is on (`painn bench
+    /// --profile`).
+    pub fn stage_times(&mut self) -> Result<Vec<StageTime>> {
+        self.backend.stage_times()
     }
 
     /// Test support: copies `stage`'s output of the last evaluation to the host.

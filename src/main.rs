@@ -65,6 +65,11 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time each stage (neighbour list, graph, each layer's message and update,
+        /// head, backward, readout; on a GPU from events on its stream), in calls of their
+        /// own after the timed ones, and one neighbour-list rebuild.
+        #[arg(long)]
+        profile: bool,
     },
     /// Print a model's configuration.
     Info {
@@ -128,6 +133,7 @@ fn run(cli: Cli) -> painn::Result<()> {
             repeats,
             write_structures,
             json,
+            profile,
         } => bench::run(bench::Options {
             model: Arc::new(Model::from_file(&model)?),
             device,
@@ -136,6 +142,7 @@ fn run(cli: Cli) -> painn::Result<()> {
             repeats,
             write_structures,
             json,
+            profile,
         }),
         Command::Info { model } => {
             let model = Model::from_file(&model)?;

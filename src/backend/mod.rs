@@ -206,6 +206,69 @@ impl StageOutput {
     }
 }
 
+/// The time one stage of an evaluation took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageTime {
+    /// `upload`, `neighbor list`, `graph`, `embed`, `message 0`, `update 0`, ..., `head`,
+    /// `head backward`, `update backward 2`, `message backward 2`, ..., `readout`.
+    pub stage: String,
+    pub seconds: f64,
+}
+
+/// Marks between the stages of one evaluation, each named by the stage it ends, for
+/// [`Backend::stage_times`]: `M` is an instant on the CPU, an event on a GPU stream. Marks
+/// are only taken while profiling is on.
+pub(crate) struct StageMarks<M> {
+    pub on: bool,
+    /// The evaluation's start, then one mark per stage.
+    pub marks: Vec<(String, M)>,
+}
+
+impl<M> Default for StageMarks<M> {
+    fn default() -> Self {
+        StageMarks {
+            on: false,
+            marks: Vec::new(),
+        }
+    }
+}
+
+impl<M> StageMarks<M> {
+    /// Starts an evaluation's marks with `start` (taken only while profiling).
+    pub fn start(&mut self, start: impl FnOnce() -> Result<M>) -> Result<()> {
+        self.marks.clear();
+        if self.on {
+            self.marks.push((String::new(), start()?));
+        }
+        Ok(())
+    }
+
+    /// Marks the end of `stage` (a name made only while profiling).
+    pub fn mark(
+        &mut self,
+        stage: impl FnOnce() -> String,
+        now: impl FnOnce() -> Result<M>,
+    ) -> Result<()> {
+        if self.on && !self.marks.is_empty() {
+            self.marks.push((stage(), now()?));
+        }
+        Ok(())
+    }
+
+    /// Each stage's time from consecutive marks, given the seconds between two of them.
+    pub fn times(&self, seconds: impl Fn(&M, &M) -> Result<f64>) -> Result<Vec<StageTime>> {
+        self.marks
+            .windows(2)
+            .map(|pair| {
+                Ok(StageTime {
+                    stage: pair[1].0.clone(),
+                    seconds: seconds(&pair[0].1, &pair[1].1)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The calculator's sequence of stages for one evaluation, handed to
 /// [`Backend::run_evaluation`].
 pub type Stages<'a> = dyn FnMut(&mut dyn Backend) -> Result<Results> + Send + 'a;
@@ -254,6 +317,13 @@ pub trait Backend: Send {
     /// sequence on a thread of its pool (its parallel loops then start without waking the
     /// pool and putting the caller to sleep each time); other backends run it here.
     fn run_evaluation(&mut self, n_atoms: usize, stages: &mut Stages<'_>) -> Result<Results>;
+
+    /// Turns per-stage timing on or off (off by default): the backend then marks the end of
+    /// each stage of an evaluation (on the GPU with events on its stream).
+    fn set_profiling(&mut self, on: bool);
+
+    /// The time each stage of the last evaluation took, in order, while profiling is on.
+    fn stage_times(&mut self) -> Result<Vec<StageTime>>;
 
     /// Test support: copies `stage`'s output of the last evaluation to the host.
     #[doc(hidden)]

@@ -35,8 +35,8 @@ pub use filter::FilterMode;
 pub use real::Real;
 
 use super::{
-    Backend, DeviceFacts, Request, Results, Stage, StageOutput, Stages, System, inspected_layer,
-    not_kept,
+    Backend, DeviceFacts, Request, Results, Stage, StageMarks, StageOutput, StageTime, Stages,
+    System, inspected_layer, not_kept,
 };
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
@@ -225,6 +225,7 @@ pub struct CpuBackend<T: Real> {
     kept: KeptGradients<T>,
     run: Run,
     small: SmallSystems,
+    profile: StageMarks<Instant>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -254,6 +255,7 @@ impl<T: Real> CpuBackend<T> {
             kept: KeptGradients::default(),
             run: Run::Pool,
             small: SmallSystems::default(),
+            profile: StageMarks::default(),
         }
     }
 
@@ -327,7 +329,7 @@ impl<T: Real> CpuBackend<T> {
         self.system.atomic_numbers.len()
     }
 
-    fn forward_stages(&mut self, schedule: Schedule, backward_follows: bool) {
+    fn forward_stages(&mut self, schedule: Schedule, backward_follows: bool) -> Result<()> {
         let n = self.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -344,6 +346,8 @@ impl<T: Real> CpuBackend<T> {
             &mut filters,
         );
         self.filters = filters;
+        let profile = &mut self.profile;
+        profile.mark(|| "filters".into(), now)?;
         let filter = row_filter(self.filter_mode, &self.model, &self.weights);
         let weights = &self.weights;
         let layers = &mut self.layers;
@@ -355,6 +359,7 @@ impl<T: Real> CpuBackend<T> {
         );
         layers[0].v_in.clear();
         layers[0].v_in.resize(n * 3 * h, T::zero());
+        profile.mark(|| "embed".into(), now)?;
         for l in 0..n_layers {
             let lw = &weights.layers[l];
             let (done, rest) = layers.split_at_mut(l + 1);
@@ -364,6 +369,7 @@ impl<T: Real> CpuBackend<T> {
             let inputs = (&layer.s_in[..], &layer.v_in[..]);
             let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
             message::message_forward(schedule, &message, &mut layer.s_mid, &mut layer.v_mid);
+            profile.mark(|| format!("message {l}"), now)?;
             layer.norm.resize(n * h, T::zero());
             self.concat.resize(n * 2 * h, T::zero());
             update::norm_concat(
@@ -404,6 +410,7 @@ impl<T: Real> CpuBackend<T> {
                 s_next,
                 v_next,
             );
+            profile.mark(|| format!("update {l}"), now)?;
         }
         head::head_energy(
             schedule,
@@ -412,9 +419,10 @@ impl<T: Real> CpuBackend<T> {
             &mut self.head,
             &mut self.energies,
         );
+        profile.mark(|| "head".into(), now)
     }
 
-    fn backward_stages(&mut self, schedule: Schedule) {
+    fn backward_stages(&mut self, schedule: Schedule) -> Result<()> {
         let n = self.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -429,6 +437,8 @@ impl<T: Real> CpuBackend<T> {
             &mut self.head,
             &mut g.gs,
         );
+        let profile = &mut self.profile;
+        profile.mark(|| "head backward".into(), now)?;
         let keep = self.keep_stage_outputs;
         let kept = &mut self.kept;
         if keep {
@@ -482,6 +492,7 @@ impl<T: Real> CpuBackend<T> {
             if keep {
                 kept.update[l] = (g.gs_mid.clone(), g.gv_mid.clone());
             }
+            profile.mark(|| format!("update backward {l}"), now)?;
             let inputs = (&layer.s_in[..], &layer.v_in[..]);
             let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
             message::message_backward(
@@ -497,7 +508,9 @@ impl<T: Real> CpuBackend<T> {
             if keep && l > 0 {
                 kept.message[l] = (g.gs.clone(), g.gv.clone());
             }
+            profile.mark(|| format!("message backward {l}"), now)?;
         }
+        Ok(())
     }
 }
 
@@ -510,6 +523,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn load_system(&mut self, system: &System) -> Result<()> {
+        self.profile.start(now)?;
         let loaded = &mut self.system;
         loaded.atomic_numbers.clear();
         loaded
@@ -519,7 +533,8 @@ impl<T: Real> Backend for CpuBackend<T> {
         loaded.positions.extend_from_slice(system.positions);
         loaded.cell = Some(*system.cell);
         loaded.n_energy_atoms = system.n_energy_atoms;
-        self.begin_run(system.n_atoms())
+        self.begin_run(system.n_atoms())?;
+        self.profile.mark(|| "load".into(), now)
     }
 
     fn build_neighbor_list(&mut self, search_radius_angstrom: f64) -> Result<()> {
@@ -533,7 +548,8 @@ impl<T: Real> Backend for CpuBackend<T> {
         if built.is_err() {
             self.end_run(false);
         }
-        built
+        built?;
+        self.profile.mark(|| "neighbor list".into(), now)
     }
 
     fn build_graph(&mut self, cutoff_angstrom: f64) -> Result<()> {
@@ -553,21 +569,15 @@ impl<T: Real> Backend for CpuBackend<T> {
             table,
             &mut self.graph,
         );
-        Ok(())
+        self.profile.mark(|| "graph".into(), now)
     }
 
     fn forward(&mut self, backward_follows: bool) -> Result<()> {
-        self.staged(|backend, schedule| {
-            backend.forward_stages(schedule, backward_follows);
-            Ok(())
-        })
+        self.staged(|backend, schedule| backend.forward_stages(schedule, backward_follows))
     }
 
     fn backward(&mut self) -> Result<()> {
-        self.staged(|backend, schedule| {
-            backend.backward_stages(schedule);
-            Ok(())
-        })
+        self.staged(|backend, schedule| backend.backward_stages(schedule))
     }
 
     fn readout(&mut self, request: Request) -> Result<Results> {
@@ -582,6 +592,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             ))
         });
         self.end_run(results.is_ok());
+        self.profile.mark(|| "readout".into(), now)?;
         results
     }
 
@@ -591,6 +602,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         } else {
             stages(self)
         }
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profile.on = on;
+    }
+
+    fn stage_times(&mut self) -> Result<Vec<StageTime>> {
+        self.profile
+            .times(|start, end| Ok(end.duration_since(*start).as_secs_f64()))
     }
 
     fn inspect(&mut self, stage: Stage) -> Result<StageOutput> {
@@ -688,6 +708,11 @@ impl<T: Real> Drop for CpuBackend<T> {
         // A call left open by a panic: its server must return.
         self.end_run(false);
     }
+}
+
+/// Now, as a stage mark.
+fn now() -> Result<Instant> {
+    Ok(Instant::now())
 }
 
 /// The filter evaluation of `mode`.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaStream, result};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, result, sys};
 
 use super::buffers::{DeviceBuffer, DevicePtr, Registry};
 use super::compile;
@@ -179,6 +179,21 @@ impl Device {
             )
         }
         .map_err(|e| driver("memset", e))
+    }
+
+    /// An event recorded now on the stream, with timing (stage marks of a profile).
+    pub fn timing_event(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("cuEventRecord", e))
+    }
+
+    /// Seconds between two recorded events (waits for the second).
+    pub fn seconds_between(start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
+        start
+            .elapsed_ms(end)
+            .map(|ms| f64::from(ms) * 1e-3)
+            .map_err(|e| driver("cuEventElapsedTime", e))
     }
 
     /// Queues a copy of `len` elements from `source` to `destination`, both on the device.

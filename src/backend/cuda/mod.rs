@@ -36,7 +36,12 @@ mod update;
 
 use std::sync::Arc;
 
-use super::{Backend, DeviceFacts, Request, Results, Stage, StageOutput, Stages, System};
+use cudarc::driver::CudaEvent;
+
+use super::{
+    Backend, DeviceFacts, Request, Results, Stage, StageMarks, StageOutput, StageTime, Stages,
+    System,
+};
 use crate::calculator::Precision;
 use crate::cell::Cell;
 use crate::error::{Error, Result};
@@ -90,6 +95,8 @@ pub struct CudaBackend {
     /// Atoms of the last neighbour-list build (`None`: none yet, or it failed).
     list_atoms: Option<usize>,
     results_host: Vec<f64>,
+    /// Events between the stages while profiling.
+    profile: StageMarks<CudaEvent>,
     /// Last: the buffers above are freed while its context lives.
     gpu: Gpu,
 }
@@ -152,6 +159,7 @@ impl CudaBackend {
             progress: Progress::Loaded,
             list_atoms: None,
             results_host: Vec::new(),
+            profile: StageMarks::default(),
             gpu,
         })
     }
@@ -175,7 +183,13 @@ impl CudaBackend {
         }
     }
 
-    fn forward_stages(&self) -> Result<()> {
+    /// Marks the end of `stage` in the profile (while profiling).
+    fn mark(&mut self, stage: impl FnOnce() -> String) -> Result<()> {
+        let device = &self.gpu.device;
+        self.profile.mark(stage, || device.timing_event())
+    }
+
+    fn forward_stages(&self, profile: &mut StageMarks<CudaEvent>) -> Result<()> {
         let n = self.n_atoms();
         let h = self.hidden;
         let (gpu, w, b) = (&self.gpu, &self.weights, &self.buffers);
@@ -190,10 +204,13 @@ impl CudaBackend {
             &first.s_in,
         )?;
         gpu.device.fill_zero(first.v_in.ptr(), 3 * n * h)?;
+        let now = || gpu.device.timing_event();
+        profile.mark(|| "embed".into(), now)?;
         for l in 0..n_layers {
             let (layer, lw) = (&b.layers[l], &w.layers[l]);
             let table = w.filter_table(l);
             message::message_forward(gpu, n, h, &b.graph, table, layer, l == 0)?;
+            profile.mark(|| format!("message {l}"), now)?;
             update::norm_concat(gpu, n, h, layer, &b.concat)?;
             update::update_mlp(gpu, n, h, lw, &b.concat, layer, &b.hidden)?;
             // Gate into the next layer's input (or the final scalars).
@@ -202,11 +219,13 @@ impl CudaBackend {
                 None => (b.s_final.ptr(), DevicePtr::null()),
             };
             update::gate_forward(gpu, n, h, lw, layer, s_next, v_next)?;
+            profile.mark(|| format!("update {l}"), now)?;
         }
-        head::head_energy(gpu, n, h, &w.head, &b.s_final, &b.head)
+        head::head_energy(gpu, n, h, &w.head, &b.s_final, &b.head)?;
+        profile.mark(|| "head".into(), now)
     }
 
-    fn backward_stages(&mut self) -> Result<()> {
+    fn backward_stages(&mut self, profile: &mut StageMarks<CudaEvent>) -> Result<()> {
         let n = self.n_atoms();
         let h = self.hidden;
         let (gpu, w, b) = (&self.gpu, &self.weights, &self.buffers);
@@ -221,11 +240,13 @@ impl CudaBackend {
         let g = &b.gradients;
         let n_energy_atoms = self.system.n_energy_atoms;
         head::head_backward(gpu, n, n_energy_atoms, h, &w.head, &b.head, &g.gs)?;
+        let now = || gpu.device.timing_event();
         if keep {
             device.copy(kept.head_gs.ptr(), g.gs.ptr(), n * h)?;
         }
         device.fill_zero(g.gv.ptr(), 3 * n * h)?;
         device.fill_zero(g.de_dr.ptr(), 3 * b.edge_capacity)?;
+        profile.mark(|| "head backward".into(), now)?;
         let spacing_angstrom = w.filter_spacing_angstrom as f32;
         for l in (0..n_layers).rev() {
             let (layer, lw) = (&b.layers[l], &w.layers[l]);
@@ -235,6 +256,7 @@ impl CudaBackend {
             if keep {
                 keep_pair(device, &kept.update[l], (&g.gs_mid, &g.gv_mid), n * h)?;
             }
+            profile.mark(|| format!("update backward {l}"), now)?;
             let table = w.filter_table(l);
             message::message_backward(
                 gpu,
@@ -250,6 +272,7 @@ impl CudaBackend {
             if keep && l > 0 {
                 keep_pair(device, &kept.message[l], (&g.gs, &g.gv), n * h)?;
             }
+            profile.mark(|| format!("message backward {l}"), now)?;
         }
         if keep {
             kept.atoms = Some(n);
@@ -286,6 +309,11 @@ impl Backend for CudaBackend {
             ));
         }
         self.progress = Progress::Loaded;
+        let device = &self.gpu.device;
+        self.profile.start(|| {
+            device.bind()?;
+            device.timing_event()
+        })?;
         let loaded = &mut self.system;
         loaded.positions.clear();
         loaded.positions.extend_from_slice(system.positions);
@@ -320,7 +348,8 @@ impl Backend for CudaBackend {
             device.upload(registry, &mut b.system.lattice, lattice.as_flattened())?;
             loaded.uploaded_cell = Some(*system.cell);
         }
-        kernels.status_reset(launch::status(), &b.system.status)
+        kernels.status_reset(launch::status(), &b.system.status)?;
+        self.mark(|| "upload".into())
     }
 
     fn build_neighbor_list(&mut self, search_radius_angstrom: f64) -> Result<()> {
@@ -336,7 +365,7 @@ impl Backend for CudaBackend {
             search_radius_angstrom,
         )?;
         self.list_atoms = Some(n);
-        Ok(())
+        self.mark(|| "neighbor list".into())
     }
 
     fn build_graph(&mut self, cutoff_angstrom: f64) -> Result<()> {
@@ -355,7 +384,7 @@ impl Backend for CudaBackend {
             &self.weights,
         )?;
         self.progress = Progress::Graph;
-        Ok(())
+        self.mark(|| "graph".into())
     }
 
     /// The GPU computes the same forward pass whether or not the backward pass follows.
@@ -363,7 +392,10 @@ impl Backend for CudaBackend {
         self.require(Progress::Graph, "forward")?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
-            self.forward_stages()?;
+            let mut profile = std::mem::take(&mut self.profile);
+            let done = self.forward_stages(&mut profile);
+            self.profile = profile;
+            done?;
         }
         self.progress = Progress::Forward;
         Ok(())
@@ -373,7 +405,10 @@ impl Backend for CudaBackend {
         self.require(Progress::Forward, "backward")?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
-            self.backward_stages()?;
+            let mut profile = std::mem::take(&mut self.profile);
+            let done = self.backward_stages(&mut profile);
+            self.profile = profile;
+            done?;
         }
         self.progress = Progress::Backward;
         Ok(())
@@ -392,7 +427,7 @@ impl Backend for CudaBackend {
         }
         self.gpu.device.bind()?;
         let cell = self.cell();
-        readout::readout(
+        let results = readout::readout(
             &self.gpu,
             &self.buffers,
             n,
@@ -401,11 +436,26 @@ impl Backend for CudaBackend {
             &self.system.positions,
             &cell,
             &mut self.results_host,
-        )
+        )?;
+        self.mark(|| "readout".into())?;
+        Ok(results)
     }
 
     fn run_evaluation(&mut self, _n_atoms: usize, stages: &mut Stages<'_>) -> Result<Results> {
         stages(self)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profile.on = on;
+        if !on {
+            let _ = self.gpu.device.bind();
+            self.profile.marks.clear();
+        }
+    }
+
+    fn stage_times(&mut self) -> Result<Vec<StageTime>> {
+        self.gpu.device.bind()?;
+        self.profile.times(Device::seconds_between)
     }
 
     fn inspect(&mut self, stage: Stage) -> Result<StageOutput> {
