@@ -19,7 +19,10 @@ use common::*;
 use painn::backend::{Stage, StageOutput};
 use painn::{Calculator, Cell, Device, Model, Precision, Request};
 
-on_every_platform!(stages_match_the_float64_cpu_backend);
+on_every_platform!(
+    stages_match_the_float64_cpu_backend,
+    profiles_time_every_stage
+);
 
 /// Largest error of a float32 backend's stage output, relative to the largest magnitude of
 /// the float64 array: float32 rounding (6e-8) grows through the filter table, the sums over
@@ -162,4 +165,56 @@ fn stages_match_the_float64_cpu_backend(platform: Platform) {
     if let Some(student) = student_model(&test) {
         check_model(platform, "student model", &Arc::new(student));
     }
+}
+
+/// With profiling on, every stage of an evaluation has a time, in order; off, none.
+fn profiles_time_every_stage(platform: Platform) {
+    let model = Arc::new(tiny_model());
+    let Some(mut calculator) = platform.calculator(&model) else {
+        return;
+    };
+    let (z, positions, lattice) = random_system(7, 20, 8);
+    let cell = Cell::new(lattice, [true; 3]).unwrap();
+    calculator.set_profiling(true);
+    calculator
+        .compute(&z, &positions, &cell, Request::ALL)
+        .unwrap();
+    let times = calculator.stage_times().unwrap();
+    let names: Vec<&str> = times.iter().map(|t| t.stage.as_str()).collect();
+    println!("{platform:?}: {times:?}");
+    let n_layers = model.layers();
+    let mut expected = vec!["neighbor list", "graph"];
+    let layers: Vec<String> = (0..n_layers)
+        .flat_map(|l| [format!("message {l}"), format!("update {l}")])
+        .collect();
+    let backward: Vec<String> = (0..n_layers)
+        .rev()
+        .flat_map(|l| {
+            [
+                format!("update backward {l}"),
+                format!("message backward {l}"),
+            ]
+        })
+        .collect();
+    expected.extend(layers.iter().map(String::as_str));
+    expected.extend(["head", "head backward"]);
+    expected.extend(backward.iter().map(String::as_str));
+    expected.push("readout");
+    // Every expected stage appears once, in this order (a backend may time more).
+    let mut position = 0;
+    for stage in &expected {
+        let found = names[position..].iter().position(|name| name == stage);
+        let found = found.unwrap_or_else(|| panic!("{stage} missing or out of order in {names:?}"));
+        position += found + 1;
+    }
+    assert!(
+        times
+            .iter()
+            .all(|t| t.seconds.is_finite() && t.seconds >= 0.0)
+    );
+    calculator.set_profiling(false);
+    calculator
+        .compute(&z, &positions, &cell, Request::ALL)
+        .unwrap();
+    assert!(calculator.stage_times().unwrap().is_empty());
 }
