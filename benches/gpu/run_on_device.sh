@@ -5,6 +5,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on benzene and a periodic water box
 #   bench     painn bench and the PyTorch implementation of the same weights, one GPU
 #   ab        painn bench of .device/bin/painn-base and .device/bin/painn, alternated
+#   bits      painn eval of .device/bin/painn-base and .device/bin/painn on the GPU: same numbers?
+#   profile   painn bench --profile (per-stage GPU times) up to 10^5 atoms
 #   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
 #   ase     ASE MD speed through the calculator (benzene)
 #   copper  the main job (python/scripts/copper_md.py) with device cuda
@@ -51,6 +53,24 @@ if has sanitize; then
             echo "exit status $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error" "$out/sanitize-$tool-$s.log" | head -5
         done
     done
+fi
+if has bits; then
+    mkdir -p /tmp/painn-structures
+    .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 11000 --repeats 1 \
+        --write-structures /tmp/painn-structures > /dev/null
+    echo "== painn eval on the GPU: baseline (painn-base) against this build (painn) =="
+    for f in /tmp/painn-structures/*.xyz; do
+        .device/bin/painn-base eval --model "$PAINN_STUDENT_MODEL" --device cuda --precision f32 --per-atom "$f" > /tmp/a.json
+        .device/bin/painn eval --model "$PAINN_STUDENT_MODEL" --device cuda --precision f32 --per-atom "$f" > /tmp/b.json
+        python3 -c "import json,sys; print(sys.argv[1], 'identical' if json.load(open('/tmp/a.json')) == json.load(open('/tmp/b.json')) else 'DIFFERENT')" "$(basename "$f")"
+    done | tee "$out/bits.txt"
+fi
+if has profile; then
+    echo "== painn bench --profile (cuda, f32) =="
+    .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --profile \
+        | tee "$out/profile.txt"
+    .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --profile --json \
+        > "$out/bench-profile.jsonl"
 fi
 if has ab; then
     echo "== painn bench, baseline (painn-base) and this build (painn), alternated =="
