@@ -104,6 +104,7 @@ class Run:
         self.painn = {}   # (device, precision) -> {system: record}
         self.torch = {}   # system -> {mode: record}
         self.lammps = {}  # system -> record
+        self.stages = {}  # (device, precision) -> {system: [{"stage", "median_us"}]}
         files = sorted(p for p in folder.iterdir()
                        if p.is_file() and p.suffix in (".jsonl", ".json") and p.name != "meta.json")
         for path in files:
@@ -112,7 +113,14 @@ class Run:
                 system = str(record.get("system"))
                 if what == "painn":
                     key = (str(record.get("device") or "?"), str(record.get("precision") or "?"))
-                    self.painn.setdefault(key, {})[system] = record
+                    rows = self.painn.setdefault(key, {})
+                    if record.get("stages"):
+                        # `painn bench --profile`: its per-stage times, and its row only where
+                        # no plain run gave one.
+                        self.stages.setdefault(key, {})[system] = record["stages"]
+                        rows.setdefault(system, record)
+                    else:
+                        rows[system] = record
                 elif what == "torch":
                     self.torch.setdefault(system, {})[str(record.get("mode") or "?")] = record
                 elif what == "lammps":
@@ -330,6 +338,37 @@ def lammps_table(run):
     return table(header, rows)
 
 
+def stage_tables(run):
+    """[(heading, table)] of per-stage times (`painn bench --profile`): a column per system,
+    microseconds and the share of a call."""
+    tables = []
+    for (device, precision), by_system in sorted(run.stages.items()):
+        systems = sorted(by_system, key=lambda s: sort_key(s, atoms_of(run.painn.get(
+            (device, precision), {}).get(s))))
+        names = []
+        for system in systems:
+            for entry in by_system[system]:
+                if entry.get("stage") not in names:
+                    names.append(entry.get("stage"))
+        header = [("stage", "l")] + [(f"{label(s)} ({fmt_int(atoms_of(run.painn.get((device, precision), {}).get(s)))})", "r")
+                                     for s in systems]
+        times = {s: {e.get("stage"): number(e.get("median_us")) for e in by_system[s]} for s in systems}
+        totals = {s: sum(v for k, v in times[s].items() if v is not None and not str(k).endswith("(rebuild)"))
+                  for s in systems}
+        rows = []
+        for name in names:
+            row = [str(name)]
+            for system in systems:
+                us = times[system].get(name)
+                share = "" if us is None or not totals[system] or str(name).endswith("(rebuild)") \
+                    else f" ({100 * us / totals[system]:.0f}%)"
+                row.append("" if us is None else fmt_time(us) + share)
+            rows.append(row)
+        where = "CPU" if device == "cpu" else device
+        tables.append((f"{where}, {precision}", table(header, rows)))
+    return tables
+
+
 def provenance(run):
     parts = [f"Machine: {run.machine}", f"date: {run.field('date') or 'not recorded'}"]
     commit = run.field("commit")
@@ -363,6 +402,11 @@ def performance_markdown(runs):
             out += [run.field("notes"), ""]
         for heading, text in bench_tables(run, compact=False):
             out += [f"### painn bench: {heading}", "", text, ""]
+        for heading, text in stage_tables(run):
+            out += [f"### Time per stage (`painn bench --profile`): {heading}", "",
+                    "Medians over calls with profiling on (GPU: events between stages on the "
+                    "stream); shares of one steady call; the neighbour-list rebuild is a call "
+                    "of its own.", "", text, ""]
         if run.lammps:
             out += ["### LAMMPS MD", "", lammps_table(run), ""]
     return "\n".join(out)
