@@ -25,7 +25,13 @@
 #define PAINN_ABI_VERSION 1
 
 /**
- * A model bound to a device and a precision, with its work buffers. One thread at a time.
+ * A model bound to a device and a precision, with its work buffers. One thread at a time:
+ * every function taking a calculator marks it in use for the duration of the call, and a
+ * call that overlaps another on the same calculator fails at once with
+ * `PAINN_INVALID_ARGUMENT` ("calculator ... is in use by another thread"), computing and
+ * writing nothing (it is never waited for; serialise the calls, or give each thread its own
+ * calculator). Undefined: using a calculator after `painn_calculator_free` returned success
+ * for it, or freeing it while another thread may still pass it to a function.
  */
 typedef struct painn_calculator_t painn_calculator_t;
 
@@ -150,6 +156,28 @@ painn_status_t painn_model_layers(const painn_model_t *model, int32_t *layers);
 painn_status_t painn_model_max_z(const painn_model_t *model, int32_t *max_z);
 
 /**
+ * The number of elements the model accepts: those of the element list in its file (the
+ * elements it was trained on), or max_z for a model file without a list (then every atomic
+ * number 1..=max_z). `painn_model_element` reads them; a host checks its element names
+ * against them before any atom is computed.
+ *
+ * # Safety
+ * `model` is a live model; `count` points to a writable int32.
+ */
+painn_status_t painn_model_element_count(const painn_model_t *model, int32_t *count);
+
+/**
+ * The atomic number of the model's `index`-th accepted element (0 <= index <
+ * `painn_model_element_count`), in increasing order of atomic number.
+ *
+ * # Safety
+ * `model` is a live model; `atomic_number` points to a writable int32.
+ */
+painn_status_t painn_model_element(const painn_model_t *model,
+                                   int32_t index,
+                                   int32_t *atomic_number);
+
+/**
  * Creates a calculator for `model` on `device` ("cpu", "cuda", "cuda:N" or "auto": the
  * first GPU when one is usable, else the CPU) in `precision` ("f64" or "f32"; the GPU runs
  * f32). `skin_angstrom` is the neighbour-list skin (negative: the default, 1 Angstrom).
@@ -165,7 +193,9 @@ painn_status_t painn_calculator_create(const painn_model_t *model,
                                        painn_calculator_t **calculator);
 
 /**
- * Releases a calculator (NULL is ignored).
+ * Releases a calculator (NULL is ignored). A calculator that another thread is using is
+ * not released (`PAINN_INVALID_ARGUMENT`); freeing one that another thread may still call
+ * afterwards is undefined.
  *
  * # Safety
  * `calculator` is NULL or a pointer from `painn_calculator_create`, not yet freed.
@@ -195,12 +225,17 @@ painn_status_t painn_cuda_device_count(int32_t *count);
  * `[n][3]` (Angstrom, wrapped or not), `cell` `[3][3]` (lattice vectors as rows, Angstrom;
  * NULL for none), `pbc` `[3]` (non-zero = periodic; NULL = no axis periodic). Outputs
  * (NULL = not wanted): `energy` (eV), `forces` `[n][3]` (eV/A), `virial` `[3][3]` (eV,
- * W[a][b] = sum over edges r_ij[a] f_ij[b]), `energies` `[n]` (eV), `atom_virials`
- * `[n][3][3]` (eV; each edge's share split half to each end).
+ * W[a][b] = sum over edges r_ij[a] f_ij[b]; not symmetric in general: a trained model
+ * need not be rotation invariant), `energies` `[n]` (eV), `atom_virials` `[n][3][3]` (eV;
+ * each edge's share split half to each end). `n_atoms` is at most 2^31 - 1.
+ *
+ * A host whose cell is lower triangular with tilts (rows a = (lx, 0, 0), b = (xy, ly, 0),
+ * c = (xz, yz, lz), as LAMMPS's) takes W[1][0], W[2][0], W[2][1] as its xy, xz, yz virial
+ * components: those are conjugate to its tilts (the energy's derivatives under them).
  *
  * # Safety
- * `calculator` is a live calculator used by this thread only; every non-NULL pointer holds
- * the number of elements given above.
+ * `calculator` is a live calculator; every non-NULL pointer holds the number of elements
+ * given above.
  */
 painn_status_t painn_compute(painn_calculator_t *calculator,
                              int64_t n_atoms,

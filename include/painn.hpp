@@ -22,7 +22,9 @@
 //     }
 //
 // Threads: a Model may be shared by any number of threads and calculators; a Calculator
-// must be used by one thread at a time.
+// must be used by one thread at a time: a call that overlaps another on the same Calculator
+// throws painn::Error (PAINN_INVALID_ARGUMENT, "in use by another thread") and computes
+// nothing.
 #ifndef PAINN_HPP
 #define PAINN_HPP
 
@@ -95,6 +97,19 @@ public:
         int32_t value = 0;
         detail::check(painn_model_max_z(model_.get(), &value));
         return value;
+    }
+
+    /// Atomic numbers the model accepts, ascending (its file's element list, else 1..max_z).
+    std::vector<int> elements() const {
+        int32_t count = 0;
+        detail::check(painn_model_element_count(model_.get(), &count));
+        std::vector<int> numbers(static_cast<std::size_t>(count));
+        for (int32_t index = 0; index < count; ++index) {
+            int32_t number = 0;
+            detail::check(painn_model_element(model_.get(), index, &number));
+            numbers[static_cast<std::size_t>(index)] = number;
+        }
+        return numbers;
     }
 
     const painn_model_t* get() const noexcept { return model_.get(); }

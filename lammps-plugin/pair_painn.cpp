@@ -17,10 +17,13 @@
 
 #include <mpi.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 using namespace LAMMPS_NS;
 
@@ -36,14 +39,67 @@ const char *const ELEMENTS[] = {
     "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr", "Rf", "Db",
     "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
 
+constexpr int KNOWN_ELEMENTS = sizeof(ELEMENTS) / sizeof(ELEMENTS[0]);
+
 // Atomic number of an element symbol, 0 if unknown.
 int atomic_number(const std::string &symbol)
 {
-  const int n = sizeof(ELEMENTS) / sizeof(ELEMENTS[0]);
-  for (int z = 1; z <= n; ++z)
+  for (int z = 1; z <= KNOWN_ELEMENTS; ++z)
     if (symbol == ELEMENTS[z - 1]) return z;
   return 0;
 }
+
+// Symbol of an atomic number ("Z=N" beyond the table).
+std::string element_symbol(int z)
+{
+  return z >= 1 && z <= KNOWN_ELEMENTS ? ELEMENTS[z - 1] : "Z=" + std::to_string(z);
+}
+
+// Reads a model file whole; on failure returns why (naming the file), else "".
+std::string read_model_file(const std::string &path, std::vector<char> &bytes)
+{
+  const std::string quoted = "the model file '" + path + "'";
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) return "cannot read " + quoted + ": " + strerror(errno);
+  if (S_ISDIR(info.st_mode))
+    return quoted + " is a directory; give the .safetensors file written by painn-convert";
+  if (!S_ISREG(info.st_mode)) return quoted + " is not a regular file";
+  if (info.st_size > INT_MAX)
+    return quoted + " has " + std::to_string(info.st_size) +
+        " bytes, more than a model file can have (2 GiB)";
+  FILE *file = fopen(path.c_str(), "rb");
+  if (!file) return "cannot read " + quoted + ": " + strerror(errno);
+  bytes.resize(static_cast<size_t>(info.st_size));
+  const size_t got = fread(bytes.data(), 1, bytes.size(), file);
+  const bool failed = ferror(file) != 0;
+  fclose(file);
+  if (failed || got != bytes.size())
+    return "cannot read " + quoted + ": read " + std::to_string(got) + " of " +
+        std::to_string(bytes.size()) + " bytes";
+  return "";
+}
+
+// Adds a 3x3 virial W[a][b] = sum r[a] f[b] (row-major) to LAMMPS's six components (xx yy
+// zz xy xz yz). LAMMPS's box h = [[xprd, xy, xz], [0, yprd, yz], [0, 0, zprd]] has its tilts
+// above the diagonal: changing the xy tilt moves each atom's x in proportion to its y, so the
+// energy's derivative with respect to xy involves sum y f_x = W[1][0], and likewise xz and
+// yz involve W[2][0] and W[2][1]. A trained model need not be rotation invariant and its W
+// need not be symmetric: these, not W[0][1], W[0][2], W[1][2], are the components conjugate
+// to LAMMPS's box, which its pressure and fix npt/nph 'tri' need.
+void add_virial(const double *w, double *v)
+{
+  v[0] += w[0];
+  v[1] += w[4];
+  v[2] += w[8];
+  v[3] += w[3];
+  v[4] += w[6];
+  v[5] += w[7];
+}
+
+// Doubles per atom in the reverse communication with newton off: forces, then the six
+// per-atom virial components when they are wanted.
+constexpr int REVERSE_FORCES = 3;
+constexpr int REVERSE_MAX = 9;
 
 }    // namespace
 
@@ -56,7 +112,12 @@ PairPaiNN::PairPaiNN(LAMMPS *lmp) : Pair(lmp)
   // The engine returns the virial itself (r_ij x f_ij over its edges, on every rank).
   no_virial_fdotr_compute = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
-  comm_reverse = 3;
+  // With newton off this style returns ghost forces (and per-atom virials) to their owners
+  // itself. LAMMPS sizes its communication buffers from comm_reverse_off when newton is off
+  // (comm_reverse alone is then ignored): without it, a rank receiving many more ghosts than
+  // it sends (one owning no atoms) overran its send buffer.
+  comm_reverse = REVERSE_MAX;
+  comm_reverse_off = REVERSE_MAX;
 }
 
 PairPaiNN::~PairPaiNN()
@@ -66,7 +127,6 @@ PairPaiNN::~PairPaiNN()
     memory->destroy(setflag);
     memory->destroy(cutsq);
   }
-  memory->destroy(reverse_forces);
   painn_calculator_free(calculator);
   painn_model_free(model);
 }
@@ -126,20 +186,19 @@ void PairPaiNN::settings(int narg, char **arg)
 void PairPaiNN::load_model()
 {
   std::vector<char> bytes;
-  long long size = -1;
-  if (comm->me == 0) {
-    std::ifstream file(model_path, std::ios::binary);
-    if (file) {
-      bytes.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
-      size = static_cast<long long>(bytes.size());
-    }
+  std::string problem;
+  if (comm->me == 0) problem = read_model_file(model_path, bytes);
+  int length = static_cast<int>(problem.size());
+  MPI_Bcast(&length, 1, MPI_INT, 0, world);
+  if (length > 0) {
+    problem.resize(length);
+    MPI_Bcast(&problem[0], length, MPI_CHAR, 0, world);
+    error->all(FLERR, "pair_style painn: {}", problem);
   }
-  MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, world);
-  if (size < 0)
-    error->all(FLERR, "pair_style painn: cannot read the model file '{}': {}", model_path,
-               utils::getsyserror());
+  int size = static_cast<int>(bytes.size());
+  MPI_Bcast(&size, 1, MPI_INT, 0, world);
   bytes.resize(size);
-  MPI_Bcast(bytes.data(), static_cast<int>(size), MPI_CHAR, 0, world);
+  MPI_Bcast(bytes.data(), size, MPI_CHAR, 0, world);
   painn_model_free(model);
   model = nullptr;
   if (painn_model_load_buffer(reinterpret_cast<const uint8_t *>(bytes.data()), bytes.size(),
@@ -151,6 +210,12 @@ void PairPaiNN::load_model()
   layers = value;
   painn_model_max_z(model, &value);
   max_z = value;
+  // The elements the model accepts (its file's list, else 1..max_z), checked by pair_coeff.
+  int32_t count = 0;
+  if (painn_model_element_count(model, &count) != PAINN_SUCCESS)
+    error->all(FLERR, "pair_style painn: {}", painn_last_error());
+  model_elements.assign(count, 0);
+  for (int32_t k = 0; k < count; ++k) painn_model_element(model, k, &model_elements[k]);
 }
 
 // Each rank opens its device; with several GPUs on a node, rank k of the node takes GPU
@@ -231,6 +296,14 @@ void PairPaiNN::coeff(int narg, char **arg)
                  "pair_coeff for painn: element {} (atom type {}) is beyond the model's range "
                  "(atomic numbers 1 to {})",
                  symbol, i, max_z);
+    if (!std::binary_search(model_elements.begin(), model_elements.end(), z)) {
+      std::string known;
+      for (int element : model_elements) known += " " + element_symbol(element);
+      error->all(FLERR,
+                 "pair_coeff for painn: element {} (atom type {}) is not one of the elements of "
+                 "the model '{}' (it was trained on:{})",
+                 symbol, i, model_path, known);
+    }
     type_z[i] = z;
   }
   int count = 0;
@@ -346,72 +419,56 @@ void PairPaiNN::compute(int eflag, int vflag)
     error->one(FLERR, "pair_style painn: step {}: {}", update->ntimestep, painn_last_error());
   if (!single_rank && !ghosts_checked) warn_about_ghosts(owned, n - owned);
 
-  if (single_rank || force->newton_pair) {
-    // Ghost forces (several ranks) are summed into their owners by LAMMPS (newton on).
-    for (int k = 0; k < n; ++k) {
-      const int i = lammps_index[k];
-      for (int d = 0; d < 3; ++d) f[i][d] += forces[3 * k + d];
-    }
-  } else {
-    // newton off: LAMMPS does not return ghost forces, so this style does.
-    if (reverse_capacity < nall) {
-      memory->destroy(reverse_forces);
-      reverse_capacity = atom->nmax;
-      memory->create(reverse_forces, 3 * reverse_capacity, "pair:reverse_forces");
-    }
-    for (int i = 0; i < nall; ++i)
-      for (int d = 0; d < 3; ++d) reverse_forces[3 * i + d] = 0.0;
-    for (int k = 0; k < n; ++k)
-      for (int d = 0; d < 3; ++d) reverse_forces[3 * lammps_index[k] + d] = forces[3 * k + d];
-    comm->reverse_comm(this);
-    for (int i = 0; i < nlocal; ++i)
-      for (int d = 0; d < 3; ++d) f[i][d] += reverse_forces[3 * i + d];
-  }
-
   if (eflag_global) eng_vdwl += energy;
   if (eflag_atom)
     for (int k = 0; k < owned; ++k) eatom[lammps_index[k]] += energies[k];
-  if (vflag_global) {
-    // LAMMPS order xx yy zz xy xz yz of W[a][b] = sum r_ij[a] f_ij[b].
-    virial[0] += w[0];
-    virial[1] += w[4];
-    virial[2] += w[8];
-    virial[3] += w[1];
-    virial[4] += w[2];
-    virial[5] += w[5];
-  }
-  if (vflag_atom) {
-    // Ghost entries are summed into owners by compute stress/atom (newton on).
+  if (vflag_global) add_virial(w, virial);
+
+  if (single_rank || force->newton_pair) {
+    // Ghost forces (several ranks) are summed into their owners by LAMMPS (newton on), and
+    // ghost per-atom virials by compute stress/atom.
     for (int k = 0; k < n; ++k) {
       const int i = lammps_index[k];
-      const double *a = &atom_virials[9 * static_cast<size_t>(k)];
-      vatom[i][0] += a[0];
-      vatom[i][1] += a[4];
-      vatom[i][2] += a[8];
-      vatom[i][3] += a[1];
-      vatom[i][4] += a[2];
-      vatom[i][5] += a[5];
+      for (int d = 0; d < 3; ++d) f[i][d] += forces[3 * k + d];
+      if (vflag_atom) add_virial(&atom_virials[9 * static_cast<size_t>(k)], vatom[i]);
     }
+    return;
+  }
+  // newton off: LAMMPS returns neither ghost forces nor ghost per-atom virials to their
+  // owners, so this style does (reverse communication of both).
+  reverse_size = vflag_atom ? REVERSE_MAX : REVERSE_FORCES;
+  reverse.assign(reverse_size * static_cast<size_t>(nall), 0.0);
+  for (int k = 0; k < n; ++k) {
+    double *r = &reverse[reverse_size * static_cast<size_t>(lammps_index[k])];
+    for (int d = 0; d < 3; ++d) r[d] = forces[3 * k + d];
+    if (vflag_atom) add_virial(&atom_virials[9 * static_cast<size_t>(k)], r + 3);
+  }
+  comm->reverse_comm(this);
+  for (int i = 0; i < nlocal; ++i) {
+    const double *r = &reverse[reverse_size * static_cast<size_t>(i)];
+    for (int d = 0; d < 3; ++d) f[i][d] += r[d];
+    if (vflag_atom)
+      for (int c = 0; c < 6; ++c) vatom[i][c] += r[3 + c];
   }
 }
 
 int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 {
-  int m = 0;
-  for (int i = first; i < first + n; ++i)
-    for (int d = 0; d < 3; ++d) buffer[m++] = reverse_forces[3 * i + d];
-  return m;
+  const double *from = reverse.data() + reverse_size * static_cast<size_t>(first);
+  std::copy(from, from + reverse_size * static_cast<size_t>(n), buffer);
+  return reverse_size * n;
 }
 
 void PairPaiNN::unpack_reverse_comm(int n, int *list, double *buffer)
 {
-  int m = 0;
-  for (int k = 0; k < n; ++k)
-    for (int d = 0; d < 3; ++d) reverse_forces[3 * list[k] + d] += buffer[m++];
+  for (int k = 0; k < n; ++k) {
+    double *to = reverse.data() + reverse_size * static_cast<size_t>(list[k]);
+    for (int c = 0; c < reverse_size; ++c) to[c] += buffer[reverse_size * k + c];
+  }
 }
 
 double PairPaiNN::memory_usage()
 {
   return sizeof(double) * (positions.capacity() + forces.capacity() + energies.capacity() +
-                           atom_virials.capacity() + 3.0 * reverse_capacity);
+                           atom_virials.capacity() + reverse.capacity());
 }

@@ -7,7 +7,9 @@
 // Units must be metal (eV, Angstrom). On one MPI rank the engine builds its own periodic
 // graph from the owned atoms and the box (ghost atoms unused). On several ranks it evaluates
 // owned + ghost atoms without periodicity (the ghost shell is raised to layers x cutoff +
-// skin); only owned atoms' energies count and ghost forces go back to their owners.
+// skin); only owned atoms' energies count and ghost forces (and per-atom virials) go back
+// to their owners, with newton on or off. The virial's off-diagonal components are the ones
+// conjugate to LAMMPS's box tilts (xy: sum y f_x; see add_virial in pair_painn.cpp).
 #ifndef PAINN_PAIR_PAINN_H
 #define PAINN_PAIR_PAINN_H
 
@@ -61,8 +63,10 @@ class PairPaiNN : public Pair {
   std::vector<int> lammps_index;    // engine atom -> LAMMPS atom
   std::vector<int32_t> numbers;
   std::vector<double> positions, forces, energies, atom_virials;
-  double *reverse_forces = nullptr;    // [nall][3] for the reverse communication (newton off)
-  int reverse_capacity = 0;
+  // newton off: [nall][reverse_size] ghost forces (and per-atom virials) sent to owners.
+  std::vector<double> reverse;
+  int reverse_size = 3;
+  std::vector<int32_t> model_elements;    // atomic numbers the model accepts, ascending
   bool ghosts_checked = false;    // warn_about_ghosts ran in this run
 };
 

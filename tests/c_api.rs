@@ -315,3 +315,301 @@ fn c_program_is_clean_under_valgrind() {
     );
     println!("valgrind memcheck: no errors, no definite or indirect leaks");
 }
+
+/// The C functions called from Rust: a model and a CPU float64 calculator on the tiny model.
+mod through_c {
+    use std::ffi::{CStr, CString};
+    use std::ptr::null_mut;
+
+    use painn::capi::*;
+
+    use super::repository;
+
+    pub struct Handles {
+        pub model: *mut painn_model_t,
+        pub calculator: *mut painn_calculator_t,
+    }
+
+    impl Handles {
+        pub fn tiny() -> Handles {
+            let path = repository().join("tests/data/tiny_model.safetensors");
+            let path = CString::new(path.to_str().unwrap()).unwrap();
+            let mut model = null_mut();
+            let mut calculator = null_mut();
+            // SAFETY: valid strings and outputs.
+            unsafe {
+                assert_eq!(painn_model_load(path.as_ptr(), &mut model), PAINN_SUCCESS);
+                assert_eq!(
+                    painn_calculator_create(
+                        model,
+                        c"cpu".as_ptr(),
+                        c"f64".as_ptr(),
+                        -1.0,
+                        &mut calculator
+                    ),
+                    PAINN_SUCCESS
+                );
+            }
+            Handles { model, calculator }
+        }
+    }
+
+    impl Drop for Handles {
+        fn drop(&mut self) {
+            // SAFETY: live handles, freed once.
+            unsafe {
+                assert_eq!(painn_calculator_free(self.calculator), PAINN_SUCCESS);
+                assert_eq!(painn_model_free(self.model), PAINN_SUCCESS);
+            }
+        }
+    }
+
+    /// The status of a call and, on failure, the thread's last error.
+    pub fn outcome(status: painn_status_t) -> (painn_status_t, String) {
+        let message = if status == PAINN_SUCCESS {
+            String::new()
+        } else {
+            // SAFETY: painn_last_error returns a valid C string.
+            unsafe { CStr::from_ptr(painn_last_error()) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        (status, message)
+    }
+
+    /// `painn_compute` of a periodic system: status, message, energy.
+    ///
+    /// # Safety
+    /// `calculator` is live (it may be in use by another thread).
+    pub unsafe fn energy(
+        calculator: *mut painn_calculator_t,
+        z: &[i32],
+        positions: &[[f64; 3]],
+        cell: &[[f64; 3]; 3],
+    ) -> (painn_status_t, String, f64) {
+        let mut energy = f64::NAN;
+        let pbc = [1i32; 3];
+        // SAFETY: arrays of the sizes given.
+        let status = unsafe {
+            painn_compute(
+                calculator,
+                z.len() as i64,
+                z.as_ptr(),
+                positions.as_flattened().as_ptr(),
+                cell.as_flattened().as_ptr(),
+                pbc.as_ptr(),
+                &mut energy,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                null_mut(),
+            )
+        };
+        let (status, message) = outcome(status);
+        (status, message, energy)
+    }
+}
+
+/// A periodic box of 216 atoms on a jittered simple-cubic grid (1.6 A apart), H to O.
+fn grid_system() -> (Vec<i32>, Vec<[f64; 3]>, [[f64; 3]; 3]) {
+    let mut rng = painn::structures::SplitMix64::new(17);
+    let (side, spacing) = (6, 1.6);
+    let mut z = Vec::new();
+    let mut positions = Vec::new();
+    for i in 0..side {
+        for j in 0..side {
+            for k in 0..side {
+                z.push([1, 6, 7, 8][(i + j + k) % 4]);
+                positions.push([i, j, k].map(|n| n as f64 * spacing + rng.range(-0.2, 0.2)));
+            }
+        }
+    }
+    let length = side as f64 * spacing;
+    let cell = [[length, 0.0, 0.0], [0.0, length, 0.0], [0.0, 0.0, length]];
+    (z, positions, cell)
+}
+
+#[test]
+fn one_calculator_called_from_two_threads_at_once_refuses_the_overlapping_call() {
+    use painn::capi::*;
+    use std::sync::Barrier;
+
+    let handles = through_c::Handles::tiny();
+    let (z, positions, cell) = grid_system();
+    // SAFETY: a live calculator used by this thread alone.
+    let (status, _, expected) =
+        unsafe { through_c::energy(handles.calculator, &z, &positions, &cell) };
+    assert_eq!(status, PAINN_SUCCESS);
+
+    // Two threads call the same calculator at the same moment, 60 times each.
+    struct Shared(*mut painn_calculator_t);
+    // SAFETY: the C ABI is what is tested here: it must refuse concurrent use, not race.
+    unsafe impl Sync for Shared {}
+    let shared = Shared(handles.calculator);
+    let barrier = Barrier::new(2);
+    let rounds = 60;
+    let outcomes: Vec<(painn_status_t, String, f64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let shared = &shared;
+                    (0..rounds)
+                        .map(|_| {
+                            barrier.wait();
+                            // SAFETY: a live calculator; concurrent use is the point.
+                            unsafe { through_c::energy(shared.0, &z, &positions, &cell) }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let mut refused = 0;
+    for (status, message, energy) in &outcomes {
+        if *status == PAINN_SUCCESS {
+            assert_eq!(
+                energy.to_bits(),
+                expected.to_bits(),
+                "a call returned a wrong energy"
+            );
+        } else {
+            assert_eq!(*status, PAINN_INVALID_ARGUMENT, "{message}");
+            assert!(message.contains("in use by another thread"), "{message}");
+            refused += 1;
+        }
+    }
+    println!(
+        "{} calls from 2 threads at once: {} succeeded with the exact energy, {refused} refused \
+         (calculator in use)",
+        outcomes.len(),
+        outcomes.len() - refused
+    );
+    assert!(
+        refused > 0,
+        "no call overlapped another: the test proves nothing"
+    );
+    assert!(refused < outcomes.len());
+    // The calculator is free again and gives the same answer.
+    // SAFETY: a live calculator used by this thread alone.
+    let (status, _, again) =
+        unsafe { through_c::energy(handles.calculator, &z, &positions, &cell) };
+    assert_eq!(
+        (status, again.to_bits()),
+        (PAINN_SUCCESS, expected.to_bits())
+    );
+}
+
+#[test]
+fn sizes_are_checked_before_anything_is_read_or_allocated() {
+    use painn::capi::*;
+    use std::ptr::{null, null_mut};
+
+    let handles = through_c::Handles::tiny();
+    let c = handles.calculator;
+    // Three atoms' worth of arrays; the counts claim far more, and must be refused before any
+    // of it is read. Each call returns its status and message.
+    let z = [8i32, 1, 1];
+    let positions = [0.0f64, 0.0, 0.0, 0.96, 0.0, 0.0, -0.24, 0.93, 0.0];
+    let positions_float = positions.map(|x| x as f32);
+    let mut forces = [0.0f64; 9];
+    let mut energy = 0.0f64;
+    let (e, f) = (&mut energy as *mut f64, forces.as_mut_ptr());
+    let (z, r, r32) = (z.as_ptr(), positions.as_ptr(), positions_float.as_ptr());
+    let (none, no_pbc) = (null_mut::<f64>(), null_mut::<i32>());
+    // SAFETY (the three closures): the arrays hold 3 atoms; other counts must be refused.
+    let compute = |n| {
+        through_c::outcome(unsafe {
+            painn_compute(c, n, z, r, null(), no_pbc, e, f, none, none, none)
+        })
+    };
+    let compute_float = |n| {
+        through_c::outcome(unsafe {
+            painn_compute_float(c, n, z, r32, null(), no_pbc, e, f, none, none, none)
+        })
+    };
+    let compute_local = |n, owned| {
+        through_c::outcome(unsafe {
+            painn_compute_local(c, n, owned, z, r, e, f, none, none, none)
+        })
+    };
+    for n in [i64::MAX, 1 << 40, i32::MAX as i64 + 1, -1, i64::MIN] {
+        for (status, message) in [compute(n), compute_float(n), compute_local(n, 0)] {
+            assert_eq!(status, PAINN_INVALID_ARGUMENT, "n_atoms = {n}");
+            assert!(message.contains("`n_atoms`"), "{message}");
+            if n > 0 {
+                assert!(
+                    message.contains("more than the 2147483647 atoms"),
+                    "{message}"
+                );
+            }
+        }
+    }
+    for owned in [i64::MIN, -1, i64::MAX] {
+        let (status, message) = compute_local(3, owned);
+        assert_eq!(status, PAINN_INVALID_ARGUMENT);
+        assert!(message.contains("`n_owned`"), "{message}");
+    }
+    let mut model = null_mut();
+    // SAFETY: the call must fail on the size alone.
+    let status =
+        unsafe { painn_model_load_buffer([0u8; 8].as_ptr(), usize::MAX, null(), &mut model) };
+    let (status, message) = through_c::outcome(status);
+    assert_eq!(status, PAINN_INVALID_ARGUMENT);
+    assert!(message.contains("`size`") && model.is_null(), "{message}");
+    // The calculator still computes the three atoms.
+    assert_eq!(compute(3).0, PAINN_SUCCESS);
+    assert_eq!(compute_local(3, 3).0, PAINN_SUCCESS);
+    assert!(energy.is_finite() && energy != 0.0);
+}
+
+#[test]
+fn model_elements_are_queried_through_the_c_abi() {
+    use painn::capi::*;
+
+    let handles = through_c::Handles::tiny();
+    let mut count = 0;
+    // SAFETY: live model, writable outputs.
+    unsafe {
+        assert_eq!(
+            painn_model_element_count(handles.model, &mut count),
+            PAINN_SUCCESS
+        );
+    }
+    let numbers: Vec<i32> = (0..count)
+        .map(|index| {
+            let mut z = 0;
+            // SAFETY: as above.
+            assert_eq!(
+                unsafe { painn_model_element(handles.model, index, &mut z) },
+                PAINN_SUCCESS
+            );
+            z
+        })
+        .collect();
+    // The tiny model's file lists H to Ne.
+    assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
+    for index in [-1, count, i32::MAX] {
+        let mut z = 0;
+        // SAFETY: as above.
+        let (status, message) =
+            through_c::outcome(unsafe { painn_model_element(handles.model, index, &mut z) });
+        assert_eq!(status, PAINN_INVALID_ARGUMENT);
+        assert!(
+            message.contains("`index`") && message.contains("0..10"),
+            "{message}"
+        );
+    }
+    // SAFETY: NULL arguments are errors.
+    unsafe {
+        let (status, message) =
+            through_c::outcome(painn_model_element_count(std::ptr::null(), &mut count));
+        assert!(status == PAINN_INVALID_ARGUMENT && message.contains("`model`"));
+        let (status, message) =
+            through_c::outcome(painn_model_element(handles.model, 0, std::ptr::null_mut()));
+        assert!(status == PAINN_INVALID_ARGUMENT && message.contains("`atomic_number`"));
+    }
+}

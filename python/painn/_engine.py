@@ -4,7 +4,10 @@ A thin mirror of the C ABI: every function of the header is declared with its ex
 signature; :class:`Model` and :class:`Calculator` own the engine's handles and free them on
 ``close()`` (or when collected); every non-zero status becomes a :class:`PainnError` with
 the status code and the engine's message (``painn_last_error``). Arrays go in and out as
-C-contiguous numpy ``float64`` / ``int32`` arrays.
+C-contiguous numpy ``float64`` / ``int32`` arrays, converted only when the conversion
+changes no value: atomic numbers must be integers (29.7, True, NaN or 2**32 + 29 are
+refused, never rounded, taken as hydrogen or wrapped), positions and cells real numbers of
+the right shape.
 
 The shared library is the ``libpainn.so`` installed next to this module by
 ``pip install ./python``. ``PAINN_LIBRARY=/path/to/libpainn.so`` overrides it (development);
@@ -16,6 +19,7 @@ is used.
 from __future__ import annotations
 
 import ctypes
+import numbers as _numbers
 import os
 import threading
 from dataclasses import dataclass
@@ -85,6 +89,8 @@ _PROTOTYPES = {
     "painn_model_cutoff": (_status, [_model_p, _f64_p]),
     "painn_model_layers": (_status, [_model_p, _i32_p]),
     "painn_model_max_z": (_status, [_model_p, _i32_p]),
+    "painn_model_element_count": (_status, [_model_p, _i32_p]),
+    "painn_model_element": (_status, [_model_p, ctypes.c_int32, _i32_p]),
     "painn_calculator_create": (_status, [_model_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_double,
                                           ctypes.POINTER(_calc_p)]),
     "painn_calculator_free": (_status, [_calc_p]),
@@ -249,8 +255,85 @@ class Model(_Handle):
         _check(self._lib.painn_model_max_z(self._live(), ctypes.byref(value)))
         return value.value
 
+    @property
+    def elements(self) -> tuple:
+        """The atomic numbers the model accepts, ascending: the element list of its file (the
+        elements it was trained on), or 1..max_z for a file without one."""
+        count = ctypes.c_int32()
+        _check(self._lib.painn_model_element_count(self._live(), ctypes.byref(count)))
+        numbers = []
+        for index in range(count.value):
+            number = ctypes.c_int32()
+            _check(self._lib.painn_model_element(self._live(), index, ctypes.byref(number)))
+            numbers.append(number.value)
+        return tuple(numbers)
+
     def __repr__(self):
         return f"painn.Model({self.path!r})"
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _refuse_booleans(values, what: str) -> None:
+    if isinstance(values, (bool, np.bool_)) or (
+            isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values)):
+        raise TypeError(f"painn: {what} must be integers, not booleans (True would be taken as 1)")
+
+
+def atomic_numbers_array(values, model: Optional[Model] = None) -> np.ndarray:
+    """``values`` as a 1-D int32 array, refusing what the conversion would change: booleans,
+    non-integral or non-finite numbers, integers beyond 32 bits, non-numbers (``model``
+    names its range in the message)."""
+    _refuse_booleans(values, "atomic numbers")
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"painn: numbers must be one-dimensional, not of shape {array.shape}")
+    kind = array.dtype.kind
+    if kind == "b":
+        raise TypeError("painn: atomic numbers must be integers, not booleans (True would be taken as 1)")
+    if kind == "O":
+        for index, value in enumerate(array):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, _numbers.Real):
+                raise TypeError(f"painn: atomic number {value!r} of atom {index} is not an integer")
+        array = np.array([v if isinstance(v, _numbers.Integral) else float(v) for v in array])
+        kind = array.dtype.kind
+    if kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise ValueError(f"painn: atomic number {float(array[index])!r} of atom {index} is not an integer")
+    elif kind not in "iuO" and array.size:
+        raise TypeError(f"painn: atomic numbers must be integers, not {array.dtype}")
+    if kind == "O" or (array.size and (array.min() < _INT32.min or array.max() > _INT32.max)):
+        outside = [i for i, v in enumerate(array.tolist()) if not _INT32.min <= v <= _INT32.max]
+        if outside:
+            accepted = f"; the model takes 1 to {model.max_z}" if model is not None else ""
+            raise ValueError(f"painn: atomic number {array.tolist()[outside[0]]} of atom {outside[0]} is out of "
+                             f"range (atomic numbers are 32-bit integers{accepted})")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def real_array(values, name: str) -> np.ndarray:
+    """``values`` as a C-contiguous float64 array, refusing booleans, complex numbers, strings
+    and other non-numbers (finiteness is the engine's check, naming the atom)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"painn: {name} must be real numbers, not {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def pbc_flags(pbc) -> np.ndarray:
+    """Periodic flags as three int32: one flag for all three axes (``pbc=True``, as ASE
+    accepts) or one per axis."""
+    flags = np.asarray(pbc)
+    if flags.ndim == 0:
+        flags = np.repeat(flags, 3)
+    if flags.shape != (3,):
+        raise ValueError(f"painn: pbc must be one flag or three, not of shape {flags.shape}")
+    if flags.dtype.kind not in "biuf":
+        raise TypeError(f"painn: pbc flags must be booleans, not {flags.dtype}")
+    return np.ascontiguousarray(flags.astype(bool), dtype=np.int32)
 
 
 @dataclass
@@ -269,15 +352,21 @@ class Calculator(_Handle):
     """A model bound to a device and a precision (``painn_calculator_create``), with its
     neighbour list (reused through the skin) and work buffers.
 
-    ``device``: "cpu", "cuda", "cuda:N" or "auto"; ``precision``: "f32" or "f64";
-    ``skin``: neighbour-list skin in Angstrom (None: the engine's default, 1 A). One thread
-    at a time (a lock makes concurrent calls wait).
+    ``device``: "cpu", "cuda", "cuda:N" or "auto" (None: "auto"); ``precision``: "f32" or
+    "f64" (None: "f32"); ``skin``: neighbour-list skin in Angstrom (None: the engine's
+    default, 1 A). One thread at a time (a lock makes concurrent calls wait).
     """
 
     _kind, _free = "calculator", "painn_calculator_free"
 
     def __init__(self, model: Model, device: str = "auto", precision: str = "f32",
                  skin: Optional[float] = None):
+        device = "auto" if device is None else device
+        precision = "f32" if precision is None else precision
+        for name, value, choices in (("device", device, "'cpu', 'cuda', 'cuda:N' or 'auto'"),
+                                     ("precision", precision, "'f32' or 'f64'")):
+            if not isinstance(value, str):
+                raise TypeError(f"painn: {name} must be a string, {choices}, not {value!r}")
         self._lib = library()
         self._handle = _calc_p()
         self.model = model  # keeps the model alive as long as the calculator
@@ -296,25 +385,22 @@ class Calculator(_Handle):
         _check(self._lib.painn_calculator_device(self._live(), buffer, len(buffer)))
         return buffer.value.decode("utf-8", "replace")
 
-    def compute(self, numbers, positions, cell=None, pbc: Sequence[bool] = (False, False, False),
+    def compute(self, numbers, positions, cell=None, pbc: Union[bool, Sequence[bool]] = (False, False, False),
                 energies: bool = False, atom_virials: bool = False) -> Results:
-        """Energy, forces and virial of the atoms ``numbers`` (n) at ``positions`` (n, 3,
-        Angstrom, wrapped or not) in ``cell`` (3, 3, lattice vectors as rows; None for
-        none) with periodic axes ``pbc``; per-atom energies and virials when asked for."""
-        numbers = np.ascontiguousarray(numbers, dtype=np.int32)
-        positions = np.ascontiguousarray(positions, dtype=np.float64)
-        if numbers.ndim != 1:
-            raise ValueError(f"painn: numbers must be one-dimensional, not of shape {numbers.shape}")
+        """Energy, forces and virial of the atoms ``numbers`` (n integers) at ``positions``
+        (n, 3, Angstrom, wrapped or not) in ``cell`` (3, 3, lattice vectors as rows; None for
+        none) with periodic axes ``pbc`` (three flags, or one for all three); per-atom
+        energies and virials when asked for."""
+        numbers = atomic_numbers_array(numbers, self.model)
+        positions = real_array(positions, "positions")
         n = numbers.shape[0]
         if positions.shape != (n, 3):
             raise ValueError(f"painn: positions must have shape ({n}, 3), not {positions.shape}")
         if cell is not None:
-            cell = np.ascontiguousarray(cell, dtype=np.float64)
+            cell = real_array(cell, "cell")
             if cell.shape != (3, 3):
                 raise ValueError(f"painn: cell must have shape (3, 3), not {cell.shape}")
-        flags = np.ascontiguousarray([1 if p else 0 for p in pbc], dtype=np.int32)
-        if flags.shape != (3,):
-            raise ValueError(f"painn: pbc must have three flags, not {len(flags)}")
+        flags = pbc_flags(pbc)
         energy = ctypes.c_double()
         forces = np.empty((n, 3), dtype=np.float64)
         virial = np.empty((3, 3), dtype=np.float64)

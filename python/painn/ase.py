@@ -48,7 +48,8 @@ class PaiNNCalculator(Calculator):
 
     ``model``: a model file (``.safetensors`` from painn-convert) or a loaded
     :class:`painn.Model` (shared, e.g. by several calculators).
-    ``device``: "auto" (the first usable GPU, else the CPU), "cpu", "cuda" or "cuda:N".
+    ``device``: "auto" (the first usable GPU, else the CPU; None means "auto"), "cpu", "cuda"
+    or "cuda:N".
     ``precision``: "f32" (fast; the GPU runs f32) or "f64" (the CPU reference).
     ``skin``: neighbour-list skin in Angstrom (None: the engine's default, 1 A).
 
@@ -61,8 +62,8 @@ class PaiNNCalculator(Calculator):
     default_parameters = {"device": "auto", "precision": "f32", "skin": None}
     nolabel = True
 
-    def __init__(self, model: Union[str, os.PathLike, Model], device: str = "auto", precision: str = "f32",
-                 skin: Optional[float] = None, **kwargs):
+    def __init__(self, model: Union[str, os.PathLike, Model], device: Optional[str] = "auto",
+                 precision: str = "f32", skin: Optional[float] = None, **kwargs):
         self._model = self._load(model)
         self.engine: Optional[EngineCalculator] = None
         super().__init__(device=device, precision=precision, skin=skin, **kwargs)

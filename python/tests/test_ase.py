@@ -332,6 +332,80 @@ def test_bad_positions_and_cells():
         calculator(device="tpu")
 
 
+def test_atomic_numbers_must_be_integers_in_range():
+    """Nothing is rounded, wrapped or taken as hydrogen: 29.7, 2**32 + 29, True, NaN and
+    non-numbers are refused with a message naming the atom; 8.0 is the integer 8."""
+    engine = _engine.Calculator(_engine.Model(TINY_MODEL), device="cpu", precision="f64")
+    water = _water()
+    positions = water.positions
+    expected = engine.compute(water.numbers, positions).energy
+    cases = {
+        "29.7": ([29.7, 1, 1], ValueError, "atomic number 29.7 of atom 0 is not an integer"),
+        "2**32 + 29": ([8, 2**32 + 29, 1], ValueError,
+                       r"atomic number 4294967325 of atom 1 is out of range \(atomic numbers are 32-bit "
+                       r"integers; the model takes 1 to 10\)"),
+        "2**70": ([8, 1, 2**70], ValueError, "atomic number 1180591620717411303424 of atom 2 is out of range"),
+        "-2**40 (int64 array)": (np.array([8, 1, -2**40]), ValueError, "of atom 2 is out of range"),
+        "True in a list": ([8, True, 1], TypeError, "not booleans"),
+        "boolean array": (np.array([True, True, True]), TypeError, "not booleans"),
+        "NaN": ([8, float("nan"), 1], ValueError, "atomic number nan of atom 1 is not an integer"),
+        "inf": (np.array([8.0, 1.0, np.inf]), ValueError, "atomic number inf of atom 2 is not an integer"),
+        "strings": (["8", "1", "1"], TypeError, "must be integers"),
+        "None": ([8, 1, None], TypeError, "atomic number None of atom 2 is not an integer"),
+        "2-D": ([[8, 1, 1]], ValueError, "one-dimensional"),
+    }
+    for name, (numbers, kind, message) in cases.items():
+        with pytest.raises(kind, match=message):
+            engine.compute(numbers, positions)
+    # Integral values of any numeric type are the integers they equal.
+    for numbers in ([8.0, 1.0, 1.0], np.array([8, 1, 1], dtype=np.uint8), np.array([8, 1, 1], dtype=np.int64),
+                    [np.int16(8), 1, 1]):
+        assert engine.compute(numbers, positions).energy == expected
+
+
+def test_positions_cells_and_flags_are_checked():
+    engine = _engine.Calculator(_engine.Model(TINY_MODEL), device="cpu", precision="f64")
+    water = _water()
+    for positions, kind, message in [
+            (water.positions.astype(complex), TypeError, "positions must be real numbers, not complex128"),
+            (water.positions.astype(str), TypeError, "positions must be real numbers"),
+            (np.ones((3, 3), dtype=bool), TypeError, "positions must be real numbers, not bool"),
+            (water.positions[:2], ValueError, r"positions must have shape \(3, 3\)"),
+            (water.positions.ravel(), ValueError, r"positions must have shape \(3, 3\)")]:
+        with pytest.raises(kind, match=message):
+            engine.compute(water.numbers, positions)
+    with pytest.raises(TypeError, match="cell must be real numbers"):
+        engine.compute(water.numbers, water.positions, np.eye(3, dtype=complex) * 10, pbc=True)
+    with pytest.raises(ValueError, match="pbc must be one flag or three"):
+        engine.compute(water.numbers, water.positions, np.eye(3) * 10, pbc=[True, False])
+    # pbc=True, as ASE accepts it: all three axes.
+    cell = np.eye(3) * 10
+    assert (engine.compute(water.numbers, water.positions, cell, pbc=True).energy
+            == engine.compute(water.numbers, water.positions, cell, pbc=[True, True, True]).energy)
+    assert (engine.compute(water.numbers, water.positions, cell, pbc=False).energy
+            == engine.compute(water.numbers, water.positions).energy)
+    atoms = Atoms(water, cell=cell, pbc=True)
+    atoms.calc = calculator()
+    assert atoms.get_potential_energy() == engine.compute(water.numbers, water.positions, cell, pbc=True).energy
+
+
+def test_device_none_means_auto():
+    engine = _engine.Calculator(_engine.Model(TINY_MODEL), device=None, precision=None)
+    assert engine.requested_device == "auto" and engine.precision == "f32"
+    calc = PaiNNCalculator(TINY_MODEL, device=None, precision="f64")
+    assert calc.engine.requested_device == "auto"
+    if _engine.cuda_device_count() == 0:
+        assert calc.device == "cpu"
+    assert np.isfinite(calc.get_potential_energy(_water()))
+    with pytest.raises(TypeError, match="device must be a string"):
+        _engine.Calculator(_engine.Model(TINY_MODEL), device=0)
+
+
+def test_model_elements():
+    model = _engine.Model(TINY_MODEL)
+    assert model.elements == tuple(range(1, 11))  # the tiny model's file lists H to Ne
+
+
 def test_one_engine_calculator_between_calls():
     atoms = _water()
     calc = calculator()

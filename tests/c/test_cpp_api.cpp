@@ -54,6 +54,9 @@ int main(int argc, char** argv) {
         painn::Calculator calculator(model, "cpu", "f64");
         check(calculator.device() == "cpu", "device");
         check(model.cutoff() > 0 && model.layers() > 0 && model.max_z() > 0, "model info");
+        const std::vector<int> elements = model.elements();
+        check(!elements.empty() && elements.front() >= 1 && elements.back() <= model.max_z(),
+              "model elements");
 
         std::ifstream in(argv[2]);
         std::FILE* out = std::fopen(argv[3], "w");
