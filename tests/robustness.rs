@@ -504,42 +504,33 @@ fn class6_elements_the_model_does_not_list_are_refused_everywhere() {
     }
 }
 
+/// The tiny model with another `cutoff_angstrom`, loaded.
+fn with_cutoff(cutoff: f64) -> painn::Result<Model> {
+    let edited = with_config(&tiny_model_bytes(), |config| {
+        config["cutoff_angstrom"] = cutoff.into();
+    });
+    Model::from_bytes(&edited, "edited")
+}
+
 #[test]
 fn class6_a_cutoff_outside_the_radial_basis_is_refused() {
-    // The tiny model's centres run from 0 to 4 A.
-    let edited = with_config(&tiny_model_bytes(), |config| {
-        config["cutoff_angstrom"] = 3.0.into();
-    });
-    let err = Model::from_bytes(&edited, "edited")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("cutoff_angstrom = 3 is below the last radial basis centre")
-            && err.contains("rbf.centers[7] = 4"),
-        "{err}"
-    );
-    // Far beyond it (the last centre, 4 A, plus 4 widths of 0.75 A): refused too; a 64 A
-    // cutoff made a 24-atom box take 20 s.
-    let edited = with_config(&tiny_model_bytes(), |config| {
-        config["cutoff_angstrom"] = 64.0.into();
-    });
-    let err = Model::from_bytes(&edited, "edited")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("cutoff_angstrom = 64 lies beyond the radial basis, which ends near 7"),
-        "{err}"
-    );
+    // The tiny model's centres run from 0 to 4 A; beyond the last centre plus 4 widths of
+    // 0.75 A every radial feature vanishes (a 64 A cutoff made a 24-atom box take 20 s).
+    for (cutoff, needle) in [
+        (
+            3.0,
+            "cutoff_angstrom = 3 is below the last radial basis centre, rbf.centers[7] = 4",
+        ),
+        (
+            64.0,
+            "cutoff_angstrom = 64 lies beyond the radial basis, which ends near 7",
+        ),
+    ] {
+        let err = with_cutoff(cutoff).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
     // In between: `painn-convert --cutoff`, and the stated cutoff is the one used.
-    let edited = with_config(&tiny_model_bytes(), |config| {
-        config["cutoff_angstrom"] = 4.5.into();
-    });
-    assert_eq!(
-        Model::from_bytes(&edited, "edited")
-            .unwrap()
-            .cutoff_angstrom(),
-        4.5
-    );
+    assert_eq!(with_cutoff(4.5).unwrap().cutoff_angstrom(), 4.5);
 }
 
 // ---------------------------------------------------------------------------------------
