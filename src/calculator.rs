@@ -13,7 +13,7 @@ use crate::backend::{
 use crate::cell::Cell;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::neighbors::{VerletSkin, check_positions};
+use crate::neighbors::{NeighborLimits, VerletSkin, check_positions};
 
 /// Where a calculator runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +101,10 @@ pub struct CalculatorOptions {
     pub skin_angstrom: f64,
     /// Override of the filter evaluation (tests compare table and exact filters).
     pub filter_mode: Option<FilterMode>,
+    /// Size limits of the neighbour list (per atom and in bytes), far above any real
+    /// system by default: a structure in the wrong units is an error, not an abort. The
+    /// CPU backend applies them.
+    pub neighbor_limits: NeighborLimits,
 }
 
 impl Default for CalculatorOptions {
@@ -108,6 +112,7 @@ impl Default for CalculatorOptions {
         CalculatorOptions {
             skin_angstrom: 1.0,
             filter_mode: None,
+            neighbor_limits: NeighborLimits::default(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl Calculator {
                 format!("must be finite and >= 0, got {}", options.skin_angstrom),
             ));
         }
+        options.neighbor_limits.validate()?;
         let (device, backend) = backend::open(&model, device, precision, &options)?;
         Ok(Calculator {
             model,

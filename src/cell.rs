@@ -16,6 +16,11 @@ pub struct Cell {
 /// Relative tolerance below which the periodic lattice vectors count as linearly dependent.
 const DEGENERACY_TOLERANCE: f64 = 1e-10;
 
+/// Longest periodic lattice vector accepted, Angstrom: as far as positions may lie from the
+/// origin (beyond it, image shifts leave float32's range in the neighbour search and
+/// float64 no longer resolves interatomic distances).
+const MAX_LATTICE_VECTOR_ANGSTROM: f64 = 1e10;
+
 impl Cell {
     /// A cell with the given lattice vectors (`[3][3]`, rows, Angstrom) and periodicity.
     ///
@@ -31,9 +36,20 @@ impl Cell {
         }
         let periodic: Vec<usize> = (0..3).filter(|&a| pbc[a]).collect();
         for &axis in &periodic {
-            if norm(vectors_angstrom[axis]) == 0.0 {
+            let length = norm(vectors_angstrom[axis]);
+            if length == 0.0 {
                 return Err(Error::BadCell {
                     reason: format!("lattice vector {axis} is zero but axis {axis} is periodic"),
+                });
+            }
+            let vector = vectors_angstrom[axis];
+            if vector.iter().any(|x| x.abs() > MAX_LATTICE_VECTOR_ANGSTROM) {
+                return Err(Error::BadCell {
+                    reason: format!(
+                        "lattice vector {axis} ({vector:?}) is longer than \
+                         {MAX_LATTICE_VECTOR_ANGSTROM:e} Angstrom (one metre): is the cell in \
+                         Angstrom? (an axis with vacuum is better left non-periodic)"
+                    ),
                 });
             }
         }
@@ -228,6 +244,10 @@ mod tests {
         let zero = [[0.0; 3], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         assert!(Cell::new(zero, [true, false, false]).is_err());
         assert!(Cell::new(zero, [false, true, true]).is_ok());
+        let huge = [[1e300, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let err = Cell::new(huge, [true; 3]).unwrap_err().to_string();
+        assert!(err.contains("longer than 1e10 Angstrom"), "{err}");
+        assert!(Cell::new(huge, [false, true, true]).is_ok());
         let nan = [[f64::NAN, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         assert!(matches!(
             Cell::new(nan, [true; 3]),

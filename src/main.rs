@@ -89,6 +89,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> painn::Result<()> {
+    // A GPU the command cannot use is refused first, before any file is read.
+    match &cli.command {
+        Command::Eval {
+            device, precision, ..
+        } => check_device(*device, *precision, Precision::F64)?,
+        Command::Bench {
+            device, precision, ..
+        } => check_device(*device, *precision, Precision::F32)?,
+        Command::Info { .. } => {}
+    }
     match cli.command {
         Command::Eval {
             model,
@@ -150,6 +160,46 @@ fn run(cli: Cli) -> painn::Result<()> {
             print_json(&config)
         }
     }
+}
+
+/// Refuses a GPU that cannot run the command, saying why in the order that matters: first
+/// whether there is a GPU at all, then which precision it needs (`default` is the command's
+/// default precision, which the user may not have chosen).
+fn check_device(device: Device, precision: Precision, default: Precision) -> painn::Result<()> {
+    let Device::Cuda(ordinal) = device else {
+        return Ok(());
+    };
+    let needs_f32 = precision == Precision::F64;
+    let default_note = if default == Precision::F64 {
+        " (the default precision of this command is f64)"
+    } else {
+        ""
+    };
+    let count = painn::backend::cuda::device_count();
+    if count == 0 {
+        let also = if needs_f32 {
+            format!("; the GPU would also need --precision f32{default_note}")
+        } else {
+            String::new()
+        };
+        return Err(painn::Error::Cuda(format!(
+            "--device {device}: no CUDA GPU was found on this machine (no driver or no \
+             device): use --device cpu{also}"
+        )));
+    }
+    if ordinal >= count {
+        return Err(painn::Error::Cuda(format!(
+            "--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{}",
+            count - 1
+        )));
+    }
+    if needs_f32 {
+        return Err(painn::Error::Unsupported(format!(
+            "--device {device} computes in float32: add --precision f32{default_note}, or use \
+             --device cpu for float64"
+        )));
+    }
+    Ok(())
 }
 
 /// Prints `value` as JSON on standard output, one array of numbers (a force, a row of the

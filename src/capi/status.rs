@@ -54,7 +54,7 @@ fn status_of(error: &Error) -> painn_status_t {
         Error::Model { .. } => PAINN_MODEL_ERROR,
         Error::Io { .. } => PAINN_IO_ERROR,
         Error::Cuda(_) => PAINN_CUDA_ERROR,
-        Error::Unsupported(_) => PAINN_UNSUPPORTED,
+        Error::Unsupported(_) | Error::OutOfMemory { .. } => PAINN_UNSUPPORTED,
     }
 }
 

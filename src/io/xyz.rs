@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use super::elements::atomic_number;
 use crate::cell::Matrix3;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_reserve};
 
 /// One frame of an extended XYZ file.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,33 +31,31 @@ pub struct Frame {
 }
 
 /// Parses every frame of `text`; `path` names the file in error messages.
+///
+/// Hostile input is an error, never an abort: a frame's declared atom count only sizes its
+/// buffers up to what the rest of the file can hold, every buffer grows fallibly, and
+/// messages show invisible characters by name (a byte-order mark, control characters).
 pub fn parse(text: &str, path: &str) -> Result<Vec<Frame>> {
-    let lines: Vec<&str> = text.lines().collect();
     let fail = |line: usize, reason: String| Error::Parse {
         path: path.to_string(),
         line,
         reason,
     };
+    let mut lines = Lines { text, position: 0 };
+    let mut line_number = 0;
+    let mut next_line = || {
+        let line = lines.next()?;
+        line_number += 1;
+        Some((line_number, line, lines.remaining()))
+    };
     let mut frames = Vec::new();
-    let mut index = 0;
-    while index < lines.len() {
-        if lines[index].trim().is_empty() {
-            index += 1;
+    while let Some((count_line, count_text, _)) = next_line() {
+        if count_text.trim().is_empty() {
             continue;
         }
-        let count_line = index + 1;
-        let n_atoms: usize = lines[index].trim().parse().map_err(|_| {
-            fail(
-                count_line,
-                format!(
-                    "expected the number of atoms, found `{}`",
-                    lines[index].trim()
-                ),
-            )
-        })?;
-        let comment = lines
-            .get(index + 1)
-            .ok_or_else(|| fail(count_line + 1, "missing comment line".into()))?;
+        let n_atoms = parse_count(count_text).map_err(|reason| fail(count_line, reason))?;
+        let (_, comment, remaining) =
+            next_line().ok_or_else(|| fail(count_line + 1, "missing comment line".into()))?;
         let info = parse_key_values(comment).map_err(|reason| fail(count_line + 1, reason))?;
         let lattice = match info.get("lattice") {
             Some(value) => {
@@ -82,56 +80,167 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Frame>> {
         )
         .map_err(|reason| fail(count_line + 1, reason))?;
 
-        let mut atomic_numbers = Vec::with_capacity(n_atoms);
-        let mut positions = Vec::with_capacity(n_atoms);
+        // An atom line holds at least `columns.total` fields, each a character followed by
+        // a space or the line's end: the declared count sizes nothing beyond what the rest
+        // of the file can hold (a header of 2,000,000,000 atoms over three lines ends in
+        // "file ends after 3 of 2000000000 atoms", not in a 48 GB allocation).
+        let room = n_atoms.min((remaining + 1) / columns.total.saturating_mul(2));
+        let mut atomic_numbers = Vec::new();
+        let mut positions = Vec::new();
+        let frame_buffers = || format!("the atoms of the frame on line {count_line}");
+        try_reserve(&mut atomic_numbers, room, frame_buffers)?;
+        try_reserve(&mut positions, room, frame_buffers)?;
         for atom in 0..n_atoms {
             let line_number = count_line + 2 + atom;
-            let line = lines.get(index + 2 + atom).ok_or_else(|| {
+            let (_, line, _) = next_line().ok_or_else(|| {
                 fail(
                     line_number,
                     format!("file ends after {atom} of {n_atoms} atoms"),
                 )
             })?;
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < columns.total {
+            // The fields this reader needs, without collecting a line's every field (a line
+            // may hold millions).
+            let (species, position) = (columns.species_column(), columns.position);
+            let (mut species_text, mut coordinates, mut found) = ("", [""; 3], 0);
+            for (column, field) in line.split_whitespace().enumerate().take(columns.total) {
+                if column == species {
+                    species_text = field;
+                } else if (position..position + 3).contains(&column) {
+                    coordinates[column - position] = field;
+                }
+                found = column + 1;
+            }
+            if found < columns.total {
                 return Err(fail(
                     line_number,
-                    format!("expected {} columns, found {}", columns.total, fields.len()),
+                    format!("expected {} columns, found {found}", columns.total),
                 ));
             }
             let z = match columns.species {
-                Species::Symbol(column) => atomic_number(fields[column]).ok_or_else(|| {
-                    fail(line_number, format!("unknown element `{}`", fields[column]))
-                })?,
-                Species::Number(column) => fields[column].parse().map_err(|_| {
+                Species::Symbol(_) => atomic_number(species_text).ok_or_else(|| {
                     fail(
                         line_number,
-                        format!("invalid atomic number `{}`", fields[column]),
+                        format!("unknown element `{}`", shown(species_text)),
+                    )
+                })?,
+                Species::Number(_) => species_text.parse().map_err(|_| {
+                    fail(
+                        line_number,
+                        format!("invalid atomic number `{}`", shown(species_text)),
                     )
                 })?,
             };
             let mut r = [0.0; 3];
             for x in 0..3 {
-                let text = fields[columns.position + x];
-                r[x] = text
-                    .parse()
-                    .map_err(|_| fail(line_number, format!("invalid coordinate `{text}`")))?;
+                let text = coordinates[x];
+                r[x] = parse_real(text).map_err(|reason| {
+                    fail(
+                        line_number,
+                        format!("invalid coordinate `{}`{reason}", shown(text)),
+                    )
+                })?;
             }
+            try_reserve(&mut atomic_numbers, 1, frame_buffers)?;
+            try_reserve(&mut positions, 1, frame_buffers)?;
             atomic_numbers.push(z);
             positions.push(r);
         }
+        try_reserve(&mut frames, 1, || format!("the frames of {path}"))?;
         frames.push(Frame {
             atomic_numbers,
             positions,
             lattice,
             pbc,
         });
-        index += 2 + n_atoms;
     }
     if frames.is_empty() {
         return Err(fail(1, "no frames".into()));
     }
     Ok(frames)
+}
+
+/// The lines of a text as [`str::lines`] splits them (at `\n`, dropping a `\r` before it),
+/// one at a time, knowing how many bytes are left.
+struct Lines<'a> {
+    text: &'a str,
+    position: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self
+            .text
+            .get(self.position..)
+            .filter(|rest| !rest.is_empty())?;
+        Some(match rest.find('\n') {
+            Some(end) => {
+                self.position += end + 1;
+                let line = &rest[..end];
+                line.strip_suffix('\r').unwrap_or(line)
+            }
+            None => {
+                self.position = self.text.len();
+                rest
+            }
+        })
+    }
+
+    /// Bytes after the last line returned.
+    fn remaining(&self) -> usize {
+        self.text.len() - self.position
+    }
+}
+
+/// The atom count of a frame's first line.
+fn parse_count(line: &str) -> std::result::Result<usize, String> {
+    let token = line.trim();
+    if let Ok(count) = token.parse::<usize>() {
+        return Ok(count);
+    }
+    Err(match token.parse::<i128>() {
+        Ok(negative) if negative < 0 => format!("the number of atoms is negative ({negative})"),
+        Ok(huge) => format!("the number of atoms ({huge}) is beyond any file"),
+        Err(_) if token.contains('\u{feff}') => format!(
+            "expected the number of atoms, found `{}`: a byte-order mark (U+FEFF, invisible \
+             in most editors) precedes it; save the file as UTF-8 without a byte-order mark",
+            shown(token)
+        ),
+        Err(_) => format!("expected the number of atoms, found `{}`", shown(token)),
+    })
+}
+
+/// A finite real number; the error is a suffix for the message.
+fn parse_real(text: &str) -> std::result::Result<f64, &'static str> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        Ok(_) => Err(": not a finite number"),
+        Err(_) => Err(""),
+    }
+}
+
+/// Longest piece of the input quoted in a message, in characters.
+const QUOTED_CHARACTERS: usize = 40;
+
+/// `text` for a message: invisible characters named (`<byte-order mark U+FEFF>3`, a
+/// control character as `<U+0007>`), long text cut short.
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (index, c) in text.chars().enumerate() {
+        if index == QUOTED_CHARACTERS {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '\u{feff}' => out.push_str("<byte-order mark U+FEFF>"),
+            '\u{00ad}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}' => out.push_str(&format!("<U+{:04X}>", c as u32)),
+            c if c.is_control() => out.push_str(&format!("<U+{:04X}>", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `key=value` pairs of the comment line; values may be double-quoted. Keys lower-cased.
@@ -183,8 +292,7 @@ fn parse_lattice(value: &str) -> std::result::Result<Matrix3, String> {
     let numbers: Vec<f64> = value
         .split_whitespace()
         .map(|t| {
-            t.parse::<f64>()
-                .map_err(|_| format!("invalid Lattice entry `{t}`"))
+            parse_real(t).map_err(|reason| format!("invalid Lattice entry `{}`{reason}", shown(t)))
         })
         .collect::<std::result::Result<_, _>>()?;
     if numbers.len() != 9 {
@@ -203,7 +311,7 @@ fn parse_pbc(value: &str) -> std::result::Result<[bool; 3], String> {
         .map(|t| match t {
             "T" | "t" | "True" | "true" | "1" => Ok(true),
             "F" | "f" | "False" | "false" | "0" => Ok(false),
-            other => Err(format!("invalid pbc flag `{other}`")),
+            other => Err(format!("invalid pbc flag `{}`", shown(other))),
         })
         .collect::<std::result::Result<_, _>>()?;
     match flags.as_slice() {
@@ -225,20 +333,31 @@ struct Columns {
 }
 
 impl Columns {
+    fn species_column(&self) -> usize {
+        match self.species {
+            Species::Symbol(column) | Species::Number(column) => column,
+        }
+    }
+
     fn parse(properties: &str) -> std::result::Result<Columns, String> {
         let parts: Vec<&str> = properties.split(':').collect();
         if !parts.len().is_multiple_of(3) {
             return Err(format!(
-                "Properties `{properties}` is not name:type:count triples"
+                "Properties `{}` is not name:type:count triples",
+                shown(properties)
             ));
         }
         let mut column = 0;
         let (mut species, mut position) = (None, None);
         for triple in parts.chunks(3) {
             let (name, kind) = (triple[0], triple[1]);
-            let count: usize = triple[2]
-                .parse()
-                .map_err(|_| format!("invalid column count `{}` for `{name}`", triple[2]))?;
+            let count: usize = triple[2].parse().map_err(|_| {
+                format!(
+                    "invalid column count `{}` for `{}`",
+                    shown(triple[2]),
+                    shown(name)
+                )
+            })?;
             match (name.to_ascii_lowercase().as_str(), kind, count) {
                 ("species", "S", 1) => species = Some(Species::Symbol(column)),
                 ("z" | "numbers", "I", 1) if species.is_none() => {
@@ -247,7 +366,10 @@ impl Columns {
                 ("pos" | "positions", "R", 3) => position = Some(column),
                 _ => {}
             }
-            column += count;
+            // Checked: a huge count must not wrap the column numbers around.
+            column = column
+                .checked_add(count)
+                .ok_or_else(|| format!("column count {count} of `{}` is too large", shown(name)))?;
         }
         Ok(Columns {
             species: species.ok_or("Properties has no species:S:1 or Z:I:1 column")?,

@@ -38,7 +38,8 @@ pub struct ModelConfig {
     /// Largest atomic number the embedding covers.
     pub max_z: usize,
     pub units: Units,
-    /// Optional element symbols the model was trained on (informative).
+    /// Optional element symbols the model was trained on: when present, atoms of any other
+    /// element are refused ([`Model::check_atomic_numbers`]).
     #[serde(default)]
     pub elements: Option<Vec<String>>,
     /// Where the weights came from (free-form).
@@ -104,6 +105,8 @@ pub struct Model {
     pub(crate) interactions: Vec<InteractionWeights>,
     /// Linear(H, H/2), Linear(H/2, H/4), Linear(H/4, 1), SiLU between.
     pub(crate) energy_head: [Linear; 3],
+    /// By atomic number `0..=max_z`, whether `elements` lists it (`None`: no list).
+    allowed_elements: Option<Vec<bool>>,
     filter_table: OnceLock<FilterTable>,
 }
 
@@ -157,21 +160,45 @@ impl Model {
         self.config.max_z
     }
 
-    /// Checks that every atomic number is one the model can embed (1..=max_z).
+    /// Checks that every atomic number is one the model can embed (1..=max_z) and, when
+    /// the model file lists the elements it was trained on, one of those: an atom of
+    /// another element would get an embedding row the training never touched. Every
+    /// interface (CLI, C ABI, LAMMPS, Python) goes through this check.
     pub fn check_atomic_numbers(&self, atomic_numbers: &[i32]) -> Result<()> {
         let max_z = self.config.max_z;
-        if let Some((atom, &z)) = atomic_numbers
+        let accepted = |z: i32| match &self.allowed_elements {
+            Some(allowed) => usize::try_from(z).is_ok_and(|z| allowed.get(z) == Some(&true)),
+            None => z >= 1 && z as usize <= max_z,
+        };
+        let Some((atom, &z)) = atomic_numbers
             .iter()
             .enumerate()
-            .find(|&(_, &z)| z < 1 || z as usize > max_z)
-        {
+            .find(|&(_, &z)| !accepted(z))
+        else {
+            return Ok(());
+        };
+        if z < 1 || z as usize > max_z {
             return Err(Error::UnknownElement {
                 atom,
                 z: z as i64,
                 max_z,
             });
         }
-        Ok(())
+        let symbol = crate::io::elements::symbol(z).unwrap_or("?");
+        let listed = self
+            .config
+            .elements
+            .as_deref()
+            .unwrap_or_default()
+            .join(", ");
+        Err(Error::invalid(
+            "atomic_numbers",
+            format!(
+                "atom {atom} is {symbol} (Z = {z}), an element model {} was not trained on \
+                 (its elements: {listed})",
+                self.source_name
+            ),
+        ))
     }
 
     /// The tabulated filter (built on first use, then shared): the per-layer radial filter

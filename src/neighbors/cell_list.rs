@@ -25,20 +25,35 @@ use rayon::prelude::*;
 
 use super::bits;
 use super::filter::{self, Run};
-use super::{MINIMUM_DISTANCE_ANGSTROM, edge_vector};
+use super::{MINIMUM_DISTANCE_ANGSTROM, crowded_error, edge_vector, oversized_error};
 use crate::cell::{Cell, inverse, norm};
 use crate::disjoint::DisjointParts;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, grouped, try_reserve};
 
 /// Lists at least this large (bytes) are rewritten with non-temporal stores.
 pub(super) const STREAMING_BYTES: usize = 64 << 20;
 
 /// Largest number of cell images one search may span (product over axes); beyond this the
-/// cell is absurdly small for the cutoff.
-const MAX_IMAGE_BOXES: i64 = 10_000_000;
+/// cell is absurdly small for the cutoff. A real crystal's primitive cell (2 Angstrom
+/// thick) spans 7^3 = 343 images at 6 Angstrom; a search over 10^6 images lists 10^6 runs
+/// of candidates (28 MB) per bin.
+const MAX_IMAGE_BOXES: i64 = 1_000_000;
 
 /// Atoms farther outside the cell than this many lattice vectors cannot be represented.
 const MAX_IMAGE_INDEX: f64 = (1u32 << 30) as f64;
+
+/// Size limits of one build, resolved from [`super::NeighborLimits`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// Most edges into one atom.
+    pub max_neighbors: usize,
+    /// Most bytes of the list's arrays.
+    pub max_bytes: usize,
+}
+
+/// Bytes of the list's arrays per edge (source and image) and per atom (offset).
+const BYTES_PER_EDGE: usize = std::mem::size_of::<u32>() + std::mem::size_of::<[i32; 3]>();
+const BYTES_PER_ATOM: usize = std::mem::size_of::<usize>();
 
 /// Buffers reused from one build to the next.
 #[derive(Clone, Debug, Default)]
@@ -114,6 +129,7 @@ struct Search<'a> {
     grid: &'a Grid,
     binned: &'a BinnedAtoms,
     radius: f64,
+    limits: Limits,
     /// f32 filter thresholds, one set for the whole build.
     radii: filter::Radii,
     within: filter::WithinFn,
@@ -121,11 +137,15 @@ struct Search<'a> {
 }
 
 /// Builds CSR rows for `positions` in `cell` with `radius` (cutoff plus skin) into
-/// `offsets` (`[n + 1]`), `sources` and `shifts` (`[n_edges]`).
+/// `offsets` (`[n + 1]`), `sources` and `shifts` (`[n_edges]`), within `limits`: the
+/// counting pass stops at the first row over the neighbour limit, and the list's arrays are
+/// allocated only once the counts show that they fit the byte limit.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build(
     positions: &[[f64; 3]],
     cell: &Cell,
     radius: f64,
+    limits: Limits,
     workspace: &mut Workspace,
     offsets: &mut Vec<usize>,
     sources: &mut Vec<u32>,
@@ -146,8 +166,8 @@ pub(super) fn build(
     // Fractional coordinates, wrapped into [0, 1) on periodic axes.
     let fractional = &mut workspace.fractional;
     let wraps = &mut workspace.wraps;
-    reserve_cleared(fractional, n_atoms);
-    reserve_cleared(wraps, n_atoms);
+    reserve_cleared(fractional, n_atoms, "fractional coordinates")?;
+    reserve_cleared(wraps, n_atoms, "image wraps")?;
     for (atom, r) in positions.iter().enumerate() {
         let mut f = [0.0; 3];
         let mut k = [0i32; 3];
@@ -158,10 +178,14 @@ pub(super) fn build(
             if pbc[a] {
                 let image = floor(f[a]);
                 if image.abs() >= MAX_IMAGE_INDEX {
+                    // `image` saturates for huge `f`: the message quotes `f` itself.
                     return Err(Error::invalid(
                         "positions",
                         format!(
-                            "atom {atom} lies {image} lattice vectors outside the cell along axis {a}"
+                            "atom {atom} lies {:.3e} lattice vectors outside the cell along \
+                             axis {a} (at most {MAX_IMAGE_INDEX:.3e} are supported): are the \
+                             positions and the cell in Angstrom?",
+                            f[a].abs()
                         ),
                     ));
                 }
@@ -181,6 +205,10 @@ pub(super) fn build(
     let mut reach = [1i64; 3];
     let mut origin = [0.0; 3];
     let mut inverse_width = [1.0; 3];
+    // Wrapped positions are stored relative to the middle of the system, in f32: the middle
+    // of the cell on periodic axes and of the atoms' extent on open ones (not of the bins,
+    // which a huge radius puts out of f32's range).
+    let mut middle_fractional = [0.5; 3];
     for a in 0..3 {
         if pbc[a] {
             let column = [
@@ -191,7 +219,8 @@ pub(super) fn build(
             let height = 1.0 / norm(column);
             let bins = (height / radius).floor().clamp(1.0, 1e6);
             bins_per_axis[a] = bins as i64;
-            reach[a] = (radius * bins / height).ceil().clamp(1.0, 1e7) as i64;
+            // Saturates for an absurd ratio; the count of image boxes below refuses it.
+            reach[a] = (radius * bins / height).ceil().max(1.0) as i64;
             inverse_width[a] = bins;
         } else {
             let (lo, hi) = fractional
@@ -200,22 +229,29 @@ pub(super) fn build(
                     (lo.min(f[a]), hi.max(f[a]))
                 });
             origin[a] = lo;
+            middle_fractional[a] = 0.5 * (lo + hi);
             inverse_width[a] = 1.0 / radius;
             bins_per_axis[a] = (((hi - lo) / radius).floor() + 1.0).min(1e15) as i64;
         }
     }
-    let image_boxes: i64 = reach.iter().map(|r| 2 * r + 1).product();
-    if image_boxes > MAX_IMAGE_BOXES {
+    // Checked: the product of three large reaches overflows i64.
+    let image_boxes = reach.iter().try_fold(1i64, |product, &r| {
+        r.checked_mul(2)?.checked_add(1)?.checked_mul(product)
+    });
+    if image_boxes.is_none_or(|boxes| boxes > MAX_IMAGE_BOXES) {
+        let boxes: f64 = reach.iter().map(|&r| 2.0 * r as f64 + 1.0).product();
         return Err(Error::BadCell {
             reason: format!(
-                "the cell is too small for a search radius of {radius} Angstrom: it spans \
-                 {reach:?} cells on each side"
+                "the cell is too small for a search radius of {radius} Angstrom: a search \
+                 spans {reach:?} cells on each side, {boxes:.3e} images of the cell (at most \
+                 {} are supported): are the cell and the cutoff in Angstrom?",
+                grouped(MAX_IMAGE_BOXES as usize)
             ),
         });
     }
 
     let bins = &mut workspace.bins;
-    reserve_cleared(bins, n_atoms);
+    reserve_cleared(bins, n_atoms, "bins")?;
     bins.extend(fractional.iter().map(|f| {
         let mut b = [0i64; 3];
         for a in 0..3 {
@@ -239,10 +275,10 @@ pub(super) fn build(
     };
     grid.occupied.clear();
     let order = &mut workspace.order;
-    reserve_cleared(order, n_atoms);
+    reserve_cleared(order, n_atoms, "atom order")?;
     if dense {
         let starts = &mut workspace.starts;
-        starts.clear();
+        reserve_cleared(starts, total_bins as usize + 1, "bin starts")?;
         starts.resize(total_bins as usize + 1, 0);
         for b in bins.iter() {
             starts[grid.linear(*b) + 1] += 1;
@@ -267,23 +303,15 @@ pub(super) fn build(
         });
     }
 
-    // Wrapped positions relative to the middle of the system, f32: the middle of the cell
-    // on periodic axes and of the atoms' extent on open ones (from the fractional range).
-    let mut middle_fractional = [0.5; 3];
-    for a in 0..3 {
-        if !pbc[a] {
-            middle_fractional[a] = origin[a] + 0.5 * (bins_per_axis[a] as f64) / inverse_width[a];
-        }
-    }
     let middle: [f64; 3] =
         std::array::from_fn(|x| (0..3).map(|a| middle_fractional[a] * basis[a][x]).sum());
     let lattice = cell.vectors();
     let binned = &mut workspace.binned;
     for axis in [&mut binned.x, &mut binned.y, &mut binned.z] {
-        reserve_cleared(axis, n_atoms + filter::LANES);
+        reserve_cleared(axis, n_atoms + filter::LANES, "binned coordinates")?;
     }
-    reserve_cleared(&mut binned.atom, n_atoms);
-    reserve_cleared(&mut binned.wrap, n_atoms);
+    reserve_cleared(&mut binned.atom, n_atoms, "binned atoms")?;
+    reserve_cleared(&mut binned.wrap, n_atoms, "binned wraps")?;
     let mut largest_coordinate = 0.0f32;
     for &atom in order.iter() {
         let (r, k) = (positions[atom as usize], wraps[atom as usize]);
@@ -317,7 +345,7 @@ pub(super) fn build(
     }
     grid.lookup = if dense {
         let mut table = std::mem::take(&mut workspace.dense_table);
-        table.clear();
+        reserve_cleared(&mut table, total_bins as usize, "bin table")?;
         table.resize(total_bins as usize, u32::MAX);
         for (index, (b, _)) in grid.occupied.iter().enumerate() {
             table[grid.linear(*b)] = index as u32;
@@ -358,6 +386,7 @@ pub(super) fn build(
         grid: &grid,
         binned,
         radius,
+        limits,
         radii: thresholds(
             radius,
             1e-9 * scale,
@@ -387,7 +416,7 @@ pub(super) fn build(
 
     // Row lengths by slot: each chunk's bins hold a contiguous range of slots.
     let lengths = &mut workspace.row_lengths;
-    reserve_cleared(lengths, n_atoms);
+    reserve_cleared(lengths, n_atoms, "row lengths")?;
     lengths.resize(n_atoms, 0);
     let mut length_parts = Vec::with_capacity(n_chunks);
     let mut rest = &mut lengths[..];
@@ -397,12 +426,22 @@ pub(super) fn build(
         length_parts.push(part);
         rest = tail;
     }
+    // A chunk stops at its first row over the neighbour limit (or buffer it cannot grow):
+    // the first such row in slot order, whatever the chunking, is the error.
     let too_close = length_parts
         .into_par_iter()
         .zip(workspace.chunks[..n_chunks].par_iter_mut())
         .enumerate()
         .map(|(index, (part, chunk))| chunk.count_rows(chunk_bins(index), &search, part))
-        .reduce(|| None, |a, b| a.into_iter().chain(b).min());
+        .reduce(
+            || Ok(None),
+            |a, b| match (a, b) {
+                (Err(a), Err(b)) => Err(if a.slot <= b.slot { a } else { b }),
+                (Err(stop), Ok(_)) | (Ok(_), Err(stop)) => Err(stop),
+                (Ok(a), Ok(b)) => Ok(a.into_iter().chain(b).min()),
+            },
+        )
+        .map_err(|stop| stop.error)?;
     if let Some((receiver, source, shift)) = too_close {
         let r = edge_vector(positions, cell, receiver as usize, source as usize, shift);
         return Err(Error::AtomsTooClose {
@@ -415,7 +454,9 @@ pub(super) fn build(
     }
 
     // Offsets by receiver from the lengths by slot.
-    offsets.reserve(n_atoms + 1);
+    try_reserve(offsets, n_atoms + 1, || {
+        format!("the neighbour list's offsets ({} atoms)", grouped(n_atoms))
+    })?;
     advise_huge_pages(offsets);
     offsets.resize(n_atoms + 1, 0);
     for (&length, &atom) in lengths.iter().zip(&binned.atom) {
@@ -425,6 +466,22 @@ pub(super) fn build(
         offsets[atom + 1] += offsets[atom];
     }
     let total = offsets[n_atoms];
+    let bytes = total
+        .checked_mul(BYTES_PER_EDGE)
+        .and_then(|edges| edges.checked_add((n_atoms + 1) * BYTES_PER_ATOM));
+    match bytes {
+        Some(bytes) if bytes <= limits.max_bytes => {}
+        _ => {
+            let bytes = bytes.unwrap_or(usize::MAX);
+            return Err(oversized_error(
+                n_atoms,
+                total,
+                bytes,
+                radius,
+                limits.max_bytes,
+            ));
+        }
+    }
     // Non-temporal stores pay where the list is much larger than the caches and its memory
     // was touched before (a rebuild); into fresh pages, which the kernel has just cleared
     // through the cache, plain stores measured faster.
@@ -432,8 +489,9 @@ pub(super) fn build(
         && total * std::mem::size_of::<(u32, [i32; 3])>() >= STREAMING_BYTES
         && sources.capacity() >= total
         && shifts.capacity() >= total;
-    sources.reserve(total);
-    shifts.reserve(total);
+    let edges = || format!("the neighbour list's {} edges", grouped(total));
+    try_reserve(sources, total, edges)?;
+    try_reserve(shifts, total, edges)?;
     advise_huge_pages(sources);
     advise_huge_pages(shifts);
     {
@@ -492,16 +550,23 @@ struct Chunk {
     local_rank: Vec<u32>,
 }
 
+/// A counting pass that stopped early: at which slot, and why.
+struct Stopped {
+    slot: usize,
+    error: Error,
+}
+
 impl Chunk {
     /// Counting pass over `bins`: each receiver's row length into `lengths` (by slot, from
     /// the chunk's first slot) and its edges into `masks`. Returns the first (by receiver,
-    /// source, image) pair closer than the minimum distance.
+    /// source, image) pair closer than the minimum distance, or stops at the first receiver
+    /// with more neighbours than the limit.
     fn count_rows(
         &mut self,
         bins: &[([i64; 3], Range<usize>)],
         search: &Search,
         lengths: &mut [u32],
-    ) -> Option<(u32, u32, [i32; 3])> {
+    ) -> std::result::Result<Option<(u32, u32, [i32; 3])>, Stopped> {
         let binned = search.binned;
         let first_slot = bins.first().map_or(0, |(_, slots)| slots.start);
         let receivers: usize = bins.iter().map(|(_, slots)| slots.len()).sum();
@@ -512,7 +577,13 @@ impl Chunk {
         // Room up front for a liquid's masks (up to 8 words per receiver at 5 A): growing
         // by doubling would copy everything written so far.
         if self.masks.capacity() < 64 * receivers {
-            self.masks.reserve(64 * receivers);
+            try_reserve(&mut self.masks, 64 * receivers, || {
+                "the neighbour search's masks".into()
+            })
+            .map_err(|error| Stopped {
+                slot: first_slot,
+                error,
+            })?;
             advise_huge_pages(&mut self.masks);
         }
         let radius_squared = search.radius * search.radius;
@@ -538,6 +609,13 @@ impl Chunk {
                 // The filter writes the mask straight into its place; the bytes past its
                 // end, up to a whole word, stay zero.
                 let start = self.masks.len();
+                if start + 8 * words > self.masks.capacity() {
+                    // Receivers with very many candidates: grown fallibly.
+                    try_reserve(&mut self.masks, 8 * words, || {
+                        "the neighbour search's masks".into()
+                    })
+                    .map_err(|error| Stopped { slot, error })?;
+                }
                 self.masks.resize(start + 8 * words, 0);
                 let mask_bytes = &mut self.masks[start..];
                 let seen = (search.within)(
@@ -591,15 +669,25 @@ impl Chunk {
                         }
                     }
                 }
-                lengths[slot - first_slot] = mask_bytes
+                let length: u32 = mask_bytes
                     .chunks_exact(8)
                     .map(|bytes| {
                         u64::from_le_bytes(bytes.try_into().expect("8 bytes")).count_ones()
                     })
                     .sum();
+                lengths[slot - first_slot] = length;
+                if length as usize > search.limits.max_neighbors {
+                    let error = crowded_error(
+                        receiver as usize,
+                        length as usize,
+                        search.radius,
+                        search.limits.max_neighbors,
+                    );
+                    return Err(Stopped { slot, error });
+                }
             }
         }
-        too_close
+        Ok(too_close)
     }
 
     /// Writing pass over the same `bins` (with the runs the counting pass found): ranks the
@@ -1190,13 +1278,17 @@ fn floor(x: f64) -> f64 {
 }
 
 /// Empties `buffer` and makes room for `length` values, backed by huge pages where large:
-/// a fresh build's page faults cost more than its arithmetic.
-pub(super) fn reserve_cleared<T>(buffer: &mut Vec<T>, length: usize) {
+/// a fresh build's page faults cost more than its arithmetic. An allocation failure is an
+/// error naming `what` the buffer holds.
+pub(super) fn reserve_cleared<T>(buffer: &mut Vec<T>, length: usize, what: &str) -> Result<()> {
     buffer.clear();
     if buffer.capacity() < length {
-        buffer.reserve(length);
+        try_reserve(buffer, length, || {
+            format!("the neighbour list's {what} ({} values)", grouped(length))
+        })?;
         advise_huge_pages(buffer);
     }
+    Ok(())
 }
 
 /// Asks the kernel to back a large buffer's spare capacity with transparent huge pages:

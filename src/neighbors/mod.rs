@@ -18,10 +18,171 @@ mod cell_list;
 mod filter;
 
 use crate::cell::Cell;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bytes_text, grouped};
 
 /// Two distinct atoms closer than this are refused as a malformed structure.
 pub const MINIMUM_DISTANCE_ANGSTROM: f64 = 1e-4;
+
+/// Positions farther than this from the origin are refused: beyond it, float64 no longer
+/// resolves the minimum distance to a few percent (1e10 Angstrom is one metre; no
+/// simulation, however long, drifts that far, while positions in the wrong units may).
+pub(crate) const MAX_COORDINATE_ANGSTROM: f64 = 1e10;
+
+/// Density, atoms per cubic Angstrom, that sets the default neighbour limit: 20 times
+/// liquid water.
+const DEFAULT_MAX_DENSITY: f64 = 2.0;
+
+/// The default neighbour limit is never below this.
+const DEFAULT_MIN_MAX_NEIGHBORS: usize = 1000;
+
+/// Number density of liquid water, atoms per cubic Angstrom: the scale messages quote.
+const WATER_DENSITY: f64 = 0.1;
+
+/// Size limits of a neighbour list, checked while it is built and before its memory is
+/// allocated, so that a structure in the wrong units (copper in nanometres, 10^5 atoms in
+/// a few nanometres) is an error that says so rather than minutes of work and an abort.
+///
+/// The defaults are far above any real system: the densest solids hold 0.18 atoms per
+/// cubic Angstrom (diamond), compressed hydrogen 0.8, liquid water 0.1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighborLimits {
+    /// Most neighbours one atom may have within the search radius (cutoff + skin).
+    /// `None`: as many as 2 atoms per cubic Angstrom (20 times liquid water) put in the
+    /// search sphere, and at least 1,000 (1,810 at 6 Angstrom).
+    pub max_neighbors: Option<usize>,
+    /// Most bytes the list's arrays may take (16 per edge and 8 per atom). `None`: half
+    /// the machine's physical memory (the model's work per edge takes several times the
+    /// list's).
+    pub max_bytes: Option<usize>,
+}
+
+impl NeighborLimits {
+    /// No limit beyond what the list can index (tests of dense geometry).
+    pub fn unlimited() -> Self {
+        NeighborLimits {
+            max_neighbors: Some(u32::MAX as usize),
+            max_bytes: Some(usize::MAX),
+        }
+    }
+
+    /// Refuses zero limits (a limit of 0 would refuse every system).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_neighbors == Some(0) {
+            return Err(Error::invalid(
+                "max_neighbors",
+                "must be at least 1 (None: the default)",
+            ));
+        }
+        if self.max_bytes == Some(0) {
+            return Err(Error::invalid(
+                "max_bytes",
+                "must be at least 1 (None: the default)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The neighbour limit for a search radius (Angstrom).
+    pub fn max_neighbors_within(&self, radius_angstrom: f64) -> usize {
+        self.max_neighbors.unwrap_or_else(|| {
+            // A float-to-integer cast saturates: a huge radius gives usize::MAX.
+            let at_density = (DEFAULT_MAX_DENSITY * sphere_volume(radius_angstrom)).ceil();
+            (at_density as usize).max(DEFAULT_MIN_MAX_NEIGHBORS)
+        })
+    }
+
+    /// The byte limit.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes.unwrap_or_else(|| physical_memory() / 2)
+    }
+}
+
+fn sphere_volume(radius: f64) -> f64 {
+    4.0 / 3.0 * std::f64::consts::PI * radius.powi(3)
+}
+
+/// Bytes of physical memory (`usize::MAX` where unknown).
+fn physical_memory() -> usize {
+    static MEMORY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf only reads system configuration.
+            let (pages, page_size) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_PHYS_PAGES),
+                    libc::sysconf(libc::_SC_PAGESIZE),
+                )
+            };
+            if pages > 0 && page_size > 0 {
+                return (pages as usize).saturating_mul(page_size as usize);
+            }
+        }
+        usize::MAX
+    })
+}
+
+/// "4.6 atoms per cubic Angstrom, 46x liquid water" for `neighbors` within `radius`.
+fn density_text(neighbors: f64, radius: f64) -> String {
+    let density = neighbors / sphere_volume(radius);
+    let water = density / WATER_DENSITY;
+    let digits = |x: f64| {
+        if x >= 10.0 {
+            0
+        } else if x >= 1.0 {
+            1
+        } else {
+            2
+        }
+    };
+    format!(
+        "{density:.*} atoms per cubic Angstrom, {water:.*}x liquid water",
+        digits(density),
+        digits(water)
+    )
+}
+
+/// What the limit errors ask: most such lists come from a units mistake.
+const UNITS_QUESTION: &str = "are the positions and the cell in Angstrom?";
+
+/// The error for an atom with more neighbours than the limit.
+pub(crate) fn crowded_error(atom: usize, neighbors: usize, radius: f64, limit: usize) -> Error {
+    Error::invalid(
+        "positions",
+        format!(
+            "atom {atom} has {} neighbours within {radius} Angstrom (the limit is {}; {}): \
+             {UNITS_QUESTION} (for a system really this dense, raise `max_neighbors` of the \
+             neighbour limits)",
+            grouped(neighbors),
+            grouped(limit),
+            density_text(neighbors as f64, radius)
+        ),
+    )
+}
+
+/// The error for a list larger than the byte limit.
+pub(crate) fn oversized_error(
+    n_atoms: usize,
+    edges: usize,
+    bytes: usize,
+    radius: f64,
+    limit: usize,
+) -> Error {
+    let per_atom = edges as f64 / n_atoms.max(1) as f64;
+    Error::invalid(
+        "positions",
+        format!(
+            "the neighbour list of {} atoms needs {} edges, {}, more than the limit of {} \
+             ({per_atom:.0} neighbours per atom within {radius} Angstrom; {}): {UNITS_QUESTION} \
+             (for a system really this large, raise `max_bytes` of the neighbour limits)",
+            grouped(n_atoms),
+            grouped(edges),
+            bytes_text(bytes),
+            bytes_text(limit),
+            density_text(per_atom, radius)
+        ),
+    )
+}
 
 /// Parameters of a neighbour-list build.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,6 +192,8 @@ pub struct NeighborListOptions {
     /// Verlet skin added to the cutoff, Angstrom (>= 0). The list stays valid until some
     /// atom has moved by `skin / 2` or more.
     pub skin_angstrom: f64,
+    /// Size limits, checked during the build.
+    pub limits: NeighborLimits,
 }
 
 impl NeighborListOptions {
@@ -38,11 +201,17 @@ impl NeighborListOptions {
         NeighborListOptions {
             cutoff_angstrom,
             skin_angstrom: 0.0,
+            limits: NeighborLimits::default(),
         }
     }
 
     pub fn with_skin(mut self, skin_angstrom: f64) -> Self {
         self.skin_angstrom = skin_angstrom;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: NeighborLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -59,7 +228,16 @@ impl NeighborListOptions {
                 format!("must be finite and >= 0, got {}", self.skin_angstrom),
             ));
         }
-        Ok(())
+        if !self.search_radius_angstrom().is_finite() {
+            return Err(Error::invalid(
+                "skin_angstrom",
+                format!(
+                    "cutoff {} plus skin {} is not a finite radius",
+                    self.cutoff_angstrom, self.skin_angstrom
+                ),
+            ));
+        }
+        self.limits.validate()
     }
 
     /// Radius the list is built with: cutoff plus skin, Angstrom.
@@ -134,7 +312,13 @@ impl VerletSkin {
             Some((reference, _)) => reference,
             None => Vec::new(),
         };
-        cell_list::reserve_cleared(&mut reference, positions.len());
+        if cell_list::reserve_cleared(&mut reference, positions.len(), "reference positions")
+            .is_err()
+        {
+            // No room for a copy of the positions: nothing is recorded, and the next call
+            // builds again (where the shortage shows as an error, if it lasts).
+            return;
+        }
         reference.extend_from_slice(positions);
         self.reference = Some((reference, *cell));
         self.builds += 1;
@@ -173,22 +357,40 @@ impl NeighborList {
     }
 
     /// Rebuilds in place for new positions or a new cell, reusing every buffer (an MD step
-    /// that re-neighbours allocates nothing once sizes have settled).
+    /// that re-neighbours allocates nothing once sizes have settled). A failed rebuild
+    /// leaves an empty list, never half of one.
     pub fn rebuild(&mut self, positions: &[[f64; 3]], cell: &Cell) -> Result<()> {
         self.skin.invalidate();
+        let built = self.build_rows(positions, cell);
+        if built.is_err() {
+            self.offsets.clear();
+            self.offsets.push(0);
+            self.sources.clear();
+            self.shifts.clear();
+        }
+        built?;
+        self.skin.record(positions, cell);
+        Ok(())
+    }
+
+    fn build_rows(&mut self, positions: &[[f64; 3]], cell: &Cell) -> Result<()> {
         check_positions(positions)?;
         self.cell = *cell;
+        let radius = self.options.search_radius_angstrom();
+        let limits = cell_list::Limits {
+            max_neighbors: self.options.limits.max_neighbors_within(radius),
+            max_bytes: self.options.limits.max_bytes(),
+        };
         cell_list::build(
             positions,
             cell,
-            self.options.search_radius_angstrom(),
+            radius,
+            limits,
             &mut self.workspace,
             &mut self.offsets,
             &mut self.sources,
             &mut self.shifts,
-        )?;
-        self.skin.record(positions, cell);
-        Ok(())
+        )
     }
 
     /// Rebuilds only when [`is_valid_for`](Self::is_valid_for) says the list no longer
@@ -285,7 +487,8 @@ pub fn edge_vector(
     ]
 }
 
-/// Refuses more atoms than the list can index and non-finite positions (naming the atom).
+/// Refuses more atoms than the list can index, and non-finite positions and positions
+/// beyond [`MAX_COORDINATE_ANGSTROM`] (naming the atom).
 pub(crate) fn check_positions(positions: &[[f64; 3]]) -> Result<()> {
     if positions.len() >= u32::MAX as usize {
         return Err(Error::invalid(
@@ -301,6 +504,20 @@ pub(crate) fn check_positions(positions: &[[f64; 3]]) -> Result<()> {
         return Err(Error::NonFinite {
             what: format!("the position of atom {atom} ({position:?})"),
         });
+    }
+    if let Some((atom, position)) = positions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.iter().any(|x| x.abs() > MAX_COORDINATE_ANGSTROM))
+    {
+        return Err(Error::invalid(
+            "positions",
+            format!(
+                "atom {atom} is at {position:?}, more than {MAX_COORDINATE_ANGSTROM:e} \
+                 Angstrom from the origin, where float64 no longer resolves interatomic \
+                 distances: {UNITS_QUESTION}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -318,8 +535,8 @@ mod tests {
 
     #[test]
     fn two_atoms_far_apart_in_open_space_use_a_small_grid() {
-        // 1 km apart on every axis: a dense grid would need (2e12)^3 bins.
-        let positions = [[0.0, 0.0, 0.0], [1e13, 1e13, 1e13], [1.0, 0.0, 0.0]];
+        // 10 cm apart on every axis: a dense grid would need (2e8)^3 bins.
+        let positions = [[0.0, 0.0, 0.0], [1e9, 1e9, 1e9], [1.0, 0.0, 0.0]];
         let list =
             NeighborList::build(&positions, &Cell::open(), NeighborListOptions::new(5.0)).unwrap();
         assert_eq!(
@@ -394,6 +611,12 @@ mod tests {
         assert!(list.is_valid_for(&positions, &open));
         assert!(list.rebuild(&[[0.0; 3], [f64::NAN; 3]], &open).is_err());
         assert!(!list.is_valid_for(&positions, &open));
+        assert_eq!((list.n_atoms(), list.n_edges()), (0, 0));
+        let crowded = [[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]];
+        list.options.limits.max_neighbors = Some(1);
+        assert!(list.rebuild(&crowded, &open).is_err());
+        assert_eq!((list.n_atoms(), list.n_edges()), (0, 0));
+        list.options.limits.max_neighbors = None;
         assert!(list.update(&positions, &open).unwrap());
         assert!(!list.update(&positions, &open).unwrap());
     }

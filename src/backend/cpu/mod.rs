@@ -42,7 +42,7 @@ use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::neighbors::NeighborList;
+use crate::neighbors::{NeighborLimits, NeighborList};
 use dense::Dense;
 use filter::{FilterCache, RowFilter};
 use graph::Graph;
@@ -62,15 +62,22 @@ pub(crate) fn open(
     precision: Precision,
     options: &CalculatorOptions,
 ) -> Box<dyn Backend> {
+    let limits = options.neighbor_limits;
     match precision {
-        Precision::F64 => Box::new(CpuBackend::<f64>::new(
-            model.clone(),
-            options.filter_mode.unwrap_or(FilterMode::Exact),
-        )),
-        Precision::F32 => Box::new(CpuBackend::<f32>::new(
-            model.clone(),
-            options.filter_mode.unwrap_or(FilterMode::Table),
-        )),
+        Precision::F64 => Box::new(
+            CpuBackend::<f64>::new(
+                model.clone(),
+                options.filter_mode.unwrap_or(FilterMode::Exact),
+            )
+            .with_neighbor_limits(limits),
+        ),
+        Precision::F32 => Box::new(
+            CpuBackend::<f32>::new(
+                model.clone(),
+                options.filter_mode.unwrap_or(FilterMode::Table),
+            )
+            .with_neighbor_limits(limits),
+        ),
     }
 }
 
@@ -210,6 +217,7 @@ pub struct CpuBackend<T: Real> {
     filter_mode: FilterMode,
     system: LoadedSystem,
     list: Option<NeighborList>,
+    neighbor_limits: NeighborLimits,
     graph: Graph<T>,
     filters: FilterCache<T>,
     layers: Vec<LayerState<T>>,
@@ -229,6 +237,12 @@ pub struct CpuBackend<T: Real> {
 }
 
 impl<T: Real> CpuBackend<T> {
+    /// The backend with these size limits on its neighbour list.
+    pub fn with_neighbor_limits(mut self, limits: NeighborLimits) -> Self {
+        self.neighbor_limits = limits;
+        self
+    }
+
     pub fn new(model: Arc<Model>, filter_mode: FilterMode) -> Self {
         if filter_mode == FilterMode::Table {
             // Build (or reuse) the shared table now rather than inside the first step.
@@ -241,6 +255,7 @@ impl<T: Real> CpuBackend<T> {
             filter_mode,
             system: LoadedSystem::default(),
             list: None,
+            neighbor_limits: NeighborLimits::default(),
             graph: Graph::default(),
             filters: FilterCache::default(),
             layers: (0..n_layers).map(|_| LayerState::default()).collect(),
@@ -544,6 +559,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             &self.system.positions,
             &cell,
             search_radius_angstrom,
+            self.neighbor_limits,
         );
         if built.is_err() {
             self.end_run(false);
