@@ -66,11 +66,9 @@ if has bits; then
     done | tee "$out/bits.txt"
 fi
 if has profile; then
-    echo "== painn bench --profile (cuda, f32) =="
-    .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --profile \
-        | tee "$out/profile.txt"
+    echo "== painn bench --profile --json (cuda, f32) =="
     .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --profile --json \
-        > "$out/bench-profile.jsonl"
+        | tee "$out/bench-profile.jsonl" | cut -c1-160
 fi
 if has ab; then
     echo "== painn bench, baseline (painn-base) and this build (painn), alternated =="
