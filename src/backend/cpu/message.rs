@@ -58,6 +58,29 @@ impl<'a, T: Real> MessageLayer<'a, T> {
     }
 }
 
+impl<T: Real> MessageLayer<'_, T> {
+    /// Atom `i`'s row of edges and the filter values (and derivatives, with `derivative`)
+    /// its edges read: the filters and the rows of them, as [`FilterCache::rows`].
+    #[allow(clippy::type_complexity)]
+    fn filter_rows<'s>(
+        &'s self,
+        i: usize,
+        derivative: bool,
+        scratch: &'s mut Scratch<T>,
+    ) -> (std::ops::Range<usize>, &'s [T], &'s [T], &'s [u32]) {
+        let row = self.graph.row(i);
+        let (w, dw, filter_rows) = self.filters.rows(
+            self.filter,
+            self.layer,
+            &self.graph.geometry,
+            row.clone(),
+            derivative,
+            scratch,
+        );
+        (row, w, dw, filter_rows)
+    }
+}
+
 /// `body(scratch, i, s_row, v_row, de_dr_row)` for every atom `i`, in tasks of a few atoms:
 /// `s_row` (`[H]`) and `v_row` (`[3][H]`) are atom `i`'s rows of `s_rows` and `v_rows`,
 /// `de_dr_row` its edges' rows of `de_dr` (empty without one).
@@ -125,15 +148,7 @@ pub fn message_forward<T: Real>(
         v_mid,
         &mut [],
         |scratch, i, s_out, v_out, _| {
-            let row = graph.row(i);
-            let (w, _, filter_rows) = message.filters.rows(
-                message.filter,
-                layer,
-                &graph.geometry,
-                row.clone(),
-                false,
-                scratch,
-            );
+            let (row, w, _, filter_rows) = message.filter_rows(i, false, scratch);
             message_row(
                 h,
                 i,
@@ -166,9 +181,7 @@ pub fn message_backward<T: Real>(
     gv_in: &mut [T],
     de_dr: &mut [[T; 3]],
 ) {
-    let MessageLayer {
-        h, layer, graph, ..
-    } = *message;
+    let MessageLayer { h, graph, .. } = *message;
     for_each_row(
         schedule,
         graph,
@@ -177,15 +190,7 @@ pub fn message_backward<T: Real>(
         gv_in,
         de_dr,
         |scratch, i, gs_out, gv_out, de_dr| {
-            let row = graph.row(i);
-            let (w, dw, filter_rows) = message.filters.rows(
-                message.filter,
-                layer,
-                &graph.geometry,
-                row.clone(),
-                true,
-                scratch,
-            );
+            let (row, w, dw, filter_rows) = message.filter_rows(i, true, scratch);
             message_backward_row(
                 h,
                 i,
