@@ -49,6 +49,15 @@ static_assert(NODE_VECTORS == 3, "the interpolation reads value, difference and 
 #error "U_EPSILON must be defined by the host (-DU_EPSILON=...)"
 #endif
 
+// A norm counts as zero to round-off at most NORM_ROUND_OFF_FACTOR x its round-off estimate
+// (backend/mod.rs says why); F32_EPSILON is float's machine epsilon.
+#ifndef NORM_ROUND_OFF_FACTOR
+#error "NORM_ROUND_OFF_FACTOR must be defined by the host (-DNORM_ROUND_OFF_FACTOR=...)"
+#endif
+#ifndef F32_EPSILON
+#error "F32_EPSILON must be defined by the host (-DF32_EPSILON=...)"
+#endif
+
 // Edge vector r_ij = (r_j - r_i) + n . cell in float64, in exactly the operation order of the
 // CPU code (neighbors::edge_vector): no fused multiply-adds, so both lists agree bit for bit
 // on which pairs lie within the cutoff.

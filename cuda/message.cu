@@ -26,20 +26,26 @@ __device__ __forceinline__ float interpolate_derivative(const float* __restrict_
     return db[2] * node[width + o] + db[1] * node[2 * width + o] + db[3] * next[2 * width + o];
 }
 
+// Also leaves v_mid's round-off estimate in the norm half of concat ([n][2H]; norm_concat
+// reads it and writes the norm there): eps sum_x |v_i| + sum_e (|wv1| sum_x |v_j| + |wv2|)
+// (eps + edge_round_off / d), as cpu/message.rs.
 extern "C" __global__ void message_forward(int h, const i64* __restrict__ offsets,
                                            const int* __restrict__ sources,
                                            const float* __restrict__ geometry,
                                            const float* __restrict__ table,
                                            const float* __restrict__ s_in,
                                            const float* __restrict__ v_in, int first_layer,
-                                           float* __restrict__ s_mid,
-                                           float* __restrict__ v_mid) {
+                                           float edge_round_off, float* __restrict__ s_mid,
+                                           float* __restrict__ v_mid,
+                                           float* __restrict__ concat) {
     const int i = blockIdx.x;
     const int c = threadIdx.x;
     const int width = 3 * h;
+    const float epsilon = (float)F32_EPSILON;
     float s = s_in[(i64)i * h + c];
     float v[3];
     for (int x = 0; x < 3; ++x) v[x] = v_in[((i64)i * 3 + x) * h + c];
+    float round_off = (fabsf(v[0]) + fabsf(v[1]) + fabsf(v[2])) * epsilon;
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
         const float* g = geometry + GEOMETRY_WIDTH * e;
         float b[4];
@@ -50,15 +56,25 @@ extern "C" __global__ void message_forward(int h, const i64* __restrict__ offset
         const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
         const i64 j = sources[e];
         s += s_in[j * h + c] * ws;
+        // Each term's relative round-off: the arithmetic's, and the edge vector's over d.
+        const float relative = epsilon + edge_round_off / g[0];
         if (first_layer) {
             for (int x = 0; x < 3; ++x) v[x] += g[1 + x] * wv2;
+            round_off += fabsf(wv2) * relative;
         } else {
             const float wv1 = interpolate(node_a, node_b, width, h + c, b);
-            for (int x = 0; x < 3; ++x) v[x] += v_in[(j * 3 + x) * h + c] * wv1 + g[1 + x] * wv2;
+            float v_j_magnitude = 0.0f;
+            for (int x = 0; x < 3; ++x) {
+                const float v_j = v_in[(j * 3 + x) * h + c];
+                v[x] += v_j * wv1 + g[1 + x] * wv2;
+                v_j_magnitude += fabsf(v_j);
+            }
+            round_off += (fabsf(wv1) * v_j_magnitude + fabsf(wv2)) * relative;
         }
     }
     s_mid[(i64)i * h + c] = s;
     for (int x = 0; x < 3; ++x) v_mid[((i64)i * 3 + x) * h + c] = v[x];
+    concat[(i64)i * 2 * h + h + c] = round_off;
 }
 
 // Deterministic block-wide sums of four values (fixed tree); scratch holds 4 per warp.

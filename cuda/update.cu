@@ -11,16 +11,24 @@ extern "C" __global__ void embed(int n, int h, const int* __restrict__ atomic_nu
     }
 }
 
-// norm = |v_mid| over x, y, z; concat = [s_mid, norm] ([n][2H]).
+// concat = [s_mid, |v_mid|] ([n][2H], norm over x, y, z) and norm = |v_mid|, kept for the
+// gradient; a feature of v_mid whose norm is zero to round-off (at most NORM_ROUND_OFF_FACTOR
+// x the estimate message_forward left in concat's norm half) is set to 0 with its norm, as
+// cpu/update.rs.
 extern "C" __global__ void norm_concat(int n, int h, const float* __restrict__ s_mid,
-                                       const float* __restrict__ v_mid,
-                                       float* __restrict__ norm, float* __restrict__ concat) {
+                                       float* __restrict__ v_mid, float* __restrict__ norm,
+                                       float* __restrict__ concat) {
     const i64 count = (i64)n * h;
     for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
          k += (i64)gridDim.x * blockDim.x) {
         const i64 i = k / h, c = k % h;
-        const float* v = v_mid + i * 3 * h;
-        const float value = sqrtf(v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c]);
+        float* v = v_mid + i * 3 * h;
+        float value = sqrtf(v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c]);
+        const float round_off = concat[i * 2 * h + h + c];
+        if (!(value > (float)NORM_ROUND_OFF_FACTOR * round_off)) {
+            value = 0.0f;
+            for (int x = 0; x < 3; ++x) v[x * h + c] = 0.0f;
+        }
         norm[k] = value;
         concat[i * 2 * h + c] = s_mid[k];
         concat[i * 2 * h + h + c] = value;
@@ -88,7 +96,8 @@ extern "C" __global__ void gate_backward(int n, int h, int a_width, int last,
     }
 }
 
-// gs_mid = gs + g_concat[:, :H]; gv_mid += g_concat[:, H:] v_mid / |v_mid| (0 where v = 0).
+// gs_mid = gs + g_concat[:, :H]; gv_mid += g_concat[:, H:] v_mid / norm (0 where norm is 0:
+// v = 0 to round-off).
 extern "C" __global__ void norm_backward(int n, int h, const float* __restrict__ gs,
                                          const float* __restrict__ g_concat,
                                          const float* __restrict__ norm,

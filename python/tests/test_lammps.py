@@ -602,3 +602,38 @@ def test_nve_energy_conservation(tmp_path):
     (REPO / "target").mkdir(exist_ok=True)
     (REPO / "target/nve-drift.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)
+
+
+@pytest.mark.parametrize("crystal", ["fcc", "bcc2"])
+def test_perfect_crystal_forces_vanish_on_any_rank_count(tmp_path, crystal):
+    """Every site of a perfect fcc or bcc crystal is a centre of inversion: forces are zero by
+    symmetry. Before the round-off rule (src/backend/mod.rs, NORM_ROUND_OFF_FACTOR) they were
+    round-off directions scaled up to 0.1 eV/A, 3.3 eV/A for two atoms in a 2 A box on one
+    rank and 0.39 on four. The copper model, 1 and 4 ranks."""
+    _require()
+    if crystal == "fcc":
+        setup = "lattice fcc 3.615\nregion box block 0 4 0 4 0 4\n"
+    else:
+        setup = "lattice bcc 2.0\nregion box block 0 1 0 1 0 1\n"
+    limit = 1e-10 if PRECISION == "f64" else 1e-5
+    for ranks in (1, 4):
+        script = f"""
+units metal
+boundary p p p
+atom_style atomic
+{setup}create_box 1 box
+create_atoms 1 box
+mass 1 63.546
+plugin load {_plugin()}
+pair_style painn {REPO / 'examples/cu_student.safetensors'} device {DEVICE} precision {PRECISION}
+pair_coeff * * Cu
+compute fmax all reduce max fx fy fz
+compute fmin all reduce min fx fy fz
+thermo_style custom step pe c_fmax[1] c_fmax[2] c_fmax[3] c_fmin[1] c_fmin[2] c_fmin[3]
+run 0
+print "RESULT $(c_fmax[1]:%.17g) $(c_fmax[2]:%.17g) $(c_fmax[3]:%.17g) $(c_fmin[1]:%.17g) $(c_fmin[2]:%.17g) $(c_fmin[3]:%.17g)"
+"""
+        done = run_lammps(tmp_path / f"{crystal}-{ranks}", script, ranks)
+        line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
+        largest = max(abs(float(v)) for v in line.split()[1:])
+        assert largest <= limit, (crystal, ranks, largest)

@@ -38,6 +38,33 @@ pub(crate) const GEOMETRY_WIDTH: usize = 9;
 /// `u = r / (d + U_EPSILON)`, as in the spec. Shared with the kernels.
 pub(crate) const U_EPSILON: f64 = 1e-8;
 
+/// A feature of `v` whose norm `|v|` is zero to round-off is set to 0, the spec's `v = 0`
+/// (whose gradient is 0): when `|v|` is at most this factor times `v`'s round-off estimate,
+/// per feature the sum over the terms added into `v` of each term's magnitude times
+/// `(epsilon + edge_round_off / d)`, with epsilon of the engine's precision and
+/// `edge_round_off` from [`edge_round_off_angstrom`].
+///
+/// Why: at a centre of inversion (every site of a perfect fcc, bcc or rock-salt crystal) the
+/// terms cancel exactly, `|v|` is round-off, and `v / |v|` a unit vector in a random
+/// direction: forces of 0.02-7 eV/A from nothing with the copper model, changing with how the
+/// cell is written. Only features within round-off of 0 change. Setting them to 0 (rather
+/// than only the gradient) keeps that noise out of the next layer. 16 is the smallest power
+/// of 4 that zeroes those forces in every crystal of `tests/lattice_symmetry.rs` with the
+/// copper model and with the student model (untrained for copper, it amplifies round-off
+/// more), f32 and f64; 4 is enough for the copper model. Shared with the kernels.
+pub(crate) const NORM_ROUND_OFF_FACTOR: f64 = 16.0;
+
+/// The round-off of an edge vector `r_j - r_i + n . cell`, computed in f64 from `positions`
+/// (its rounding error grows with the coordinates, not with the edge's length), in Angstrom.
+pub(crate) fn edge_round_off_angstrom(positions: &[[f64; 3]], cutoff_angstrom: f64) -> f64 {
+    let largest = positions
+        .iter()
+        .flatten()
+        .fold(0.0f64, |largest, x| largest.max(x.abs()));
+    // |r_j|, |r_i| and the image shift (at most |r_i| + |r_j| + cutoff).
+    f64::EPSILON * (4.0 * largest + cutoff_angstrom)
+}
+
 /// What a caller wants besides the total energy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {

@@ -29,6 +29,9 @@ pub struct Graph<T> {
     pub vectors: Vec<[f64; 3]>,
     /// `[n_edges]`, in the engine's precision.
     pub geometry: Vec<EdgeGeometry<T>>,
+    /// The round-off of the edge vectors, Angstrom
+    /// ([`edge_round_off_angstrom`](crate::backend::edge_round_off_angstrom)).
+    pub edge_round_off_angstrom: f64,
 }
 
 impl<T> Graph<T> {
@@ -58,6 +61,8 @@ pub fn build_graph<T: Real>(
     graph: &mut Graph<T>,
 ) {
     let cutoff_squared = cutoff_angstrom * cutoff_angstrom;
+    graph.edge_round_off_angstrom =
+        crate::backend::edge_round_off_angstrom(positions, cutoff_angstrom);
     graph.offsets.clear();
     graph.sources.clear();
     graph.shifts.clear();

@@ -81,24 +81,29 @@ impl<T: Real> MessageLayer<'_, T> {
     }
 }
 
-/// `body(scratch, i, s_row, v_row, de_dr_row)` for every atom `i`, in tasks of a few atoms:
-/// `s_row` (`[H]`) and `v_row` (`[3][H]`) are atom `i`'s rows of `s_rows` and `v_rows`,
-/// `de_dr_row` its edges' rows of `de_dr` (empty without one).
+/// `body(scratch, i, s_row, v_row, concat_row, de_dr_row)` for every atom `i`, in tasks of a
+/// few atoms: `s_row` (`[H]`), `v_row` (`[3][H]`) and `concat_row` (`[2H]`) are atom `i`'s rows
+/// of `s_rows`, `v_rows` and `concat_rows` (empty without one), `de_dr_row` its edges' rows
+/// of `de_dr` (empty without one).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn for_each_row<T: Real>(
     schedule: Schedule,
     graph: &Graph<T>,
     h: usize,
     s_rows: &mut [T],
     v_rows: &mut [T],
+    concat_rows: &mut [T],
     de_dr: &mut [[T; 3]],
-    body: impl Fn(&mut Scratch<T>, usize, &mut [T], &mut [T], &mut [[T; 3]]) + Sync + Send,
+    body: impl Fn(&mut Scratch<T>, usize, &mut [T], &mut [T], &mut [T], &mut [[T; 3]]) + Sync + Send,
 ) {
     let n = graph.n_atoms();
     let per_task = atoms_per_task(n);
     let with_edges = !de_dr.is_empty();
-    let (s_rows, v_rows, de_dr) = (
+    let concat_width = if concat_rows.is_empty() { 0 } else { 2 * h };
+    let (s_rows, v_rows, concat_rows, de_dr) = (
         DisjointParts::new(s_rows),
         DisjointParts::new(v_rows),
+        DisjointParts::new(concat_rows),
         DisjointParts::new(de_dr),
     );
     schedule.for_each_block(n.div_ceil(per_task), Scratch::new, |scratch, task| {
@@ -109,10 +114,11 @@ fn for_each_row<T: Real>(
             0..0
         };
         // SAFETY: each task takes the rows of its own atoms and their edges.
-        let (s_rows, v_rows, mut de_dr) = unsafe {
+        let (s_rows, v_rows, mut concat_rows, mut de_dr) = unsafe {
             (
                 s_rows.part(atoms.start * h..atoms.end * h),
                 v_rows.part(atoms.start * 3 * h..atoms.end * 3 * h),
+                concat_rows.part(atoms.start * concat_width..atoms.end * concat_width),
                 de_dr.part(edges),
             )
         };
@@ -121,21 +127,27 @@ fn for_each_row<T: Real>(
                 .chunks_exact_mut(h)
                 .zip(v_rows.chunks_exact_mut(3 * h)),
         ) {
+            let (concat_row, rest) = concat_rows.split_at_mut(concat_width);
+            concat_rows = rest;
             let length = if with_edges { graph.row(i).len() } else { 0 };
             let (de_dr_row, rest) = de_dr.split_at_mut(length);
             de_dr = rest;
-            body(scratch, i, s_row, v_row, de_dr_row);
+            body(scratch, i, s_row, v_row, concat_row, de_dr_row);
         }
     });
 }
 
 /// `s_mid = s_i + sum_e s_j ws`, `v_mid = v_i + sum_e (v_j wv1 + u wv2)` over each row
-/// (outputs `[n][H]`, `[n][3][H]`).
+/// (outputs `[n][H]`, `[n][3][H]`), and in the norm half of `concat` (`[n][2H]`, read and
+/// replaced by [`norm_concat`](super::update::norm_concat)) `v_mid`'s round-off estimate
+/// per feature: `eps sum_x |v_i| + sum_e (|wv1| sum_x |v_j| + |wv2|) (eps + edge_round_off
+/// / d)` ([`NORM_ROUND_OFF_FACTOR`](crate::backend::NORM_ROUND_OFF_FACTOR)).
 pub fn message_forward<T: Real>(
     schedule: Schedule,
     message: &MessageLayer<'_, T>,
     s_mid: &mut [T],
     v_mid: &mut [T],
+    concat: &mut [T],
 ) {
     let MessageLayer {
         h, layer, graph, ..
@@ -146,8 +158,9 @@ pub fn message_forward<T: Real>(
         h,
         s_mid,
         v_mid,
+        concat,
         &mut [],
-        |scratch, i, s_out, v_out, _| {
+        |scratch, i, s_out, v_out, concat_out, _| {
             let (row, w, _, filter_rows) = message.filter_rows(i, false, scratch);
             message_row(
                 h,
@@ -161,6 +174,8 @@ pub fn message_forward<T: Real>(
                 layer == 0,
                 s_out,
                 v_out,
+                T::of(graph.edge_round_off_angstrom),
+                &mut concat_out[h..],
             );
         },
     );
@@ -188,8 +203,9 @@ pub fn message_backward<T: Real>(
         h,
         gs_in,
         gv_in,
+        &mut [],
         de_dr,
-        |scratch, i, gs_out, gv_out, de_dr| {
+        |scratch, i, gs_out, gv_out, _, de_dr| {
             let (row, w, dw, filter_rows) = message.filter_rows(i, true, scratch);
             message_backward_row(
                 h,
@@ -217,7 +233,9 @@ pub fn message_backward<T: Real>(
 const LANES: usize = 8;
 
 /// Message of one receiver row: `s_out = s_i + sum_e s_j * ws`, `v_out = v_i + sum_e (v_j *
-/// wv1 + u (x) wv2)`. `w` is `[rows][3H]`, edge `e` reading row `filter_rows[e]`. In the first layer `v_in` is zero and skipped.
+/// wv1 + u (x) wv2)`, and `round_off_out` (`[H]`) the round-off estimate of `v_out` (see
+/// [`message_forward`]). `w` is `[rows][3H]`, edge `e` reading row `filter_rows[e]`. In
+/// the first layer `v_in` is zero and skipped.
 #[multiversion(targets("x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 fn message_row<T: Real>(
@@ -232,11 +250,18 @@ fn message_row<T: Real>(
     first_layer: bool,
     s_out: &mut [T],
     v_out: &mut [T],
+    edge_round_off: T,
+    round_off_out: &mut [T],
 ) {
     let s_out = &mut s_out[..h];
     let v_out = &mut v_out[..3 * h];
+    let round_off_out = &mut round_off_out[..h];
     s_out.copy_from_slice(&s_in[receiver * h..][..h]);
     v_out.copy_from_slice(&v_in[receiver * 3 * h..][..3 * h]);
+    for c in 0..h {
+        round_off_out[c] =
+            (v_out[c].abs() + v_out[h + c].abs() + v_out[2 * h + c].abs()) * T::epsilon();
+    }
     for (e, &j) in sources.iter().enumerate() {
         let j = j as usize;
         let w = &w[filter_rows[e] as usize * 3 * h..][..3 * h];
@@ -258,6 +283,19 @@ fn message_row<T: Real>(
                 for c in 0..h {
                     v_o[c] += v_j[c] * wv1[c] + ux * wv2[c];
                 }
+            }
+        }
+        // Each term's relative round-off: the arithmetic's, and the edge vector's over d.
+        let relative = T::epsilon() + edge_round_off / edges[e][0];
+        if first_layer {
+            for c in 0..h {
+                round_off_out[c] += wv2[c].abs() * relative;
+            }
+        } else {
+            let v_j = &v_in[j * 3 * h..][..3 * h];
+            for c in 0..h {
+                let v_j_magnitude = v_j[c].abs() + v_j[h + c].abs() + v_j[2 * h + c].abs();
+                round_off_out[c] += (wv1[c].abs() * v_j_magnitude + wv2[c].abs()) * relative;
             }
         }
     }

@@ -383,15 +383,21 @@ impl<T: Real> CpuBackend<T> {
             layer.v_mid.resize(n * 3 * h, T::zero());
             let inputs = (&layer.s_in[..], &layer.v_in[..]);
             let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
-            message::message_forward(schedule, &message, &mut layer.s_mid, &mut layer.v_mid);
+            self.concat.resize(n * 2 * h, T::zero());
+            message::message_forward(
+                schedule,
+                &message,
+                &mut layer.s_mid,
+                &mut layer.v_mid,
+                &mut self.concat,
+            );
             profile.mark(|| format!("message {l}"), now)?;
             layer.norm.resize(n * h, T::zero());
-            self.concat.resize(n * 2 * h, T::zero());
             update::norm_concat(
                 schedule,
                 h,
                 &layer.s_mid,
-                &layer.v_mid,
+                &mut layer.v_mid,
                 &mut layer.norm,
                 &mut self.concat,
             );

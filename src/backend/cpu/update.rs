@@ -7,6 +7,7 @@
 use super::LayerWeights;
 use super::real::Real;
 use super::schedule::Schedule;
+use crate::backend::NORM_ROUND_OFF_FACTOR;
 
 /// `s [n][H]` = the embedding row of each atom's atomic number.
 pub fn embed<T: Real>(h: usize, atomic_numbers: &[i32], embedding: &[T], s: &mut Vec<T>) {
@@ -17,22 +18,40 @@ pub fn embed<T: Real>(h: usize, atomic_numbers: &[i32], embedding: &[T], s: &mut
     }
 }
 
-/// `norm [n][H] = |v_mid|` over x, y, z; `concat [n][2H] = [s_mid, norm]`.
+/// `concat [n][2H] = [s_mid, |v_mid|]` (norm over x, y, z) and `norm [n][H] = |v_mid|`, kept
+/// for the gradient. A feature of `v_mid` whose norm is zero to round-off (at most
+/// [`NORM_ROUND_OFF_FACTOR`] x the round-off estimate that
+/// [`message_forward`](super::message::message_forward) left in the norm half of `concat`)
+/// is set to 0, as is its norm: the spec's `v = 0`, whose gradient [`norm_backward`] takes
+/// as 0.
 pub fn norm_concat<T: Real>(
     schedule: Schedule,
     h: usize,
     s_mid: &[T],
-    v_mid: &[T],
+    v_mid: &mut [T],
     norm: &mut [T],
     concat: &mut [T],
 ) {
-    schedule.for_each_chunk_pair(norm, h, concat, 2 * h, |i, norm, concat| {
-        let v = &v_mid[i * 3 * h..(i + 1) * 3 * h];
+    let factor = T::of(NORM_ROUND_OFF_FACTOR);
+    schedule.for_each_chunk_pair(v_mid, 3 * h, concat, 2 * h, |i, v, concat| {
+        let (s_half, norm_half) = concat.split_at_mut(h);
+        s_half.copy_from_slice(&s_mid[i * h..(i + 1) * h]);
         for c in 0..h {
-            norm[c] = (v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c]).sqrt();
+            let value = (v[c] * v[c] + v[h + c] * v[h + c] + v[2 * h + c] * v[2 * h + c]).sqrt();
+            // The message left v_mid's round-off estimate in the norm half.
+            let round_off = norm_half[c];
+            if value > factor * round_off {
+                norm_half[c] = value;
+            } else {
+                norm_half[c] = T::zero();
+                for x in 0..3 {
+                    v[x * h + c] = T::zero();
+                }
+            }
         }
-        concat[..h].copy_from_slice(&s_mid[i * h..(i + 1) * h]);
-        concat[h..].copy_from_slice(norm);
+    });
+    schedule.for_each_chunk_into(concat, 2 * h, norm, h, |concat, norm| {
+        norm.copy_from_slice(&concat[h..]);
     });
 }
 
@@ -167,7 +186,8 @@ pub fn update_mlp_backward<T: Real>(
 }
 
 /// Backward of [`norm_concat`] with the skip connection: `gs_mid = gs + g_concat[..H]` and
-/// `gv_mid += g_concat[H..] v_mid / |v_mid|` (the gradient at `v = 0` taken as 0).
+/// `gv_mid += g_concat[H..] v_mid / norm` (the gradient taken as 0 where `norm` is 0: at
+/// `v = 0`, and where `|v|` is zero to round-off).
 #[allow(clippy::too_many_arguments)]
 pub fn norm_backward<T: Real>(
     schedule: Schedule,
@@ -186,7 +206,7 @@ pub fn norm_backward<T: Real>(
         let vm = &v_mid[i * 3 * h..(i + 1) * 3 * h];
         for c in 0..h {
             gs_mid[c] = gs_out[c] + gc[c];
-            // d|v|/dv = v / |v|, taken as 0 where v = 0.
+            // d|v|/dv = v / |v|, taken as 0 where v = 0 to round-off.
             if norm[c] > T::zero() {
                 let scale = gc[h + c] / norm[c];
                 for x in 0..3 {

@@ -17,7 +17,7 @@ use super::grid::{
 use super::readout::{
     NO_CLOSE_EDGE, RESULTS_HEADER, STATUS_CLOSE_EDGE, STATUS_OVERFLOW, STATUS_WORDS,
 };
-use crate::backend::{GEOMETRY_WIDTH, U_EPSILON};
+use crate::backend::{GEOMETRY_WIDTH, NORM_ROUND_OFF_FACTOR, U_EPSILON};
 use crate::error::{Error, Result};
 use crate::model::filter::NODE_VECTORS;
 use crate::neighbors::MINIMUM_DISTANCE_ANGSTROM;
@@ -63,6 +63,8 @@ pub fn defines() -> Vec<(&'static str, String)> {
     let doubles = [
         ("MINIMUM_DISTANCE", MINIMUM_DISTANCE_ANGSTROM),
         ("U_EPSILON", U_EPSILON),
+        ("NORM_ROUND_OFF_FACTOR", NORM_ROUND_OFF_FACTOR),
+        ("F32_EPSILON", f32::EPSILON as f64),
     ];
     integers
         .into_iter()

@@ -243,7 +243,8 @@ kernels! {
     );
 
     // message.cu
-    /// One layer's message, one block per receiver.
+    /// One layer's message, one block per receiver; `v_mid`'s round-off estimate left in the
+    /// norm half of `concat`.
     fn message_forward(
         h: i32,
         offsets: DevicePtr<i64>,
@@ -253,8 +254,10 @@ kernels! {
         s_in: DevicePtr<f32>,
         v_in: DevicePtr<f32>,
         first_layer: i32,
+        edge_round_off: f32,
         s_mid: DevicePtr<f32>,
         v_mid: DevicePtr<f32>,
+        concat: DevicePtr<f32>,
     );
     /// Backward of one layer's message: input gradients and `dE/dr_ij`.
     fn message_backward(
@@ -310,7 +313,8 @@ kernels! {
         embedding: DevicePtr<f32>,
         s: DevicePtr<f32>,
     );
-    /// `|v_mid|` and the update MLP's input `[s_mid, |v_mid|]`.
+    /// The update MLP's input `[s_mid, |v_mid|]` and `|v_mid|`, features of `v_mid` zero to
+    /// round-off set to 0.
     fn norm_concat(
         n: i32,
         h: i32,

@@ -3,12 +3,15 @@
 //! filter interpolated from the layer's part of the filter table, every row summed in order.
 
 use super::Gpu;
-use super::buffers::{DevicePtr, Gradients, GraphBuffers, LayerBuffers};
+use super::buffers::{DeviceBuffer, DevicePtr, Gradients, GraphBuffers, LayerBuffers};
 use super::launch::per_row;
 use crate::error::Result;
 
 /// One layer's message: `(s_in, v_in)` to `(s_mid, v_mid)` of `layer`, with `table` the
-/// layer's filter table (the first layer's `v_in` is zero and skipped).
+/// layer's filter table (the first layer's `v_in` is zero and skipped), and `v_mid`'s
+/// round-off estimate in the norm half of `concat` (`edge_round_off_angstrom`: that of the
+/// edge vectors).
+#[allow(clippy::too_many_arguments)]
 pub fn message_forward(
     gpu: &Gpu,
     n: usize,
@@ -17,6 +20,8 @@ pub fn message_forward(
     table: DevicePtr<f32>,
     layer: &LayerBuffers,
     first_layer: bool,
+    edge_round_off_angstrom: f32,
+    concat: &DeviceBuffer<f32>,
 ) -> Result<()> {
     gpu.kernels.message_forward(
         per_row(n, h),
@@ -28,8 +33,10 @@ pub fn message_forward(
         &layer.s_in,
         &layer.v_in,
         first_layer as i32,
+        edge_round_off_angstrom,
         &layer.s_mid,
         &layer.v_mid,
+        concat,
     )
 }
 

@@ -94,6 +94,8 @@ pub struct CudaBackend {
     progress: Progress,
     /// Atoms of the last neighbour-list build (`None`: none yet, or it failed).
     list_atoms: Option<usize>,
+    /// The round-off of the graph's edge vectors, Angstrom (`edge_round_off_angstrom`).
+    edge_round_off_angstrom: f64,
     results_host: Vec<f64>,
     /// Events between the stages while profiling.
     profile: StageMarks<CudaEvent>,
@@ -158,6 +160,7 @@ impl CudaBackend {
             system: LoadedSystem::default(),
             progress: Progress::Loaded,
             list_atoms: None,
+            edge_round_off_angstrom: 0.0,
             results_host: Vec::new(),
             profile: StageMarks::default(),
             gpu,
@@ -209,7 +212,18 @@ impl CudaBackend {
         for l in 0..n_layers {
             let (layer, lw) = (&b.layers[l], &w.layers[l]);
             let table = w.filter_table(l);
-            message::message_forward(gpu, n, h, &b.graph, table, layer, l == 0)?;
+            let edge_round_off = self.edge_round_off_angstrom as f32;
+            message::message_forward(
+                gpu,
+                n,
+                h,
+                &b.graph,
+                table,
+                layer,
+                l == 0,
+                edge_round_off,
+                &b.concat,
+            )?;
             profile.mark(|| format!("message {l}"), now)?;
             update::norm_concat(gpu, n, h, layer, &b.concat)?;
             update::update_mlp(gpu, n, h, lw, &b.concat, layer, &b.hidden)?;
@@ -376,6 +390,8 @@ impl Backend for CudaBackend {
             ));
         }
         self.gpu.device.bind()?;
+        self.edge_round_off_angstrom =
+            crate::backend::edge_round_off_angstrom(&self.system.positions, cutoff_angstrom);
         graph::build_graph(
             &self.gpu,
             &mut self.buffers,

@@ -28,7 +28,8 @@ pub fn embed(
     )
 }
 
-/// `norm = |v_mid|` and the update MLP's input `concat = [s_mid, norm]`, `[n][2H]`.
+/// `norm = |v_mid|` and the update MLP's input `concat = [s_mid, norm]`, `[n][2H]`; features
+/// of `v_mid` zero to round-off (`NORM_ROUND_OFF_FACTOR`) are set to 0 first.
 pub fn norm_concat(
     gpu: &Gpu,
     n: usize,
