@@ -277,6 +277,57 @@ fn gpu_calls_are_bit_identical() {
     );
 }
 
+/// The stage graphs (recorded on a stage's second call, replayed after) give the same bits
+/// as launching kernel by kernel (`PAINN_CUDA_GRAPHS=0`), over moving positions with
+/// neighbour-list rebuilds, changing requests and atom counts, open and periodic.
+#[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
+fn gpu_graph_replay_equals_kernel_by_kernel_launches() {
+    let test = "gpu_graph_replay_equals_kernel_by_kernel_launches";
+    let model = Arc::new(tiny_model());
+    // SAFETY: no other thread of this test binary reads or writes PAINN_CUDA_GRAPHS.
+    unsafe { std::env::set_var("PAINN_CUDA_GRAPHS", "0") };
+    let eager = gpu_calculator(test, &model);
+    unsafe { std::env::remove_var("PAINN_CUDA_GRAPHS") };
+    let Some(mut eager) = eager else {
+        return;
+    };
+    let mut replayed = gpu_calculator(test, &model).unwrap();
+    let mut rng = SplitMix64::new(17);
+    let mut calls = 0;
+    for (side, periodic) in [(4, true), (2, false), (4, true), (6, true)] {
+        let water = water_box(side, side as u64);
+        let z: Vec<i32> = water.atomic_numbers.iter().map(|&z| z.min(10)).collect();
+        let cell = if periodic {
+            Cell::new(water.cell.unwrap(), [true; 3]).unwrap()
+        } else {
+            Cell::open()
+        };
+        let mut positions = water.positions.clone();
+        for step in 0..12 {
+            // Small moves, and now and then one past half the skin (a list rebuild).
+            let amplitude = if step % 5 == 4 { 0.6 } else { 0.01 };
+            for p in positions.iter_mut() {
+                for x in p.iter_mut() {
+                    *x += rng.range(-amplitude, amplitude);
+                }
+            }
+            let request = if step % 3 == 2 {
+                Request::ALL
+            } else {
+                Request::ENERGY_FORCES_VIRIAL
+            };
+            let a = eager.compute(&z, &positions, &cell, request).unwrap();
+            let b = replayed.compute(&z, &positions, &cell, request).unwrap();
+            assert!(a == b, "call {calls} ({} atoms): results differ", z.len());
+            calls += 1;
+        }
+    }
+    println!(
+        "{calls} calls: replayed stage graphs give the same bits as kernel-by-kernel launches"
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
 fn gpu_capacity_grows_when_the_box_is_compressed() {

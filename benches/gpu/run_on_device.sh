@@ -5,6 +5,7 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on benzene and a periodic water box
 #   bench     painn bench and the PyTorch implementation of the same weights, one GPU
 #   ab        painn bench of .device/bin/painn-base and .device/bin/painn, alternated
+#   graphs    painn bench and LAMMPS speed with the stage graphs off (PAINN_CUDA_GRAPHS=0) and on
 #   bits      painn eval of .device/bin/painn-base and .device/bin/painn on the GPU: same numbers?
 #   profile   painn bench --profile (per-stage GPU times) up to 10^5 atoms
 #   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
@@ -35,7 +36,7 @@ python_setup() {
 }
 if has tests; then
     # (the C ABI tests need a C compiler and the static library: they run in CI)
-    for t in cuda engine engine_reference stages; do
+    for t in cuda engine engine_reference stages lattice_symmetry; do
         echo "== test-$t =="
         .device/bin/test-$t --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$out/test-$t.log" | grep -E "^test |on NVIDIA|relative dE|identical|builds|bytes|SKIPPED|panicked|test result|FAILED|left|right" | head -60
     done
@@ -78,6 +79,24 @@ if has ab; then
                 | sed "s/^/$b $round /" | tee -a "$out/ab.txt" | grep -E '"(benzene|water_box_98304)"' \
                 | sed -E 's/"atom_steps[^,]*,//; s/"gpu_memory_mib[^,]*,//'
         done
+    done
+fi
+if has graphs; then
+    echo "== painn bench, stage graphs off (PAINN_CUDA_GRAPHS=0) and on, alternated =="
+    for round in 1 2; do
+        for graphs in 0 1; do
+            PAINN_CUDA_GRAPHS=$graphs .device/bin/painn bench --model "$PAINN_STUDENT_MODEL" --device cuda \
+                --max-atoms 100000 --json | sed "s/^/graphs=$graphs $round /" | tee -a "$out/graphs-ab.txt" \
+                | grep -E '"(benzene|water_cluster_192|water_box_1029|water_box_10125|water_box_98304)"' \
+                | sed -E 's/"atom_steps[^,]*,//; s/"gpu_memory_mib[^,]*,//'
+        done
+    done
+    python_setup
+    lammps_setup
+    for graphs in 0 1; do
+        echo "== LAMMPS speed, device cuda, PAINN_CUDA_GRAPHS=$graphs =="
+        PAINN_CUDA_GRAPHS=$graphs python3 python/scripts/lammps_speed.py "$PAINN_STUDENT_MODEL" --device cuda \
+            --steps 200 | sed "s/^/graphs=$graphs /" | tee -a "$out/graphs-lammps.txt"
     done
 fi
 if has bench; then

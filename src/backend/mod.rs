@@ -61,8 +61,11 @@ pub(crate) fn edge_round_off_angstrom(positions: &[[f64; 3]], cutoff_angstrom: f
         .iter()
         .flatten()
         .fold(0.0f64, |largest, x| largest.max(x.abs()));
-    // |r_j|, |r_i| and the image shift (at most |r_i| + |r_j| + cutoff).
-    f64::EPSILON * (4.0 * largest + cutoff_angstrom)
+    // |r_j|, |r_i| and the image shift (at most |r_i| + |r_j| + cutoff), rounded up to a
+    // power of two: the value then stays the same from one MD step to the next (a GPU graph
+    // replays it).
+    let scale = (4.0 * largest + cutoff_angstrom).max(1.0);
+    f64::EPSILON * 2f64.powi(scale.log2().ceil() as i32)
 }
 
 /// What a caller wants besides the total energy.

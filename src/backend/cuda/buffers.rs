@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use cudarc::driver::{DeviceRepr, result, sys};
 
@@ -25,9 +25,16 @@ const GROWTH: f64 = 1.5;
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     bytes: Arc<AtomicUsize>,
+    allocations: Arc<AtomicU64>,
 }
 
 impl Registry {
+    /// How many allocations this registry has made: it changes whenever a buffer moves, which
+    /// invalidates recorded CUDA graphs (they hold device addresses).
+    pub fn generation(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+
     /// Bytes of device memory held by the buffers allocated through this registry.
     pub fn bytes_held(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
@@ -65,6 +72,7 @@ impl Registry {
         let pointer =
             unsafe { result::malloc_sync(bytes) }.map_err(|e| self.out_of_memory(bytes, e))?;
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.allocations.fetch_add(1, Ordering::Relaxed);
         buffer.pointer = pointer;
         buffer.capacity = capacity;
         buffer.registry = Some(self.clone());

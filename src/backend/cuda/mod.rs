@@ -32,6 +32,7 @@ mod launch;
 mod message;
 mod neighbors;
 mod readout;
+mod replay;
 mod update;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ use device::{Device, driver};
 use grid::MAX_HIDDEN;
 use launch::Kernels;
 use readout::STATUS_WORDS;
+use replay::{GraphKey, GraphStage, StageGraphs};
 
 /// What every stage launches with: the device and its stream, the kernels, and the registry
 /// every allocation goes through.
@@ -99,6 +101,9 @@ pub struct CudaBackend {
     results_host: Vec<f64>,
     /// Events between the stages while profiling.
     profile: StageMarks<CudaEvent>,
+    /// The steady-state stages recorded as CUDA graphs (not while profiling or keeping stage
+    /// outputs).
+    graphs: StageGraphs,
     /// Last: the buffers above are freed while its context lives.
     gpu: Gpu,
 }
@@ -163,6 +168,7 @@ impl CudaBackend {
             edge_round_off_angstrom: 0.0,
             results_host: Vec::new(),
             profile: StageMarks::default(),
+            graphs: StageGraphs::new(),
             gpu,
         })
     }
@@ -190,6 +196,36 @@ impl CudaBackend {
     fn mark(&mut self, stage: impl FnOnce() -> String) -> Result<()> {
         let device = &self.gpu.device;
         self.profile.mark(stage, || device.timing_event())
+    }
+
+    /// Runs `stage` directly while profiling or keeping stage outputs, else through the
+    /// stage graphs (recorded on its second run with the same key, replayed after).
+    fn replayed(
+        &mut self,
+        stage: GraphStage,
+        scalars: u64,
+        run: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        if self.profile.on || self.keep_stage_outputs {
+            return run(self);
+        }
+        let key = GraphKey {
+            stage,
+            n_atoms: self.n_atoms(),
+            n_energy_atoms: self.system.n_energy_atoms,
+            generation: self.gpu.registry.generation(),
+            scalars,
+        };
+        let mut graphs = std::mem::replace(&mut self.graphs, StageGraphs::disabled());
+        let done = graphs.run(
+            self,
+            |backend| &backend.gpu.device,
+            |backend| backend.gpu.registry.generation(),
+            key,
+            run,
+        );
+        self.graphs = graphs;
+        done
     }
 
     fn forward_stages(&self, profile: &mut StageMarks<CudaEvent>) -> Result<()> {
@@ -392,13 +428,15 @@ impl Backend for CudaBackend {
         self.gpu.device.bind()?;
         self.edge_round_off_angstrom =
             crate::backend::edge_round_off_angstrom(&self.system.positions, cutoff_angstrom);
-        graph::build_graph(
-            &self.gpu,
-            &mut self.buffers,
-            n,
-            cutoff_angstrom,
-            &self.weights,
-        )?;
+        self.replayed(GraphStage::Graph, cutoff_angstrom.to_bits(), |backend| {
+            graph::build_graph(
+                &backend.gpu,
+                &mut backend.buffers,
+                n,
+                cutoff_angstrom,
+                &backend.weights,
+            )
+        })?;
         self.progress = Progress::Graph;
         self.mark(|| "graph".into())
     }
@@ -408,10 +446,13 @@ impl Backend for CudaBackend {
         self.require(Progress::Graph, "forward")?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
-            let mut profile = std::mem::take(&mut self.profile);
-            let done = self.forward_stages(&mut profile);
-            self.profile = profile;
-            done?;
+            let edge_round_off = self.edge_round_off_angstrom.to_bits();
+            self.replayed(GraphStage::Forward, edge_round_off, |backend| {
+                let mut profile = std::mem::take(&mut backend.profile);
+                let done = backend.forward_stages(&mut profile);
+                backend.profile = profile;
+                done
+            })?;
         }
         self.progress = Progress::Forward;
         Ok(())
@@ -421,10 +462,12 @@ impl Backend for CudaBackend {
         self.require(Progress::Forward, "backward")?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
-            let mut profile = std::mem::take(&mut self.profile);
-            let done = self.backward_stages(&mut profile);
-            self.profile = profile;
-            done?;
+            self.replayed(GraphStage::Backward, 0, |backend| {
+                let mut profile = std::mem::take(&mut backend.profile);
+                let done = backend.backward_stages(&mut profile);
+                backend.profile = profile;
+                done
+            })?;
         }
         self.progress = Progress::Backward;
         Ok(())
@@ -443,11 +486,15 @@ impl Backend for CudaBackend {
         }
         self.gpu.device.bind()?;
         let cell = self.cell();
-        let results = readout::readout(
+        let n_energy_atoms = self.system.n_energy_atoms;
+        let variant = request.needs_backward() as u64 | (request.atom_virials as u64) << 1;
+        self.replayed(GraphStage::Readout, variant, |backend| {
+            readout::readout_kernels(&backend.gpu, &backend.buffers, n, n_energy_atoms, request)
+        })?;
+        let results = readout::download_results(
             &self.gpu,
             &self.buffers,
             n,
-            self.system.n_energy_atoms,
             request,
             &self.system.positions,
             &cell,

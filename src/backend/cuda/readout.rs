@@ -28,21 +28,15 @@ pub(crate) const NO_CLOSE_EDGE: i32 = i32::MAX;
 /// kernels.
 pub(crate) const RESULTS_HEADER: usize = STATUS_WORDS + 10;
 
-/// The requested results of the evaluation of `n` atoms (the first `n_energy_atoms` count
-/// towards the energy), from the graph, `de_dr` and the per-atom energies in `buffers`;
-/// `host` receives the download. Fails when two atoms of the loaded `positions` in `cell`
-/// are closer than the minimum distance.
-#[allow(clippy::too_many_arguments)]
-pub fn readout(
+/// The readout's kernels: forces and virials (when `request` needs the backward pass), the
+/// energies and the reductions, packed into `buffers.results` (queued, not waited for).
+pub fn readout_kernels(
     gpu: &Gpu,
     buffers: &Buffers,
     n: usize,
     n_energy_atoms: usize,
     request: Request,
-    positions: &[[f64; 3]],
-    cell: &Cell,
-    host: &mut Vec<f64>,
-) -> Result<Results> {
+) -> Result<()> {
     let Gpu {
         device, kernels: k, ..
     } = gpu;
@@ -73,10 +67,25 @@ pub fn readout(
         &b.row_virials,
         &b.system.status,
         &b.results,
-    )?;
+    )
+}
+
+/// Downloads what [`readout_kernels`] packed (into `host`) and unpacks the results of
+/// `request`. Fails when the status words report two atoms of the loaded `positions` in
+/// `cell` closer than the minimum distance.
+pub fn download_results(
+    gpu: &Gpu,
+    buffers: &Buffers,
+    n: usize,
+    request: Request,
+    positions: &[[f64; 3]],
+    cell: &Cell,
+    host: &mut Vec<f64>,
+) -> Result<Results> {
+    let b = buffers;
     let length = RESULTS_HEADER + 4 * n + if request.atom_virials { 9 * n } else { 0 };
     host.resize(length, 0.0);
-    device.download(b.results.ptr(), host)?;
+    gpu.device.download(b.results.ptr(), host)?;
     if host[STATUS_OVERFLOW] != 0.0 {
         return Err(Error::Cuda(
             "internal error: the neighbour list overflowed its edge arrays".into(),
@@ -95,7 +104,6 @@ pub fn readout(
     Ok(unpack(host, n, request))
 }
 
-/// The requested results from the downloaded buffer.
 fn unpack(host: &[f64], n: usize, request: Request) -> Results {
     let header = &host[STATUS_WORDS..RESULTS_HEADER];
     let mut results = Results {
