@@ -8,7 +8,6 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
-#include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 #include "utils.h"
@@ -321,9 +320,13 @@ void PairPaiNN::init_style()
   require_metal_units();
   ghosts_checked = false;
   if (!model) error->all(FLERR, "pair_style painn: no model (pair_style painn MODEL ...)");
-  // The engine builds its own graph, but the request is explicit: a full list, so that
-  // LAMMPS knows this style needs neighbours of every atom within the cutoff.
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+  // No neighbour list request: the engine builds its own graph from the positions (owned
+  // atoms and the box on one rank, owned + ghost atoms on several) and never reads `list`,
+  // so a LAMMPS list would be built at every re-neighbouring for nothing. LAMMPS still
+  // re-neighbours as `neighbor`/`neigh_modify` say (migration, ghosts, sorting: Neighbor's
+  // distance check needs no list), and the ghost cutoff still comes from cutforce
+  // (init_one) + skin, or the larger comm->cutghostuser set below: Neighbor::init takes
+  // cutneighmax from the pair style's cutsq, not from the requests.
   if (comm->nprocs > 1) {
     // An atom's energy depends on atoms up to `layers` cutoffs away: the ghost shell must
     // hold them all (plus the skin, for the steps between re-neighbourings).

@@ -10,6 +10,8 @@
 // skin); only owned atoms' energies count and ghost forces (and per-atom virials) go back
 // to their owners, with newton on or off. The virial's off-diagonal components are the ones
 // conjugate to LAMMPS's box tilts (xy: sum y f_x; see add_virial in pair_painn.cpp).
+// The style requests no LAMMPS neighbour list (see init_style): LAMMPS builds none, but still
+// re-neighbours (migration, ghosts) as `neighbor`/`neigh_modify` say.
 #ifndef PAINN_PAIR_PAINN_H
 #define PAINN_PAIR_PAINN_H
 

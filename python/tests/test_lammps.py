@@ -6,7 +6,8 @@ CPU unless said otherwise: `run 0` energy, forces and virial against `painn eval
 same coordinates; 1 to 4 MPI ranks (ranks owning no atoms; newton on and off) against one,
 with per-atom virials (compute stress/atom) summing to the virial; pressure, tilt components
 included, against finite differences of the energy under box deformation; per-atom energy
-sums; the plugin under AddressSanitizer on several ranks; clear errors; NVE energy
+sums; MD with no LAMMPS neighbour list built yet re-neighbouring as neigh_modify says, 1 and
+4 ranks alike; the plugin under AddressSanitizer on several ranks; clear errors; NVE energy
 conservation with the trained model (skipped without it).
 With PAINN_TEST_DEVICE=cuda the same checks run on the GPU in float32.
 """
@@ -325,6 +326,66 @@ def test_ranks_agree(tmp_path):
         assert relative(result["energy"], first["energy"]) <= max(1e-10, TOLERANCE), newton
         assert relative(result["forces"], first["forces"]) <= max(1e-10, TOLERANCE), newton
         assert stress_sum_error(result) <= max(1e-9, TOLERANCE), newton
+
+
+def test_md_without_a_lammps_neighbour_list(tmp_path):
+    """The style builds its own graph and requests no LAMMPS neighbour list, so LAMMPS builds
+    none ("Neighbor list info" is not printed, "Total # of neighbors = 0"), while `neighbor` /
+    `neigh_modify` still decide when atoms are migrated and the ghosts rebuilt: MD on a periodic
+    water box hot enough that atoms move more than half the skin, on 1 and 4 ranks (ghost
+    shell of L x rc + skin), re-neighbours (check yes: some builds; every 5 check no: exactly
+    one build per 5 steps) and gives the same trajectory on both, with final forces equal to
+    `painn eval`'s on the final coordinates."""
+    _require()
+    z, positions, cell = water_box(4, tilt=(0.0, 0.0, 0.0), seed=8)
+    write_data(tmp_path / "system.data", z, positions, cell)
+    runs = {}
+    for ranks in (1, 4):
+        directory = fresh(tmp_path, str(ranks))
+        script = header(TINY_MODEL) + """
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 2000.0 4928459 mom yes rot yes
+timestep 0.001
+fix nve all nve
+thermo_style custom step pe ke etotal press
+thermo_modify format float %.17g
+thermo 10
+run 20
+neigh_modify every 5 delay 0 check no
+run 10
+write_dump all custom final.dump id type x y z fx fy fz modify sort id format float %.17g
+"""
+        done = run_lammps(directory, script, ranks)
+        log = done.stdout
+        assert "Neighbor list info" not in log, log[-3000:]
+        totals = [line for line in log.splitlines() if line.startswith("Total # of neighbors")]
+        assert totals == ["Total # of neighbors = 0"] * 2, (ranks, totals)
+        builds = [int(line.split("=")[1]) for line in log.splitlines() if line.startswith("Neighbor list builds")]
+        assert builds[0] > 0 and builds[1] == 2, (ranks, builds)
+        assert "Dangerous builds = 0" in log
+        if ranks > 1:
+            assert "ghost cutoff set to 9 Angstrom" in log, log[-3000:]
+        rows = []
+        for line in log.splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[0].isdigit():
+                rows.append([float(v) for v in parts])
+        table = np.loadtxt(directory / "final.dump", skiprows=9)
+        runs[ranks] = {"builds": builds, "thermo": np.array(rows), "types": table[:, 1].astype(int),
+                       "positions": table[:, 2:5], "forces": table[:, 5:8]}
+    one, four = runs[1], runs[4]
+    assert len(one["thermo"]) == len(four["thermo"]) == 5  # steps 0, 10, 20 | 20, 30
+    if DEVICE == "cpu":
+        # float64: the two trajectories agree to round-off (float32 ones drift apart).
+        assert one["builds"] == four["builds"]
+        for column in range(1, 5):  # pe ke etotal press
+            assert relative(four["thermo"][:, column], one["thermo"][:, column]) <= 1e-9, column
+        assert relative(four["forces"], one["forces"]) <= 1e-8
+    species = np.where(four["types"] == 1, 8, 1)
+    reference = painn_eval(tmp_path, TINY_MODEL, species, four["positions"], cell, [True] * 3)
+    assert relative(four["forces"], reference["forces"]) <= max(1e-9, TOLERANCE)
+    assert relative(four["thermo"][-1][1], reference["energy"]) <= max(1e-9, TOLERANCE)
 
 
 def test_ranks_on_separate_gpus(tmp_path):
