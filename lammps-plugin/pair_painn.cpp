@@ -246,6 +246,7 @@ void PairPaiNN::create_calculator()
   if (painn_calculator_create(model, chosen.c_str(), precision.c_str(), neighbor->skin,
                               &calculator) != PAINN_SUCCESS)
     error->one(FLERR, "pair_style painn: cannot use device '{}': {}", chosen, painn_last_error());
+  calculator_skin = neighbor->skin;
   constexpr int NAME = 256;
   char name[NAME] = {0};
   painn_calculator_device(calculator, name, NAME);
@@ -255,8 +256,8 @@ void PairPaiNN::create_calculator()
   MPI_Gather(name, NAME, MPI_CHAR, names.data(), NAME, MPI_CHAR, 0, world);
   if (comm->me == 0)
     for (int rank = 0; rank < comm->nprocs; ++rank)
-      utils::logmesg(lmp, "pair_style painn: rank {} uses {} ({})\n", rank, &names[NAME * rank],
-                     precision);
+      utils::logmesg(lmp, "pair_style painn: rank {} uses {} ({}, skin {} Angstrom)\n", rank,
+                     &names[NAME * rank], precision, calculator_skin);
 }
 
 /* ----------------------------------------------------------------------
@@ -320,6 +321,9 @@ void PairPaiNN::init_style()
   require_metal_units();
   ghosts_checked = false;
   if (!model) error->all(FLERR, "pair_style painn: no model (pair_style painn MODEL ...)");
+  // The engine's own list uses LAMMPS's skin: a `neighbor` command after `pair_style` (as in
+  // most inputs) changes it, and only now is it final.
+  if (neighbor->skin != calculator_skin) create_calculator();
   // No neighbour list request: the engine builds its own graph from the positions (owned
   // atoms and the box on one rank, owned + ghost atoms on several) and never reads `list`,
   // so a LAMMPS list would be built at every re-neighbouring for nothing. LAMMPS still

@@ -53,6 +53,7 @@ class PairPaiNN : public Pair {
   painn_model_t *model = nullptr;
   painn_calculator_t *calculator = nullptr;
   std::string opened_device;    // what the calculator actually runs on
+  double calculator_skin = -1;  // the neighbour-list skin the calculator was made with
   double cutoff = 0.0;          // model cutoff, Angstrom
   int layers = 0;               // message-passing layers
   int max_z = 0;

@@ -698,3 +698,16 @@ print "RESULT $(c_fmax[1]:%.17g) $(c_fmax[2]:%.17g) $(c_fmax[3]:%.17g) $(c_fmin[
         line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
         largest = max(abs(float(v)) for v in line.split()[1:])
         assert largest <= limit, (crystal, ranks, largest)
+
+
+def test_engine_uses_the_skin_of_a_later_neighbor_command(tmp_path):
+    """`neighbor` usually comes after `pair_style`: the engine's own neighbour list must take
+    the skin it sets (it took LAMMPS's default, 2 A in metal units, before)."""
+    _require()
+    z, positions, cell = water_box(3, seed=4)
+    directory = tmp_path / "skin"
+    directory.mkdir()
+    write_data(directory / "system.data", z, positions, cell)
+    done = run_lammps(directory, header(TINY_MODEL) + "neighbor 0.5 bin\nrun 0\n")
+    skins = [line for line in done.stdout.splitlines() if "rank 0 uses" in line]
+    assert skins and "skin 0.5 Angstrom" in skins[-1], skins
