@@ -1,5 +1,6 @@
 // Dense layers: tiled float32 GEMMs (64 x 64 tiles, 16-deep slices, 256 threads, 4 x 4
-// outputs per thread) and the element-wise activations around them. Each output sums over
+// outputs per thread) and GEMMs for few rows, with the SiLU activation (forward) or its
+// derivative (backward) applied in their epilogue. Each output sums over
 // k in a fixed order: deterministic.
 
 // Tile side and threads per block; the host sizes the grid from them.
@@ -16,13 +17,26 @@ static_assert(GEMM_TILE == 64 && GEMM_THREADS == 256,
 #define TILE_N GEMM_TILE
 #define TILE_K 16
 
+// The value written at (row, col): the sum, times silu'(silu_pre) when silu_pre is given
+// (backward through an activation), added to C when accumulating; silu of it also written
+// to `activated` when given (forward into an activation).
+__device__ __forceinline__ void gemm_store(float value, i64 at, int accumulate,
+                                           const float* __restrict__ silu_pre,
+                                           float* __restrict__ c,
+                                           float* __restrict__ activated) {
+    if (silu_pre) value *= silu_derivative(silu_pre[at]);
+    c[at] = accumulate ? c[at] + value : value;
+    if (activated) activated[at] = silu(c[at]);
+}
+
 // C[M][N] = A[M][K] . op(B) (+ bias[N]) (+ C when accumulate), row-major; op(B) = B^T with
 // B stored [N][K] (a Linear layer's weight: forward) when transposed, else B stored [K][N]
-// (backward through a Linear layer).
+// (backward through a Linear layer). Epilogue: gemm_store.
 template <bool TRANSPOSED>
 __device__ void gemm(int m_rows, int n_cols, int k_depth, const float* __restrict__ a,
                      const float* __restrict__ b, const float* __restrict__ bias, int accumulate,
-                     float* __restrict__ c) {
+                     const float* __restrict__ silu_pre, float* __restrict__ c,
+                     float* __restrict__ activated) {
     __shared__ float a_tile[TILE_K][TILE_M + 1];
     __shared__ float b_tile[TILE_K][TILE_N + 1];
     const int tid = threadIdx.x;
@@ -65,36 +79,84 @@ __device__ void gemm(int m_rows, int n_cols, int k_depth, const float* __restric
             if (col >= n_cols) continue;
             float value = acc[p][q];
             if (bias) value += bias[col];
-            float* out = c + (i64)row * n_cols + col;
-            *out = accumulate ? *out + value : value;
+            gemm_store(value, (i64)row * n_cols + col, accumulate, silu_pre, c, activated);
         }
     }
 }
 
+// activated (optional) = silu(c).
 extern "C" __global__ void gemm_nt(int m_rows, int n_cols, int k_depth, const float* a,
-                                   const float* b, const float* bias, int accumulate, float* c) {
-    gemm<true>(m_rows, n_cols, k_depth, a, b, bias, accumulate, c);
+                                   const float* b, const float* bias, int accumulate, float* c,
+                                   float* activated) {
+    gemm<true>(m_rows, n_cols, k_depth, a, b, bias, accumulate, nullptr, c, activated);
 }
 
+// silu_pre (optional): c = (a b) * silu'(silu_pre).
 extern "C" __global__ void gemm_nn(int m_rows, int n_cols, int k_depth, const float* a,
-                                   const float* b, int accumulate, float* c) {
-    gemm<false>(m_rows, n_cols, k_depth, a, b, nullptr, accumulate, c);
+                                   const float* b, const float* silu_pre, int accumulate,
+                                   float* c) {
+    gemm<false>(m_rows, n_cols, k_depth, a, b, nullptr, accumulate, silu_pre, c, nullptr);
 }
 
-// output = silu(input), element-wise.
-extern "C" __global__ void silu_forward(i64 count, const float* __restrict__ input,
-                                        float* __restrict__ output) {
-    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
-         k += (i64)gridDim.x * blockDim.x) {
-        output[k] = silu(input[k]);
+// Few rows (small systems): with a handful of 64-row tiles the tiled GEMM above is bound by
+// the latency of its 16-deep slices. These cover the GPU instead: GEMM_FEW_ROWS rows and one
+// column per warp (NT: the lanes split k, a fixed butterfly sums them) or per thread (NN: k
+// in order). Fixed order: deterministic. The host picks them up to GEMM_FEW_ROWS_MAX rows.
+#ifndef GEMM_FEW_ROWS
+#error "GEMM_FEW_ROWS must be defined by the host (-DGEMM_FEW_ROWS=...)"
+#endif
+
+extern "C" __global__ void gemm_nt_few_rows(int m_rows, int n_cols, int k_depth,
+                                            const float* __restrict__ a,
+                                            const float* __restrict__ b,
+                                            const float* __restrict__ bias, int accumulate,
+                                            float* __restrict__ c,
+                                            float* __restrict__ activated) {
+    const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    const i64 groups = (m_rows + GEMM_FEW_ROWS - 1) / GEMM_FEW_ROWS;
+    if (warp >= groups * n_cols) return;  // the whole warp: its index is uniform
+    const int col = (int)(warp % n_cols);
+    const int row0 = (int)(warp / n_cols) * GEMM_FEW_ROWS;
+    float acc[GEMM_FEW_ROWS] = {};
+    const float* b_row = b + (i64)col * k_depth;
+    for (int k = lane; k < k_depth; k += 32) {
+        const float bk = b_row[k];
+        for (int r = 0; r < GEMM_FEW_ROWS; ++r) {
+            if (row0 + r < m_rows) acc[r] += a[(i64)(row0 + r) * k_depth + k] * bk;
+        }
+    }
+    for (int r = 0; r < GEMM_FEW_ROWS; ++r) {
+        for (int offset = 16; offset > 0; offset >>= 1)
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+    }
+    if (lane != 0) return;
+    for (int r = 0; r < GEMM_FEW_ROWS && row0 + r < m_rows; ++r) {
+        float value = acc[r];
+        if (bias) value += bias[col];
+        gemm_store(value, (i64)(row0 + r) * n_cols + col, accumulate, nullptr, c, activated);
     }
 }
 
-// gradient *= silu'(pre), element-wise.
-extern "C" __global__ void silu_backward(i64 count, const float* __restrict__ pre,
-                                         float* __restrict__ gradient) {
-    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
-         k += (i64)gridDim.x * blockDim.x) {
-        gradient[k] *= silu_derivative(pre[k]);
+extern "C" __global__ void gemm_nn_few_rows(int m_rows, int n_cols, int k_depth,
+                                            const float* __restrict__ a,
+                                            const float* __restrict__ b,
+                                            const float* __restrict__ silu_pre, int accumulate,
+                                            float* __restrict__ c) {
+    const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 groups = (m_rows + GEMM_FEW_ROWS - 1) / GEMM_FEW_ROWS;
+    if (t >= groups * n_cols) return;
+    const int col = (int)(t % n_cols);
+    const int row0 = (int)(t / n_cols) * GEMM_FEW_ROWS;
+    float acc[GEMM_FEW_ROWS] = {};
+#pragma unroll 4
+    for (int k = 0; k < k_depth; ++k) {
+        const float bk = b[(i64)k * n_cols + col];
+        for (int r = 0; r < GEMM_FEW_ROWS; ++r) {
+            if (row0 + r < m_rows) acc[r] += a[(i64)(row0 + r) * k_depth + k] * bk;
+        }
+    }
+    for (int r = 0; r < GEMM_FEW_ROWS && row0 + r < m_rows; ++r) {
+        gemm_store(acc[r], (i64)(row0 + r) * n_cols + col, accumulate, silu_pre, c, nullptr);
     }
 }

@@ -77,24 +77,9 @@ extern "C" __global__ void message_forward(int h, const i64* __restrict__ offset
     concat[(i64)i * 2 * h + h + c] = round_off;
 }
 
-// Deterministic block-wide sums of four values (fixed tree); scratch holds 4 per warp.
-__device__ __forceinline__ void block_sum4(float value[4], float* scratch) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        for (int q = 0; q < 4; ++q) value[q] += __shfl_xor_sync(0xffffffffu, value[q], offset);
-    }
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int warps = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        for (int q = 0; q < 4; ++q) scratch[4 * warp + q] = value[q];
-    }
-    __syncthreads();
-    for (int q = 0; q < 4; ++q) {
-        float total = 0.0f;
-        for (int w = 0; w < warps; ++w) total += scratch[4 * w + q];
-        value[q] = total;
-    }
-}
+// Edges whose per-edge sums over the features (four each) are gathered before one thread per
+// edge finishes them: two barriers per batch instead of two per edge.
+#define EDGE_BATCH 32
 
 // Gradients of the layer inputs at i, gathered over the row (the reverse edge has the same
 // filter): gs_in = gs_mid_i + sum_e gs_mid_j ws, gv_in = gv_mid_i + sum_e gv_mid_j wv1; and
@@ -110,51 +95,74 @@ extern "C" __global__ void message_backward(int h, const i64* __restrict__ offse
                                             float* __restrict__ gs_in,
                                             float* __restrict__ gv_in,
                                             float* __restrict__ de_dr) {
-    __shared__ float scratch[4 * (MAX_HIDDEN / 32)];
+    // Per edge of the batch, per warp, the warp's sums of the four per-edge values.
+    __shared__ float partials[EDGE_BATCH][4][MAX_HIDDEN / 32];
     const int i = blockIdx.x;
     const int c = threadIdx.x;
+    const int warp = c >> 5, lane = c & 31, warps = blockDim.x >> 5;
     const int width = 3 * h;
     const float gs_i = gs_mid[(i64)i * h + c];
     float gv_i[3];
     for (int x = 0; x < 3; ++x) gv_i[x] = gv_mid[((i64)i * 3 + x) * h + c];
     float gs = gs_i, gv[3] = {gv_i[0], gv_i[1], gv_i[2]};
     const float inverse_spacing = 1.0f / spacing;
-    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
-        const float* g = geometry + GEOMETRY_WIDTH * e;
-        float b[4], db[4];
-        hermite_basis(g[8], b);
-        hermite_basis_derivative(g[8], db);
-        for (int q = 0; q < 4; ++q) db[q] *= inverse_spacing;
-        const float* node_a = table + (i64)g[7] * NODE_VECTORS * width;
-        const float* node_b = node_a + NODE_VECTORS * width;
-        const float ws = interpolate(node_a, node_b, width, c, b);
-        const float wv1 = interpolate(node_a, node_b, width, h + c, b);
-        const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
-        const float dws = interpolate_derivative(node_a, node_b, width, c, db);
-        const float dwv1 = interpolate_derivative(node_a, node_b, width, h + c, db);
-        const float dwv2 = interpolate_derivative(node_a, node_b, width, 2 * h + c, db);
-        const i64 j = sources[e];
-        if (need_inputs) {
-            gs += gs_mid[j * h + c] * ws;
-            for (int x = 0; x < 3; ++x) gv[x] += gv_mid[(j * 3 + x) * h + c] * wv1;
+    const i64 row_end = offsets[i + 1];
+    for (i64 batch_start = offsets[i]; batch_start < row_end; batch_start += EDGE_BATCH) {
+        const int batch = (int)min((i64)EDGE_BATCH, row_end - batch_start);
+        for (int slot = 0; slot < batch; ++slot) {
+            const i64 e = batch_start + slot;
+            const float* g = geometry + GEOMETRY_WIDTH * e;
+            float b[4], db[4];
+            hermite_basis(g[8], b);
+            hermite_basis_derivative(g[8], db);
+            for (int q = 0; q < 4; ++q) db[q] *= inverse_spacing;
+            const float* node_a = table + (i64)g[7] * NODE_VECTORS * width;
+            const float* node_b = node_a + NODE_VECTORS * width;
+            const float ws = interpolate(node_a, node_b, width, c, b);
+            const float wv1 = interpolate(node_a, node_b, width, h + c, b);
+            const float wv2 = interpolate(node_a, node_b, width, 2 * h + c, b);
+            const float dws = interpolate_derivative(node_a, node_b, width, c, db);
+            const float dwv1 = interpolate_derivative(node_a, node_b, width, h + c, db);
+            const float dwv2 = interpolate_derivative(node_a, node_b, width, 2 * h + c, db);
+            const i64 j = sources[e];
+            if (need_inputs) {
+                gs += gs_mid[j * h + c] * ws;
+                for (int x = 0; x < 3; ++x) gv[x] += gv_mid[(j * 3 + x) * h + c] * wv1;
+            }
+            const float s_j = s_in[j * h + c];
+            float gw_v1 = 0.0f, gw_v2 = 0.0f;
+            for (int x = 0; x < 3; ++x) {
+                gw_v1 += gv_i[x] * v_in[(j * 3 + x) * h + c];
+                gw_v2 += gv_i[x] * g[1 + x];
+            }
+            float partial[4] = {gs_i * s_j * dws + gw_v1 * dwv1 + gw_v2 * dwv2, gv_i[0] * wv2,
+                                gv_i[1] * wv2, gv_i[2] * wv2};
+            // A fixed butterfly within the warp; the warps' sums are added in order below.
+            for (int offset = 16; offset > 0; offset >>= 1) {
+                for (int q = 0; q < 4; ++q)
+                    partial[q] += __shfl_xor_sync(0xffffffffu, partial[q], offset);
+            }
+            if (lane == 0) {
+                for (int q = 0; q < 4; ++q) partials[slot][q][warp] = partial[q];
+            }
         }
-        const float s_j = s_in[j * h + c];
-        float gw_v1 = 0.0f, gw_v2 = 0.0f;
-        for (int x = 0; x < 3; ++x) {
-            gw_v1 += gv_i[x] * v_in[(j * 3 + x) * h + c];
-            gw_v2 += gv_i[x] * g[1 + x];
-        }
-        float partial[4] = {gs_i * s_j * dws + gw_v1 * dwv1 + gw_v2 * dwv2, gv_i[0] * wv2,
-                            gv_i[1] * wv2, gv_i[2] * wv2};
-        block_sum4(partial, scratch);
-        if (c == 0) {
+        __syncthreads();
+        if (c < batch) {
+            const i64 e = batch_start + c;
+            const float* g = geometry + GEOMETRY_WIDTH * e;
+            float total[4];
+            for (int q = 0; q < 4; ++q) {
+                total[q] = 0.0f;
+                for (int w = 0; w < warps; ++w) total[q] += partials[c][q][w];
+            }
             // u = r / (d + eps): du_x/dr_y = delta_xy / (d + eps) - r_x r_y / (d (d + eps)^2).
             const float d = g[0];
             const float d_eps = d + (float)U_EPSILON;
-            const float g_u_dot_r = partial[1] * g[4] + partial[2] * g[5] + partial[3] * g[6];
-            const float radial = partial[0] / d - g_u_dot_r / (d * d_eps * d_eps);
-            for (int x = 0; x < 3; ++x) de_dr[3 * e + x] += radial * g[4 + x] + partial[1 + x] / d_eps;
+            const float g_u_dot_r = total[1] * g[4] + total[2] * g[5] + total[3] * g[6];
+            const float radial = total[0] / d - g_u_dot_r / (d * d_eps * d_eps);
+            for (int x = 0; x < 3; ++x) de_dr[3 * e + x] += radial * g[4 + x] + total[1 + x] / d_eps;
         }
+        __syncthreads();  // the next batch reuses `partials`
     }
     if (need_inputs) {
         gs_in[(i64)i * h + c] = gs;

@@ -53,6 +53,12 @@ if has sanitize; then
                 > "$out/sanitize-$tool-$s.log" 2>&1
             echo "exit status $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error" "$out/sanitize-$tool-$s.log" | head -5
         done
+        # Repeated calls: the stage graphs are recorded and replayed (painn eval makes one call).
+        echo "== compute-sanitizer $tool, painn bench up to 200 atoms, 4 calls each =="
+        compute-sanitizer --tool $tool --error-exitcode 9 .device/bin/painn bench \
+            --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 200 --repeats 4 \
+            > "$out/sanitize-$tool-bench.log" 2>&1
+        echo "exit status $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error" "$out/sanitize-$tool-bench.log" | head -5
     done
 fi
 if has bits; then
@@ -73,7 +79,7 @@ if has profile; then
 fi
 if has ab; then
     echo "== painn bench, baseline (painn-base) and this build (painn), alternated =="
-    for round in 1 2 3; do
+    for round in $(seq "${AB_ROUNDS:-3}"); do
         for b in painn-base painn; do
             .device/bin/$b bench --model "$PAINN_STUDENT_MODEL" --device cuda --max-atoms 100000 --json \
                 | sed "s/^/$b $round /" | tee -a "$out/ab.txt" | grep -E '"(benzene|water_box_98304)"' \

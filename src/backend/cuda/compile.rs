@@ -12,7 +12,8 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::path::PathBuf;
 
 use super::grid::{
-    GEMM_THREADS, GEMM_TILE, MAX_HIDDEN, MAX_REACH, REDUCE_THREADS, SCAN_BLOCK, SORT_WARPS,
+    GEMM_FEW_ROWS, GEMM_THREADS, GEMM_TILE, MAX_HIDDEN, MAX_REACH, REDUCE_THREADS, SCAN_BLOCK,
+    SORT_WARPS,
 };
 use super::readout::{
     NO_CLOSE_EDGE, RESULTS_HEADER, STATUS_CLOSE_EDGE, STATUS_OVERFLOW, STATUS_WORDS,
@@ -57,6 +58,7 @@ pub fn defines() -> Vec<(&'static str, String)> {
         ("REDUCE_THREADS", REDUCE_THREADS as usize),
         ("GEMM_TILE", GEMM_TILE as usize),
         ("GEMM_THREADS", GEMM_THREADS as usize),
+        ("GEMM_FEW_ROWS", GEMM_FEW_ROWS),
         ("MAX_HIDDEN", MAX_HIDDEN),
         ("MAX_REACH", MAX_REACH as usize),
     ];

@@ -33,6 +33,14 @@ pub(crate) const REDUCE_THREADS: u32 = 256;
 pub(crate) const GEMM_TILE: u32 = 64;
 pub(crate) const GEMM_THREADS: u32 = 256;
 
+/// Rows per warp (NT) or thread (NN) of the few-rows GEMMs. Shared with the kernels.
+pub(crate) const GEMM_FEW_ROWS: usize = 4;
+
+/// Up to this many rows the few-rows GEMMs run instead of the tiled one: there a handful of
+/// 64-row tiles is bound by the latency of its slices (benzene: 35 us per tiled GEMM), while
+/// the few-rows kernels' re-reads of the weights (from L2) stay cheap.
+pub(crate) const GEMM_FEW_ROWS_MAX: usize = 256;
+
 /// Largest hidden size H: the message kernels run one thread per feature in one block.
 /// Shared with the kernels.
 pub(crate) const MAX_HIDDEN: usize = 1024;

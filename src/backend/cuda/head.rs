@@ -28,12 +28,7 @@ pub fn head_energy(
         &first.weight,
         &first.bias,
         &head.pre[0],
-    )?;
-    k.silu_forward(
-        grid_stride(n * half),
-        (n * half) as i64,
-        &head.pre[0],
-        &head.act[0],
+        Some(&head.act[0]),
     )?;
     k.linear(
         n,
@@ -43,12 +38,7 @@ pub fn head_energy(
         &second.weight,
         &second.bias,
         &head.pre[1],
-    )?;
-    k.silu_forward(
-        grid_stride(n * quarter),
-        (n * quarter) as i64,
-        &head.pre[1],
-        &head.act[1],
+        Some(&head.act[1]),
     )?;
     k.head_energy(
         per_atom(n),
@@ -83,12 +73,15 @@ pub fn head_backward(
         &head.pre[1],
         &head.g[1],
     )?;
-    k.linear_backward(n, half, quarter, &head.g[1], &second.weight, &head.g[0])?;
-    k.silu_backward(
-        grid_stride(n * half),
-        (n * half) as i64,
-        &head.pre[0],
+    let silu_pre = Some(&head.pre[0]);
+    k.linear_backward(
+        n,
+        half,
+        quarter,
+        &head.g[1],
+        &second.weight,
         &head.g[0],
+        silu_pre,
     )?;
-    k.linear_backward(n, h, half, &head.g[0], &first.weight, gs)
+    k.linear_backward(n, h, half, &head.g[0], &first.weight, gs, None)
 }

@@ -23,8 +23,8 @@ use cudarc::driver::{
 use super::buffers::{DeviceBuffer, DevicePtr, Registry};
 use super::device::driver;
 use super::grid::{
-    ATOM_THREADS, GEMM_THREADS, Grid, REDUCE_THREADS, SCAN_BLOCK, SORT_WARPS, STRIDE_THREADS,
-    blocks, gemm_grid, scan_levels, stride_blocks,
+    ATOM_THREADS, GEMM_FEW_ROWS, GEMM_FEW_ROWS_MAX, GEMM_THREADS, Grid, REDUCE_THREADS, SCAN_BLOCK,
+    SORT_WARPS, STRIDE_THREADS, blocks, gemm_grid, scan_levels, stride_blocks,
 };
 use crate::error::Result;
 
@@ -278,7 +278,8 @@ kernels! {
     );
 
     // dense.cu
-    /// `c = a b^T + bias` (b stored `[n_cols][k_depth]`: a Linear layer's weight).
+    /// `c = a b^T + bias` (b stored `[n_cols][k_depth]`: a Linear layer's weight), and
+    /// `activated = silu(c)` unless null.
     fn gemm_nt(
         m_rows: i32,
         n_cols: i32,
@@ -288,21 +289,43 @@ kernels! {
         bias: DevicePtr<f32>,
         accumulate: i32,
         c: DevicePtr<f32>,
+        activated: DevicePtr<f32>,
     );
-    /// `c = a b` (b stored `[k_depth][n_cols]`: backward through a Linear layer).
+    /// `gemm_nt` for at most `GEMM_FEW_ROWS_MAX` rows.
+    fn gemm_nt_few_rows(
+        m_rows: i32,
+        n_cols: i32,
+        k_depth: i32,
+        a: DevicePtr<f32>,
+        b: DevicePtr<f32>,
+        bias: DevicePtr<f32>,
+        accumulate: i32,
+        c: DevicePtr<f32>,
+        activated: DevicePtr<f32>,
+    );
+    /// `gemm_nn` for at most `GEMM_FEW_ROWS_MAX` rows.
+    fn gemm_nn_few_rows(
+        m_rows: i32,
+        n_cols: i32,
+        k_depth: i32,
+        a: DevicePtr<f32>,
+        b: DevicePtr<f32>,
+        silu_pre: DevicePtr<f32>,
+        accumulate: i32,
+        c: DevicePtr<f32>,
+    );
+    /// `c = a b` (b stored `[k_depth][n_cols]`: backward through a Linear layer), times
+    /// `silu'(silu_pre)` unless null.
     fn gemm_nn(
         m_rows: i32,
         n_cols: i32,
         k_depth: i32,
         a: DevicePtr<f32>,
         b: DevicePtr<f32>,
+        silu_pre: DevicePtr<f32>,
         accumulate: i32,
         c: DevicePtr<f32>,
     );
-    /// `output = silu(input)`.
-    fn silu_forward(count: i64, input: DevicePtr<f32>, output: DevicePtr<f32>);
-    /// `gradient *= silu'(pre)`.
-    fn silu_backward(count: i64, pre: DevicePtr<f32>, gradient: DevicePtr<f32>);
 
     // update.cu
     /// The embedding of each atom's atomic number.
@@ -437,6 +460,20 @@ pub fn gemm(rows: usize, columns: usize) -> LaunchConfig {
     shape((x, y, 1), GEMM_THREADS)
 }
 
+/// `gemm_nt_few_rows` of a `[rows][columns]` output: a warp per column and
+/// [`GEMM_FEW_ROWS`] rows.
+fn gemm_nt_few_rows_shape(rows: usize, columns: usize) -> LaunchConfig {
+    let warps = rows.div_ceil(GEMM_FEW_ROWS) * columns;
+    shape((blocks(warps * 32, STRIDE_THREADS), 1, 1), STRIDE_THREADS)
+}
+
+/// `gemm_nn_few_rows` of a `[rows][columns]` output: a thread per column and
+/// [`GEMM_FEW_ROWS`] rows.
+fn gemm_nn_few_rows_shape(rows: usize, columns: usize) -> LaunchConfig {
+    let threads = rows.div_ceil(GEMM_FEW_ROWS) * columns;
+    shape((blocks(threads, STRIDE_THREADS), 1, 1), STRIDE_THREADS)
+}
+
 /// One scan level of `count` elements.
 fn scan_level(count: usize) -> LaunchConfig {
     shape((blocks(count, SCAN_BLOCK as u32), 1, 1), SCAN_BLOCK as u32)
@@ -491,7 +528,8 @@ impl Kernels {
 
 impl Kernels {
     /// A Linear layer: `output[rows][n_out] = input[rows][n_in] weight^T + bias` (weight
-    /// stored `[n_out][n_in]`), one `gemm_nt`.
+    /// stored `[n_out][n_in]`), and `activated = silu(output)` when given; one `gemm_nt`
+    /// (`gemm_nt_few_rows` up to [`GEMM_FEW_ROWS_MAX`] rows).
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
@@ -502,23 +540,29 @@ impl Kernels {
         weight: &DeviceBuffer<f32>,
         bias: &DeviceBuffer<f32>,
         output: &DeviceBuffer<f32>,
+        activated: Option<&DeviceBuffer<f32>>,
     ) -> Result<()> {
         let (m, n, k) = (rows as i32, n_out as i32, n_in as i32);
-        self.gemm_nt(
-            gemm(rows, n_out),
-            m,
-            n,
-            k,
-            input,
-            weight,
-            bias,
-            0i32,
-            output,
+        let activated = activated.map_or(DevicePtr::null(), DeviceBuffer::ptr);
+        let shape = if rows <= GEMM_FEW_ROWS_MAX {
+            gemm_nt_few_rows_shape(rows, n_out)
+        } else {
+            gemm(rows, n_out)
+        };
+        let launch = if rows <= GEMM_FEW_ROWS_MAX {
+            Self::gemm_nt_few_rows
+        } else {
+            Self::gemm_nt
+        };
+        launch(
+            self, shape, m, n, k, input, weight, bias, 0i32, output, activated,
         )
     }
 
     /// Backward through a Linear layer's weight: `g_input[rows][n_in] = g_output[rows][n_out]
-    /// weight`, one `gemm_nn`.
+    /// weight`, times `silu'(silu_pre)` when given (the layer's input was an activation);
+    /// one `gemm_nn` (`gemm_nn_few_rows` up to [`GEMM_FEW_ROWS_MAX`] rows).
+    #[allow(clippy::too_many_arguments)]
     pub fn linear_backward(
         &self,
         rows: usize,
@@ -527,9 +571,26 @@ impl Kernels {
         g_output: &DeviceBuffer<f32>,
         weight: &DeviceBuffer<f32>,
         g_input: &DeviceBuffer<f32>,
+        silu_pre: Option<&DeviceBuffer<f32>>,
     ) -> Result<()> {
         let (m, n, k) = (rows as i32, n_in as i32, n_out as i32);
-        self.gemm_nn(gemm(rows, n_in), m, n, k, g_output, weight, 0i32, g_input)
+        let silu_pre = silu_pre.map_or(DevicePtr::null(), DeviceBuffer::ptr);
+        if rows <= GEMM_FEW_ROWS_MAX {
+            let shape = gemm_nn_few_rows_shape(rows, n_in);
+            return self
+                .gemm_nn_few_rows(shape, m, n, k, g_output, weight, silu_pre, 0i32, g_input);
+        }
+        self.gemm_nn(
+            gemm(rows, n_in),
+            m,
+            n,
+            k,
+            g_output,
+            weight,
+            silu_pre,
+            0i32,
+            g_input,
+        )
     }
 }
 

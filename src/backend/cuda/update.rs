@@ -50,7 +50,7 @@ pub fn norm_concat(
 }
 
 /// The update MLP: `update_out = W2 silu(W1 concat + b1) + b2`, keeping the pre-activation
-/// in `update_pre` (`hidden` receives the activation).
+/// in `update_pre` (`hidden` receives the activation, from the first product's epilogue).
 pub fn update_mlp(
     gpu: &Gpu,
     n: usize,
@@ -69,12 +69,7 @@ pub fn update_mlp(
         &w.update_hidden.weight,
         &w.update_hidden.bias,
         &layer.update_pre,
-    )?;
-    k.silu_forward(
-        grid_stride(n * h),
-        (n * h) as i64,
-        &layer.update_pre,
-        hidden,
+        Some(hidden),
     )?;
     k.linear(
         n,
@@ -84,6 +79,7 @@ pub fn update_mlp(
         &w.update_out.weight,
         &w.update_out.bias,
         &layer.update_out,
+        None,
     )
 }
 
@@ -142,7 +138,8 @@ pub fn gate_backward(
     )
 }
 
-/// Backward of the update MLP: `g_update` to `g_concat` through `g_hidden`.
+/// Backward of the update MLP: `g_update` to `g_concat` through `g_hidden` (the activation's
+/// derivative applied in the first product's epilogue).
 pub fn update_mlp_backward(
     gpu: &Gpu,
     n: usize,
@@ -159,12 +156,7 @@ pub fn update_mlp_backward(
         &g.g_update,
         &w.update_out.weight,
         &g.g_hidden,
-    )?;
-    k.silu_backward(
-        grid_stride(n * h),
-        (n * h) as i64,
-        &layer.update_pre,
-        &g.g_hidden,
+        Some(&layer.update_pre),
     )?;
     k.linear_backward(
         n,
@@ -173,6 +165,7 @@ pub fn update_mlp_backward(
         &g.g_hidden,
         &w.update_hidden.weight,
         &g.g_concat,
+        None,
     )
 }
 
