@@ -10,7 +10,7 @@
 #ifndef GEMM_THREADS
 #error "GEMM_THREADS must be defined by the host (-DGEMM_THREADS=...)"
 #endif
-static_assert(GEMM_TILE == 64 && GEMM_THREADS == 256,
+static_assert(GEMM_TILE == 64 && GEMM_THREADS == 256 && GEMM_FEW_ROWS <= GEMM_THREADS / 32,
               "the index arithmetic below assumes 64 x 64 tiles of 16 x 16 threads");
 
 #define TILE_M GEMM_TILE
@@ -99,9 +99,10 @@ extern "C" __global__ void gemm_nn(int m_rows, int n_cols, int k_depth, const fl
 }
 
 // Few rows (small systems): with a handful of 64-row tiles the tiled GEMM above is bound by
-// the latency of its 16-deep slices. These cover the GPU instead: GEMM_FEW_ROWS rows and one
-// column per warp (NT: the lanes split k, a fixed butterfly sums them) or per thread (NN: k
-// in order). Fixed order: deterministic. The host picks them up to GEMM_FEW_ROWS_MAX rows.
+// the latency of its 16-deep slices. These cover the GPU instead, GEMM_FEW_ROWS rows at a
+// time: NT, one column per warp (the lanes split k, a fixed butterfly sums them); NN, 32
+// columns per block (its warps split k). Fixed order: deterministic. The host picks them
+// up to GEMM_FEW_ROWS_MAX rows.
 #ifndef GEMM_FEW_ROWS
 #error "GEMM_FEW_ROWS must be defined by the host (-DGEMM_FEW_ROWS=...)"
 #endif
@@ -138,25 +139,35 @@ extern "C" __global__ void gemm_nt_few_rows(int m_rows, int n_cols, int k_depth,
     }
 }
 
+// NN: a block per 32 columns and GEMM_FEW_ROWS rows; its warps split k into equal runs, the
+// lanes take the columns (coalesced rows of b), and the warps' sums are added in order.
+#define FEW_ROWS_WARPS (GEMM_THREADS / 32)
 extern "C" __global__ void gemm_nn_few_rows(int m_rows, int n_cols, int k_depth,
                                             const float* __restrict__ a,
                                             const float* __restrict__ b,
                                             const float* __restrict__ silu_pre, int accumulate,
                                             float* __restrict__ c) {
-    const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    const i64 groups = (m_rows + GEMM_FEW_ROWS - 1) / GEMM_FEW_ROWS;
-    if (t >= groups * n_cols) return;
-    const int col = (int)(t % n_cols);
-    const int row0 = (int)(t / n_cols) * GEMM_FEW_ROWS;
+    __shared__ float sums[GEMM_FEW_ROWS][FEW_ROWS_WARPS][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col = blockIdx.x * 32 + lane;
+    const int row0 = blockIdx.y * GEMM_FEW_ROWS;
+    const int run = (k_depth + FEW_ROWS_WARPS - 1) / FEW_ROWS_WARPS;
+    const int k_start = warp * run, k_end = min(k_depth, k_start + run);
     float acc[GEMM_FEW_ROWS] = {};
-#pragma unroll 4
-    for (int k = 0; k < k_depth; ++k) {
-        const float bk = b[(i64)k * n_cols + col];
-        for (int r = 0; r < GEMM_FEW_ROWS; ++r) {
-            if (row0 + r < m_rows) acc[r] += a[(i64)(row0 + r) * k_depth + k] * bk;
+    if (col < n_cols) {
+        for (int k = k_start; k < k_end; ++k) {
+            const float bk = b[(i64)k * n_cols + col];
+            for (int r = 0; r < GEMM_FEW_ROWS; ++r) {
+                if (row0 + r < m_rows) acc[r] += a[(i64)(row0 + r) * k_depth + k] * bk;
+            }
         }
     }
-    for (int r = 0; r < GEMM_FEW_ROWS && row0 + r < m_rows; ++r) {
-        gemm_store(acc[r], (i64)(row0 + r) * n_cols + col, accumulate, silu_pre, c, nullptr);
+    for (int r = 0; r < GEMM_FEW_ROWS; ++r) sums[r][warp][lane] = acc[r];
+    __syncthreads();
+    const int r = warp;
+    if (r < GEMM_FEW_ROWS && row0 + r < m_rows && col < n_cols) {
+        float total = 0.0f;
+        for (int w = 0; w < FEW_ROWS_WARPS; ++w) total += sums[r][w][lane];
+        gemm_store(total, (i64)(row0 + r) * n_cols + col, accumulate, silu_pre, c, nullptr);
     }
 }

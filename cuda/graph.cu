@@ -67,14 +67,16 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
 }
 
 // reverse[e] for e = (i <- j, n) is the index of (j <- i, -n) in row j (rows are sorted by
-// source, then image).
+// source, then image). A warp per row, a lane per edge: the binary searches run side by side.
 extern "C" __global__ void graph_reverse(int n, const i64* __restrict__ offsets,
                                          const int* __restrict__ sources,
                                          const int* __restrict__ shifts,
                                          int* __restrict__ reverse) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+    const i64 thread = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 row = thread >> 5;
+    if (row >= n) return;
+    const int i = (int)row;
+    for (i64 e = offsets[i] + (thread & 31); e < offsets[i + 1]; e += 32) {
         const int j = sources[e];
         const int key[4] = {i, -shifts[3 * e], -shifts[3 * e + 1], -shifts[3 * e + 2]};
         i64 lo = offsets[j], hi = offsets[j + 1];

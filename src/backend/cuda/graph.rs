@@ -5,7 +5,7 @@
 
 use super::Gpu;
 use super::buffers::{Buffers, Weights};
-use super::launch::per_atom;
+use super::launch::{per_atom, warp_per_atom};
 use crate::error::Result;
 
 /// Builds the graph of `n` atoms within `cutoff_angstrom` into `buffers.graph`, locating each
@@ -66,7 +66,7 @@ pub fn build_graph(
         &system.status,
     )?;
     k.graph_reverse(
-        atoms,
+        warp_per_atom(n),
         n_i32,
         &graph.offsets,
         &graph.sources,

@@ -233,7 +233,7 @@ kernels! {
         intervals: i32,
         status: DevicePtr<i32>,
     );
-    /// Finds each edge's reverse edge.
+    /// Finds each edge's reverse edge, a warp per row.
     fn graph_reverse(
         n: i32,
         offsets: DevicePtr<i64>,
@@ -444,6 +444,14 @@ pub fn per_atom(n: usize) -> LaunchConfig {
     shape((blocks(n, ATOM_THREADS), 1, 1), ATOM_THREADS)
 }
 
+/// A warp per atom, [`ATOM_THREADS`] threads per block.
+pub fn warp_per_atom(n: usize) -> LaunchConfig {
+    shape(
+        (blocks(n.saturating_mul(32), ATOM_THREADS), 1, 1),
+        ATOM_THREADS,
+    )
+}
+
 /// A grid-stride loop over `count` elements, [`STRIDE_THREADS`] per block.
 pub fn grid_stride(count: usize) -> LaunchConfig {
     shape((stride_blocks(count, STRIDE_THREADS), 1, 1), STRIDE_THREADS)
@@ -467,11 +475,11 @@ fn gemm_nt_few_rows_shape(rows: usize, columns: usize) -> LaunchConfig {
     shape((blocks(warps * 32, STRIDE_THREADS), 1, 1), STRIDE_THREADS)
 }
 
-/// `gemm_nn_few_rows` of a `[rows][columns]` output: a thread per column and
-/// [`GEMM_FEW_ROWS`] rows.
+/// `gemm_nn_few_rows` of a `[rows][columns]` output: a block of [`GEMM_THREADS`] per 32
+/// columns (x) and [`GEMM_FEW_ROWS`] rows (y; rows are at most [`GEMM_FEW_ROWS_MAX`]).
 fn gemm_nn_few_rows_shape(rows: usize, columns: usize) -> LaunchConfig {
-    let threads = rows.div_ceil(GEMM_FEW_ROWS) * columns;
-    shape((blocks(threads, STRIDE_THREADS), 1, 1), STRIDE_THREADS)
+    let groups = rows.div_ceil(GEMM_FEW_ROWS) as u32;
+    shape((blocks(columns, 32), groups, 1), GEMM_THREADS)
 }
 
 /// One scan level of `count` elements.
