@@ -73,8 +73,9 @@ run {args.steps}
 """
         done = lammps.run_lammps(directory, script)
         speed = re.search(r"Performance: .*?([0-9.]+) timesteps/s", done.stdout)
-        device = re.search(r"rank 0 uses (.*)", done.stdout)
-        print(json.dumps({"system": name, "atoms": atoms, "device": device.group(1) if device else "?",
+        # The last report: the calculator is made again at `run` when `neighbor` changed the skin.
+        device = (re.findall(r"rank 0 uses (.*)", done.stdout) or [None])[-1]
+        print(json.dumps({"system": name, "atoms": atoms, "device": device or "?",
                           "steps": args.steps, "timesteps_per_s": float(speed.group(1)) if speed else None,
                           "atom_steps_per_s": float(speed.group(1)) * atoms if speed else None}), flush=True)
 
