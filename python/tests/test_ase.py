@@ -469,6 +469,44 @@ def test_shared_model_and_per_atom_outputs():
     assert _engine.version() == "0.1.0" and _engine.abi_version() == _engine.ABI_VERSION
 
 
+def test_reused_calculator_follows_every_change():
+    """The calculator keeps its last atoms in place (no copy per MD step) and skips the check
+    when nothing changed: in-place moves, another Atoms object of the same size, new cells
+    and pbc, and moving back all give a fresh calculator's results, and calc.atoms holds the
+    last calculation's positions, numbers, cell and pbc (not a view of the user's atoms)."""
+    calc = calculator()
+    box = triclinic_box(2)
+
+    def fresh(atoms):
+        other = calculator()
+        return other.get_potential_energy(atoms), other.get_forces(atoms)
+
+    def check(atoms, name):
+        energy, forces = calc.get_potential_energy(atoms), calc.get_forces(atoms)
+        expected = fresh(atoms)
+        assert energy == expected[0] and np.array_equal(forces, expected[1]), name
+        for got, want in ((calc.atoms.positions, atoms.positions), (calc.atoms.numbers, atoms.numbers),
+                          (calc.atoms.cell.array, atoms.cell.array), (calc.atoms.pbc, atoms.pbc)):
+            assert np.array_equal(got, want), name
+        assert calc.atoms.positions is not atoms.positions, name
+
+    check(box, "first")
+    start = box.positions.copy()
+    box.positions[4, 2] += 0.05
+    check(box, "moved in place")
+    other = triclinic_box(2)
+    other.positions += 0.01
+    check(other, "another Atoms object")
+    box.positions[:] = start
+    check(box, "moved back")
+    box.set_cell(box.cell.array * 1.01, scale_atoms=True)
+    check(box, "cell")
+    box.pbc = [True, True, False]
+    check(box, "pbc")
+    box.numbers[0] = 1 if box.numbers[0] == 8 else 8
+    check(box, "element")
+
+
 def test_check_state_agrees_with_ase():
     """The calculator's fast check_state gives ASE's compare_atoms answer for what the
     model depends on."""
