@@ -95,9 +95,10 @@ def observables(directory: Path, output: str) -> dict:
     window = (r > 2.0) & (r < 3.2)
     peak = r[window][np.argmax(g[window])]
     speeds = re.findall(r"Performance: .*?([0-9.]+) timesteps/s", output)
-    device = re.search(r"rank 0 uses (.*)", output)
+    # The last report: the calculator is made again at `run` when `neighbor` changed the skin.
+    device = (re.findall(r"rank 0 uses (.*)", output) or [None])[-1]
     return {"pe_atom": averages[-1, 1], "press": averages[-1, 2], "temp": averages[-1, 3], "rdf_peak": peak,
-            "steps_per_s": float(speeds[-1]), "device": device.group(1) if device else "cpu (EAM)"}
+            "steps_per_s": float(speeds[-1]), "device": device or "cpu (EAM)"}
 
 
 def main():
