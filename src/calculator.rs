@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::backend::cpu::FilterMode;
 use crate::backend::{
-    self, Backend, DeviceFacts, Request, Results, Stage, StageOutput, StageTime, System,
+    self, Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageOutput,
+    StageTime, System,
 };
 use crate::cell::Cell;
 use crate::error::{Error, Result};
@@ -193,6 +194,7 @@ impl Calculator {
             cell,
             atomic_numbers.len(),
             request,
+            None,
         )
     }
 
@@ -216,7 +218,50 @@ impl Calculator {
                 ),
             ));
         }
-        self.evaluate(atomic_numbers, positions, &Cell::open(), n_owned, request)
+        self.evaluate(
+            atomic_numbers,
+            positions,
+            &Cell::open(),
+            n_owned,
+            request,
+            None,
+        )
+    }
+
+    /// Domain-decomposed evaluation with per-layer ghost exchange: as
+    /// [`compute_local`](Self::compute_local), but after each layer `exchange` fills the
+    /// ghost rows of the features from their owners, and in the backward pass adds the
+    /// gradient on ghost rows into their owners ([`GhostExchange`]). Only owned atoms need
+    /// exact features, so ghosts are needed only within one cutoff (plus the skin) of the
+    /// owned atoms, not L cutoffs. Energies count owned atoms; forces come back for every
+    /// atom, and the caller adds ghost forces to their owners. The callbacks run on the
+    /// calling thread. CPU backend only, for now.
+    pub fn compute_local_exchanging(
+        &mut self,
+        atomic_numbers: &[i32],
+        positions: &[[f64; 3]],
+        n_owned: usize,
+        request: Request,
+        exchange: &mut dyn GhostExchange,
+    ) -> Result<Results> {
+        if n_owned > atomic_numbers.len() {
+            return Err(Error::invalid(
+                "n_owned",
+                format!(
+                    "{n_owned} owned atoms but only {} atoms given",
+                    atomic_numbers.len()
+                ),
+            ));
+        }
+        let cell = Cell::open();
+        self.evaluate(
+            atomic_numbers,
+            positions,
+            &cell,
+            n_owned,
+            request,
+            Some(exchange),
+        )
     }
 
     /// Turns per-stage timing on or off ([`Calculator::stage_times`]).
@@ -250,6 +295,7 @@ impl Calculator {
         cell: &Cell,
         n_energy_atoms: usize,
         request: Request,
+        exchange: Exchange<'_>,
     ) -> Result<Results> {
         if atomic_numbers.len() != positions.len() {
             return Err(Error::invalid(
@@ -271,31 +317,56 @@ impl Calculator {
         };
         let cutoff = self.model.cutoff_angstrom();
         let skin = &mut self.skin;
-        let results =
-            self.backend
-                .run_evaluation(system.n_atoms(), &mut |backend: &mut dyn Backend| {
-                    backend.load_system(&system)?;
-                    let rebuild = !skin.covers(positions, cell);
-                    if rebuild {
-                        skin.invalidate();
-                        backend.build_neighbor_list(cutoff + skin.skin_angstrom())?;
-                    }
-                    backend.build_graph(cutoff)?;
-                    backend.forward(request.needs_backward())?;
-                    if request.needs_backward() {
-                        backend.backward()?;
-                    }
-                    let results = backend.readout(request)?;
-                    // Recorded only once the whole evaluation succeeded: a backend may find a
-                    // problem with the list (two atoms too close) as late as its readout.
-                    if rebuild {
-                        skin.record(positions, cell);
-                    }
-                    Ok(results)
-                })?;
+        let results = match exchange {
+            // The callbacks must run on the caller's thread (MPI), so the sequence does too.
+            Some(exchange) => sequence(
+                &mut *self.backend,
+                &system,
+                cutoff,
+                skin,
+                request,
+                Some(exchange),
+            )?,
+            None => self.backend.run_evaluation(
+                system.n_atoms(),
+                &mut |backend: &mut dyn Backend| {
+                    sequence(backend, &system, cutoff, skin, request, None)
+                },
+            )?,
+        };
         check_finite(&results)?;
         Ok(results)
     }
+}
+
+/// The one sequence of stages, the same for every backend.
+fn sequence(
+    backend: &mut dyn Backend,
+    system: &System,
+    cutoff: f64,
+    skin: &mut VerletSkin,
+    request: Request,
+    mut exchange: Exchange<'_>,
+) -> Result<Results> {
+    let (positions, cell) = (system.positions, system.cell);
+    backend.load_system(system)?;
+    let rebuild = !skin.covers(positions, cell);
+    if rebuild {
+        skin.invalidate();
+        backend.build_neighbor_list(cutoff + skin.skin_angstrom())?;
+    }
+    backend.build_graph(cutoff)?;
+    backend.forward(request.needs_backward(), backend::reborrow(&mut exchange))?;
+    if request.needs_backward() {
+        backend.backward(exchange)?;
+    }
+    let results = backend.readout(request)?;
+    // Recorded only once the whole evaluation succeeded: a backend may find a problem with
+    // the list (two atoms too close) as late as its readout.
+    if rebuild {
+        skin.record(positions, cell);
+    }
+    Ok(results)
 }
 
 fn check_finite(results: &Results) -> Result<()> {

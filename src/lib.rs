@@ -17,7 +17,7 @@ pub mod model;
 pub mod neighbors;
 pub mod structures;
 
-pub use backend::{Request, Results};
+pub use backend::{GhostExchange, Request, Results};
 pub use calculator::{Calculator, CalculatorOptions, Device, Precision};
 pub use cell::Cell;
 pub use error::{Error, Result};

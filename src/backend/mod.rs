@@ -299,6 +299,32 @@ impl<M> StageMarks<M> {
     }
 }
 
+/// Per-layer ghost exchange for a domain-decomposed evaluation (atoms `0..n_owned` owned,
+/// the rest ghosts, copies of atoms other ranks own or of periodic images): after each
+/// layer, ghost rows of the next layer's input are filled from their owners; in the
+/// backward pass, the gradient gathered on ghost rows is added into their owners. Only
+/// owned rows are then exact, so the ghost shell needs to be one cutoff deep, not L.
+/// `rows` is `[n_atoms][width]` (width stated by the engine: `4 H`, `[s, v_x, v_y, v_z]`),
+/// in float64. The callbacks run on the thread that called the calculator.
+pub trait GhostExchange {
+    /// Fills the ghost rows of `rows` from the rows of their owners.
+    fn forward(&mut self, rows: &mut [f64], width: usize) -> Result<()>;
+    /// Adds the ghost rows of `rows` into the rows of their owners (the engine clears the
+    /// ghost rows afterwards).
+    fn reverse(&mut self, rows: &mut [f64], width: usize) -> Result<()>;
+}
+
+/// The exchange of one evaluation, if any.
+pub type Exchange<'a> = Option<&'a mut dyn GhostExchange>;
+
+/// `exchange` lent for a shorter while (one stage).
+pub fn reborrow<'b>(exchange: &'b mut Exchange<'_>) -> Exchange<'b> {
+    match exchange {
+        Some(exchange) => Some(&mut **exchange),
+        None => None,
+    }
+}
+
 /// The calculator's sequence of stages for one evaluation, handed to
 /// [`Backend::run_evaluation`].
 pub type Stages<'a> = dyn FnMut(&mut dyn Backend) -> Result<Results> + Send + 'a;
@@ -334,10 +360,10 @@ pub trait Backend: Send {
     /// Embedding, every layer's message and update, and the energy head. `backward_follows`
     /// says whether [`backward`](Backend::backward) will run (a backend may then keep, or
     /// compute along, what it needs).
-    fn forward(&mut self, backward_follows: bool) -> Result<()>;
+    fn forward(&mut self, backward_follows: bool, exchange: Exchange<'_>) -> Result<()>;
 
     /// The analytic backward pass, ending in `dE/dr_ij` of every edge.
-    fn backward(&mut self) -> Result<()>;
+    fn backward(&mut self, exchange: Exchange<'_>) -> Result<()>;
 
     /// The requested results (forces and virials from `dE/dr_ij` and each edge's reverse).
     fn readout(&mut self, request: Request) -> Result<Results>;

@@ -35,8 +35,8 @@ pub use filter::FilterMode;
 pub use real::Real;
 
 use super::{
-    Backend, DeviceFacts, Request, Results, Stage, StageMarks, StageOutput, StageTime, Stages,
-    System, inspected_layer, not_kept,
+    Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
+    StageOutput, StageTime, Stages, System, inspected_layer, not_kept,
 };
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
@@ -223,6 +223,8 @@ pub struct CpuBackend<T: Real> {
     layers: Vec<LayerState<T>>,
     s_final: Vec<T>,
     concat: Vec<T>,
+    /// `[n][4H]` float64 rows handed to a ghost exchange.
+    exchange_rows: Vec<f64>,
     hidden: Vec<T>,
     head: HeadState<T>,
     energies: Vec<T>,
@@ -261,6 +263,7 @@ impl<T: Real> CpuBackend<T> {
             layers: (0..n_layers).map(|_| LayerState::default()).collect(),
             s_final: Vec::new(),
             concat: Vec::new(),
+            exchange_rows: Vec::new(),
             hidden: Vec::new(),
             head: HeadState::default(),
             energies: Vec::new(),
@@ -344,7 +347,12 @@ impl<T: Real> CpuBackend<T> {
         self.system.atomic_numbers.len()
     }
 
-    fn forward_stages(&mut self, schedule: Schedule, backward_follows: bool) -> Result<()> {
+    fn forward_stages(
+        &mut self,
+        schedule: Schedule,
+        backward_follows: bool,
+        mut exchange: Exchange<'_>,
+    ) -> Result<()> {
         let n = self.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -431,6 +439,11 @@ impl<T: Real> CpuBackend<T> {
                 s_next,
                 v_next,
             );
+            if let (Some(exchange), Some(next)) = (exchange.as_deref_mut(), rest.first_mut()) {
+                let owned = self.system.n_energy_atoms;
+                let rows = &mut self.exchange_rows;
+                exchange_forward(exchange, h, owned, &mut next.s_in, &mut next.v_in, rows)?;
+            }
             profile.mark(|| format!("update {l}"), now)?;
         }
         head::head_energy(
@@ -443,7 +456,7 @@ impl<T: Real> CpuBackend<T> {
         profile.mark(|| "head".into(), now)
     }
 
-    fn backward_stages(&mut self, schedule: Schedule) -> Result<()> {
+    fn backward_stages(&mut self, schedule: Schedule, mut exchange: Exchange<'_>) -> Result<()> {
         let n = self.n_atoms();
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
@@ -526,6 +539,11 @@ impl<T: Real> CpuBackend<T> {
                 &mut g.gv,
                 &mut self.de_dr,
             );
+            if let (Some(exchange), true) = (exchange.as_deref_mut(), l > 0) {
+                let owned = self.system.n_energy_atoms;
+                let rows = &mut self.exchange_rows;
+                exchange_reverse(exchange, h, owned, &mut g.gs, &mut g.gv, rows)?;
+            }
             if keep && l > 0 {
                 kept.message[l] = (g.gs.clone(), g.gv.clone());
             }
@@ -594,12 +612,14 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.profile.mark(|| "graph".into(), now)
     }
 
-    fn forward(&mut self, backward_follows: bool) -> Result<()> {
-        self.staged(|backend, schedule| backend.forward_stages(schedule, backward_follows))
+    fn forward(&mut self, backward_follows: bool, exchange: Exchange<'_>) -> Result<()> {
+        self.staged(|backend, schedule| {
+            backend.forward_stages(schedule, backward_follows, exchange)
+        })
     }
 
-    fn backward(&mut self) -> Result<()> {
-        self.staged(|backend, schedule| backend.backward_stages(schedule))
+    fn backward(&mut self, exchange: Exchange<'_>) -> Result<()> {
+        self.staged(|backend, schedule| backend.backward_stages(schedule, exchange))
     }
 
     fn readout(&mut self, request: Request) -> Result<Results> {
@@ -758,4 +778,64 @@ fn push_reals<T: Real>(
 ) {
     let values: Vec<f64> = values.iter().map(|v| v.f64()).collect();
     output.push(name, shape, &values);
+}
+
+/// Packs each atom's `[s, v]` (`s [n][H]`, `v [n][3][H]`) into `rows [n][4H]`, hands them to
+/// `exchange` to fill the ghost rows, and takes the ghost rows back.
+fn exchange_forward<T: Real>(
+    exchange: &mut dyn GhostExchange,
+    h: usize,
+    owned: usize,
+    s: &mut [T],
+    v: &mut [T],
+    rows: &mut Vec<f64>,
+) -> Result<()> {
+    pack_rows(h, s, v, rows);
+    exchange.forward(rows, 4 * h)?;
+    let n = s.len() / h;
+    unpack_rows(h, owned..n, rows, s, v);
+    Ok(())
+}
+
+/// Hands the gradient rows `[gs, gv]` to `exchange` to add the ghost rows into their owners,
+/// then takes the owned rows back and clears the ghost rows (their share has moved).
+fn exchange_reverse<T: Real>(
+    exchange: &mut dyn GhostExchange,
+    h: usize,
+    owned: usize,
+    gs: &mut [T],
+    gv: &mut [T],
+    rows: &mut Vec<f64>,
+) -> Result<()> {
+    pack_rows(h, gs, gv, rows);
+    exchange.reverse(rows, 4 * h)?;
+    unpack_rows(h, 0..owned, rows, gs, gv);
+    gs[owned * h..].fill(T::zero());
+    gv[owned * 3 * h..].fill(T::zero());
+    Ok(())
+}
+
+fn pack_rows<T: Real>(h: usize, s: &[T], v: &[T], rows: &mut Vec<f64>) {
+    rows.clear();
+    for (s, v) in s.chunks_exact(h).zip(v.chunks_exact(3 * h)) {
+        rows.extend(s.iter().chain(v).map(|x| x.f64()));
+    }
+}
+
+fn unpack_rows<T: Real>(
+    h: usize,
+    atoms: std::ops::Range<usize>,
+    rows: &[f64],
+    s: &mut [T],
+    v: &mut [T],
+) {
+    for i in atoms {
+        let row = &rows[i * 4 * h..(i + 1) * 4 * h];
+        for (out, &x) in s[i * h..(i + 1) * h].iter_mut().zip(&row[..h]) {
+            *out = T::of(x);
+        }
+        for (out, &x) in v[i * 3 * h..(i + 1) * 3 * h].iter_mut().zip(&row[h..]) {
+            *out = T::of(x);
+        }
+    }
 }

@@ -40,8 +40,8 @@ use std::sync::Arc;
 use cudarc::driver::CudaEvent;
 
 use super::{
-    Backend, DeviceFacts, Request, Results, Stage, StageMarks, StageOutput, StageTime, Stages,
-    System,
+    Backend, DeviceFacts, Exchange, Request, Results, Stage, StageMarks, StageOutput, StageTime,
+    Stages, System,
 };
 use crate::calculator::Precision;
 use crate::cell::Cell;
@@ -331,6 +331,18 @@ impl CudaBackend {
     }
 }
 
+/// The per-layer ghost exchange runs on the CPU backend only, for now.
+fn refuse_exchange(exchange: &Exchange<'_>) -> Result<()> {
+    match exchange {
+        Some(_) => Err(Error::Unsupported(
+            "the per-layer ghost exchange runs on the CPU backend only for now; on the GPU \
+             use the thick halo (LAMMPS: halo thick)"
+                .into(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Queues copies of a gradient pair `(gs [n][H], gv [n][3][H])` (`scalars` = n H) into `kept`.
 fn keep_pair(
     device: &Device,
@@ -442,8 +454,9 @@ impl Backend for CudaBackend {
     }
 
     /// The GPU computes the same forward pass whether or not the backward pass follows.
-    fn forward(&mut self, _backward_follows: bool) -> Result<()> {
+    fn forward(&mut self, _backward_follows: bool, exchange: Exchange<'_>) -> Result<()> {
         self.require(Progress::Graph, "forward")?;
+        refuse_exchange(&exchange)?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
             let edge_round_off = self.edge_round_off_angstrom.to_bits();
@@ -458,8 +471,9 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn backward(&mut self) -> Result<()> {
+    fn backward(&mut self, exchange: Exchange<'_>) -> Result<()> {
         self.require(Progress::Forward, "backward")?;
+        refuse_exchange(&exchange)?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
             self.replayed(GraphStage::Backward, 0, |backend| {
