@@ -45,6 +45,26 @@ typedef struct painn_model_t painn_model_t;
  */
 typedef int32_t painn_status_t;
 
+/**
+ * One function of a caller's ghost exchange: called with the caller's `context`, the rows
+ * `[n_atoms][width]` (float64, the first `n_owned` owned) and their shape; returns 0 on
+ * success. It must not throw (C++) or unwind.
+ */
+typedef int32_t (*painn_exchange_fn)(void *context, double *rows, int64_t n_atoms, int64_t width);
+
+/**
+ * A caller's per-layer ghost exchange (domain decomposition, `painn_compute_exchanging`):
+ * `forward` fills the ghost rows of `rows` from the rows of their owners (after each layer:
+ * the next layer's features); `reverse` adds the ghost rows into the rows of their owners
+ * (in the backward pass: gradients; the engine clears the ghost rows afterwards). Both run
+ * on the thread that called the engine.
+ */
+typedef struct {
+  void *context;
+  painn_exchange_fn forward;
+  painn_exchange_fn reverse;
+} painn_ghost_exchange_t;
+
 
 
 
@@ -146,6 +166,16 @@ painn_status_t painn_model_cutoff(const painn_model_t *model, double *cutoff);
  * `model` is a live model; `layers` points to a writable int32.
  */
 painn_status_t painn_model_layers(const painn_model_t *model, int32_t *layers);
+
+/**
+ * The width of the rows a ghost exchange (`painn_compute_exchanging`) passes: 4 H (the
+ * scalar and the three vector components of H features per atom), for sizing
+ * communication buffers ahead.
+ *
+ * # Safety
+ * `model` is a live model; `width` points to a writable int32.
+ */
+painn_status_t painn_model_exchange_width(const painn_model_t *model, int32_t *width);
 
 /**
  * The largest atomic number the model accepts (atomic numbers run 1..=max_z).
@@ -287,6 +317,31 @@ painn_status_t painn_compute_local(painn_calculator_t *calculator,
                                    double *virial,
                                    double *energies,
                                    double *atom_virials);
+
+/**
+ * Domain-decomposed evaluation with per-layer ghost exchange: as `painn_compute_local`, but
+ * ghosts are needed only within one cutoff (plus the neighbour-list skin) of the owned
+ * atoms, not L cutoffs: after each layer the engine calls `exchange->forward` to fill the
+ * ghost rows of the features from their owners, and in the backward pass
+ * `exchange->reverse` to add the ghost rows' gradients into their owners. A nonzero return
+ * from either stops the evaluation with PAINN_INVALID_ARGUMENT naming it. CPU devices only
+ * for now (a GPU calculator returns PAINN_UNSUPPORTED).
+ *
+ * # Safety
+ * As `painn_compute_local`; `exchange` points to a valid `painn_ghost_exchange_t` whose
+ * functions are valid for its context.
+ */
+painn_status_t painn_compute_exchanging(painn_calculator_t *calculator,
+                                        int64_t n_atoms,
+                                        int64_t n_owned,
+                                        const int32_t *atomic_numbers,
+                                        const double *positions,
+                                        const painn_ghost_exchange_t *exchange,
+                                        double *energy,
+                                        double *forces,
+                                        double *virial,
+                                        double *energies,
+                                        double *atom_virials);
 
 /**
  * The message of the last failed call on this thread (empty if none). The pointer stays

@@ -152,6 +152,7 @@ void PairPaiNN::require_metal_units() const
 
 /* ----------------------------------------------------------------------
    pair_style painn MODEL [device auto|cpu|cuda|cuda:N] [precision f64|f32]
+                          [halo auto|layer|thick]
 ------------------------------------------------------------------------- */
 
 void PairPaiNN::settings(int narg, char **arg)
@@ -159,10 +160,12 @@ void PairPaiNN::settings(int narg, char **arg)
   require_metal_units();
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style painn command: expected 'pair_style painn "
-                      "MODEL.safetensors [device auto|cpu|cuda|cuda:N] [precision f64|f32]'");
+                      "MODEL.safetensors [device auto|cpu|cuda|cuda:N] [precision f64|f32] "
+                      "[halo auto|layer|thick]'");
   model_path = arg[0];
   device = "auto";
   precision = "f32";
+  halo = "auto";
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg) error->all(FLERR, "pair_style painn: keyword '{}' needs a value", key);
@@ -173,8 +176,12 @@ void PairPaiNN::settings(int narg, char **arg)
       if (value != "f64" && value != "f32")
         error->all(FLERR, "pair_style painn: precision must be f64 or f32, got '{}'", value);
       precision = value;
+    } else if (key == "halo") {
+      if (value != "auto" && value != "layer" && value != "thick")
+        error->all(FLERR, "pair_style painn: halo must be auto, layer or thick, got '{}'", value);
+      halo = value;
     } else {
-      error->all(FLERR, "pair_style painn: unknown keyword '{}' (device, precision)", key);
+      error->all(FLERR, "pair_style painn: unknown keyword '{}' (device, precision, halo)", key);
     }
   }
   load_model();
@@ -331,9 +338,26 @@ void PairPaiNN::init_style()
   // distance check needs no list), and the ghost cutoff still comes from cutforce
   // (init_one) + skin, or the larger comm->cutghostuser set below: Neighbor::init takes
   // cutneighmax from the pair style's cutsq, not from the requests.
-  if (comm->nprocs > 1) {
-    // An atom's energy depends on atoms up to `layers` cutoffs away: the ghost shell must
-    // hold them all (plus the skin, for the steps between re-neighbourings).
+  // Several ranks: with the per-layer exchange (halo layer, the CPU's default) ghosts are
+  // needed one cutoff + skin deep, LAMMPS's own ghost cutoff; with the thick halo (the GPU,
+  // for now) an atom's energy depends on atoms up to `layers` cutoffs away, so the shell
+  // must hold them all.
+  const bool on_gpu = opened_device.rfind("cpu", 0) != 0;
+  if (halo == "layer" && on_gpu)
+    error->all(FLERR, "pair_style painn: halo layer runs on the CPU only for now; use halo "
+                      "thick (or auto) with a GPU");
+  layer_halo = comm->nprocs > 1 && (halo == "layer" || (halo == "auto" && !on_gpu));
+  if (layer_halo) {
+    if (painn_model_exchange_width(model, &exchange_width) != PAINN_SUCCESS)
+      error->all(FLERR, "pair_style painn: {}", painn_last_error());
+    // LAMMPS sizes its communication buffers from these before the run.
+    comm_forward = exchange_width;
+    comm_reverse = comm_reverse_off = std::max(exchange_width, REVERSE_MAX);
+  } else {
+    comm_forward = 0;
+    comm_reverse = comm_reverse_off = REVERSE_MAX;
+  }
+  if (comm->nprocs > 1 && !layer_halo) {
     const double need = layers * cutoff + neighbor->skin;
     if (comm->get_comm_cutoff() < need) {
       comm->cutghostuser = need;
@@ -344,6 +368,12 @@ void PairPaiNN::init_style()
                        need, layers, cutoff, neighbor->skin, need);
     }
   }
+  if (comm->nprocs > 1 && comm->me == 0)
+    utils::logmesg(lmp, "pair_style painn: {} halo ({})\n", layer_halo ? "layer" : "thick",
+                   layer_halo ? "ghost features exchanged after each layer, ghost cutoff "
+                                "cutoff + skin"
+                              : "every rank evaluates its ghosts, ghost cutoff layers x cutoff "
+                                "+ skin");
 }
 
 /* Several ranks evaluate the model on their ghost atoms too (the shell of layers x cutoff +
@@ -417,6 +447,12 @@ void PairPaiNN::compute(int eflag, int vflag)
     status = painn_compute(calculator, n, numbers.data(), positions.data(), cell, pbc, &energy,
                            forces.data(), w, want_energies ? energies.data() : nullptr,
                            want_atom_virials ? atom_virials.data() : nullptr);
+  } else if (layer_halo) {
+    painn_ghost_exchange_t exchange_functions = {this, exchange_forward, exchange_reverse};
+    status = painn_compute_exchanging(calculator, n, owned, numbers.data(), positions.data(),
+                                      &exchange_functions, &energy, forces.data(), w,
+                                      want_energies ? energies.data() : nullptr,
+                                      want_atom_virials ? atom_virials.data() : nullptr);
   } else {
     status = painn_compute_local(calculator, n, owned, numbers.data(), positions.data(), &energy,
                                  forces.data(), w, want_energies ? energies.data() : nullptr,
@@ -424,7 +460,7 @@ void PairPaiNN::compute(int eflag, int vflag)
   }
   if (status != PAINN_SUCCESS)
     error->one(FLERR, "pair_style painn: step {}: {}", update->ntimestep, painn_last_error());
-  if (!single_rank && !ghosts_checked) warn_about_ghosts(owned, n - owned);
+  if (!single_rank && !layer_halo && !ghosts_checked) warn_about_ghosts(owned, n - owned);
 
   if (eflag_global) eng_vdwl += energy;
   if (eflag_atom)
@@ -459,8 +495,78 @@ void PairPaiNN::compute(int eflag, int vflag)
   }
 }
 
+/* The engine's ghost exchange through LAMMPS's communication. Every rank makes the same
+   exchanges in the same order (one per layer boundary), as LAMMPS's collective
+   communication requires. */
+int PairPaiNN::exchange(double *rows, int64_t, int64_t width, bool reverse_direction)
+{
+  if (width <= 0 || width > exchange_width) return 1;
+  try {
+    exchange_rows = rows;
+    exchange_row_width = static_cast<int>(width);
+    if (reverse_direction)
+      comm->reverse_comm(this, exchange_row_width);
+    else
+      comm->forward_comm(this, exchange_row_width);
+  } catch (...) {
+    exchange_rows = nullptr;
+    return 2;
+  }
+  exchange_rows = nullptr;
+  return 0;
+}
+
+int32_t PairPaiNN::exchange_forward(void *context, double *rows, int64_t n, int64_t width)
+{
+  return static_cast<PairPaiNN *>(context)->exchange(rows, n, width, false);
+}
+
+int32_t PairPaiNN::exchange_reverse(void *context, double *rows, int64_t n, int64_t width)
+{
+  return static_cast<PairPaiNN *>(context)->exchange(rows, n, width, true);
+}
+
+// Forward: the rows of the atoms in `list` (owners, or ghosts filled in an earlier swap).
+int PairPaiNN::pack_forward_comm(int n, int *list, double *buffer, int, int *)
+{
+  const int width = exchange_row_width;
+  for (int k = 0; k < n; ++k) {
+    const int row = engine_index[list[k]];
+    double *to = buffer + static_cast<size_t>(width) * k;
+    if (row < 0)
+      std::fill(to, to + width, 0.0);
+    else
+      std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
+  }
+  return width * n;
+}
+
+void PairPaiNN::unpack_forward_comm(int n, int first, double *buffer)
+{
+  const int width = exchange_row_width;
+  for (int k = 0; k < n; ++k) {
+    const int row = engine_index[first + k];
+    if (row >= 0)
+      std::copy_n(buffer + static_cast<size_t>(width) * k, width,
+                  exchange_rows + static_cast<size_t>(width) * row);
+  }
+}
+
 int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 {
+  if (exchange_rows) {
+    // Exchange: the ghost rows first..first+n, to be added into their owners.
+    const int width = exchange_row_width;
+    for (int k = 0; k < n; ++k) {
+      const int row = engine_index[first + k];
+      double *to = buffer + static_cast<size_t>(width) * k;
+      if (row < 0)
+        std::fill(to, to + width, 0.0);
+      else
+        std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
+    }
+    return width * n;
+  }
   const double *from = reverse.data() + reverse_size * static_cast<size_t>(first);
   std::copy(from, from + reverse_size * static_cast<size_t>(n), buffer);
   return reverse_size * n;
@@ -468,6 +574,16 @@ int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 
 void PairPaiNN::unpack_reverse_comm(int n, int *list, double *buffer)
 {
+  if (exchange_rows) {
+    const int width = exchange_row_width;
+    for (int k = 0; k < n; ++k) {
+      const int row = engine_index[list[k]];
+      if (row < 0) continue;
+      double *to = exchange_rows + static_cast<size_t>(width) * row;
+      for (int c = 0; c < width; ++c) to[c] += buffer[static_cast<size_t>(width) * k + c];
+    }
+    return;
+  }
   for (int k = 0; k < n; ++k) {
     double *to = reverse.data() + reverse_size * static_cast<size_t>(list[k]);
     for (int c = 0; c < reverse_size; ++c) to[c] += buffer[reverse_size * k + c];

@@ -35,8 +35,15 @@ class PairPaiNN : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
+  // One ghost exchange of the engine (painn_compute_exchanging), through LAMMPS's
+  // forward (fill ghosts) or reverse (add ghosts into owners) communication; 0 on success.
+  int exchange(double *rows, int64_t n_rows, int64_t width, bool reverse);
+  static int32_t exchange_forward(void *context, double *rows, int64_t n, int64_t width);
+  static int32_t exchange_reverse(void *context, double *rows, int64_t n, int64_t width);
   double memory_usage() override;
 
  protected:
@@ -49,6 +56,11 @@ class PairPaiNN : public Pair {
   std::string model_path;
   std::string device = "auto";
   std::string precision = "f32";
+  std::string halo = "auto";    // layer, thick, or auto (layer on the CPU, thick on a GPU)
+  bool layer_halo = false;      // this run exchanges ghost features after each layer
+  int exchange_width = 0;       // the model's exchange row width (4 H)
+  double *exchange_rows = nullptr;    // during an exchange: the engine's rows [n][width]
+  int exchange_row_width = 0;
 
   painn_model_t *model = nullptr;
   painn_calculator_t *calculator = nullptr;

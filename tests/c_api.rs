@@ -613,3 +613,136 @@ fn model_elements_are_queried_through_the_c_abi() {
         assert!(status == PAINN_INVALID_ARGUMENT && message.contains("`atomic_number`"));
     }
 }
+
+/// `painn_compute_exchanging` through the C ABI: with no ghosts it equals
+/// `painn_compute_local`, the callbacks are called between layers (rows of the stated
+/// width), a callback's failure and a NULL exchange or function are clear errors.
+#[test]
+fn ghost_exchange_through_the_c_abi() {
+    use painn::capi::*;
+    use std::ffi::c_void;
+    use std::ptr::null_mut;
+
+    struct Calls {
+        forward: usize,
+        reverse: usize,
+        width: i64,
+        fail_with: i32,
+    }
+    unsafe extern "C" fn forward(context: *mut c_void, _: *mut f64, _: i64, width: i64) -> i32 {
+        // SAFETY: the test's own context.
+        let calls = unsafe { &mut *(context as *mut Calls) };
+        calls.forward += 1;
+        calls.width = width;
+        calls.fail_with
+    }
+    unsafe extern "C" fn reverse(context: *mut c_void, _: *mut f64, _: i64, _: i64) -> i32 {
+        // SAFETY: the test's own context.
+        let calls = unsafe { &mut *(context as *mut Calls) };
+        calls.reverse += 1;
+        0
+    }
+    let handles = through_c::Handles::tiny();
+    let (z, positions, _) = grid_system();
+    let n = z.len() as i64;
+    let compute = |exchange: *const painn_ghost_exchange_t, forces: &mut Vec<f64>| {
+        let mut energy = f64::NAN;
+        forces.resize(3 * z.len(), 0.0);
+        // SAFETY: arrays of the sizes given; a live calculator.
+        let status = unsafe {
+            if exchange.is_null() {
+                painn_compute_local(
+                    handles.calculator,
+                    n,
+                    n,
+                    z.as_ptr(),
+                    positions.as_flattened().as_ptr(),
+                    &mut energy,
+                    forces.as_mut_ptr(),
+                    null_mut(),
+                    null_mut(),
+                    null_mut(),
+                )
+            } else {
+                painn_compute_exchanging(
+                    handles.calculator,
+                    n,
+                    n,
+                    z.as_ptr(),
+                    positions.as_flattened().as_ptr(),
+                    exchange,
+                    &mut energy,
+                    forces.as_mut_ptr(),
+                    null_mut(),
+                    null_mut(),
+                    null_mut(),
+                )
+            }
+        };
+        let (status, message) = through_c::outcome(status);
+        (status, message, energy)
+    };
+    let mut reference_forces = Vec::new();
+    let (status, _, reference) = compute(std::ptr::null(), &mut reference_forces);
+    assert_eq!(status, PAINN_SUCCESS);
+
+    let mut calls = Calls {
+        forward: 0,
+        reverse: 0,
+        width: 0,
+        fail_with: 0,
+    };
+    let exchange = painn_ghost_exchange_t {
+        context: &mut calls as *mut Calls as *mut c_void,
+        forward: Some(forward),
+        reverse: Some(reverse),
+    };
+    let mut forces = Vec::new();
+    let (status, message, energy) = compute(&exchange, &mut forces);
+    assert_eq!(status, PAINN_SUCCESS, "{message}");
+    assert_eq!(energy, reference);
+    assert_eq!(forces, reference_forces);
+    // The tiny model: 2 layers (one exchange each way), H = 32.
+    assert_eq!((calls.forward, calls.reverse, calls.width), (1, 1, 4 * 32));
+
+    calls.fail_with = 7;
+    let (status, message, _) = compute(&exchange, &mut forces);
+    assert_eq!(status, PAINN_INVALID_ARGUMENT);
+    assert!(
+        message.contains("forward ghost exchange returned 7"),
+        "{message}"
+    );
+
+    let missing = painn_ghost_exchange_t {
+        context: null_mut(),
+        forward: Some(forward),
+        reverse: None,
+    };
+    calls.fail_with = 0;
+    let missing = painn_ghost_exchange_t {
+        context: &mut calls as *mut Calls as *mut c_void,
+        ..missing
+    };
+    let (status, message, _) = compute(&missing, &mut forces);
+    assert_eq!(status, PAINN_INVALID_ARGUMENT);
+    assert!(message.contains("reverse function is NULL"), "{message}");
+    // SAFETY: a NULL exchange is refused before anything is read.
+    let status = unsafe {
+        painn_compute_exchanging(
+            handles.calculator,
+            n,
+            n,
+            z.as_ptr(),
+            positions.as_flattened().as_ptr(),
+            std::ptr::null(),
+            &mut 0.0,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        )
+    };
+    let (status, message) = through_c::outcome(status);
+    assert_eq!(status, PAINN_INVALID_ARGUMENT);
+    assert!(message.contains("exchange"), "{message}");
+}

@@ -147,6 +147,7 @@ impl GhostExchange for RankExchange {
 
 /// Energy, forces (ghosts' added to their owners, in the global order) and virial of the
 /// split system, and the exchanges each rank made.
+#[allow(clippy::type_complexity)]
 fn split_evaluation(
     model: &Arc<Model>,
     numbers: &[i32],

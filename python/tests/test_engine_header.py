@@ -33,7 +33,9 @@ ADDRESS_ARGUMENTS = {"painn_compute": range(2, 11)}
 BYTE_ARGUMENTS = {("painn_model_load_buffer", 0)}
 
 # Header functions deliberately without a binding: none.
-UNBOUND_FUNCTIONS = set()
+# C-only entry points: the per-layer ghost exchange takes C callbacks and serves MD codes
+# with domain decomposition (the LAMMPS plugin), not Python.
+UNBOUND_FUNCTIONS = {"painn_compute_exchanging", "painn_model_exchange_width"}
 
 
 # --- ctypes types as comparable keys -------------------------------------------------------
@@ -210,6 +212,14 @@ def parse_header(text):
         m = re.fullmatch(r"typedef (?:struct|union) (\w+) (\w+)", stmt)
         if m and m.group(1) == m.group(2):
             header.structs.add(m.group(1))
+            continue
+        m = re.fullmatch(r"typedef (?:struct|union) \{.*\} (\w+)", stmt)
+        if m:  # a struct with fields (the ghost exchange's callbacks), passed by pointer
+            header.structs.add(m.group(1))
+            continue
+        m = re.fullmatch(r"typedef [^{}()]+ \(\*(\w+)\)\([^(){}]*\)", stmt)
+        if m:  # a function pointer type (callbacks): no ctypes mapping is checked for it
+            header.typedefs[m.group(1)] = CType("function pointer", 0, stmt)
             continue
         m = re.fullmatch(r"(?:typedef )?enum(?: \w+)? ?\{(.*)\}(?: ?(\w+))?", stmt)
         if m:

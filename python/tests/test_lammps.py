@@ -13,6 +13,7 @@ With PAINN_TEST_DEVICE=cuda the same checks run on the GPU in float32.
 """
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -133,7 +134,7 @@ def write_data(path: Path, z, positions, cell, boundary_margin=None):
     path.write_text("\n".join(lines) + "\n")
 
 
-def header(model, boundary="p p p", newton="on", device=None, precision=None, processors=""):
+def header(model, boundary="p p p", newton="on", device=None, precision=None, processors="", halo=None):
     return f"""
 units metal
 boundary {boundary}
@@ -143,14 +144,14 @@ atom_modify map array
 {processors}
 read_data system.data
 plugin load {_plugin()}
-pair_style painn {model} device {device or DEVICE} precision {precision or PRECISION}
+pair_style painn {model} device {device or DEVICE} precision {precision or PRECISION}{f" halo {halo}" if halo else ""}
 pair_coeff * * O H
 """
 
 
-def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="", processors=""):
+def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="", processors="", halo=None):
     """run 0: energy, per-atom energy sum, pressure tensor, positions and forces by atom id."""
-    script = header(model, boundary, newton, processors=processors) + f"""
+    script = header(model, boundary, newton, processors=processors, halo=halo) + f"""
 compute pe_atom all pe/atom
 compute pe_sum all reduce sum c_pe_atom
 compute stress all stress/atom NULL virial
@@ -277,22 +278,34 @@ def test_ranks_agree(tmp_path):
     write_data(tmp_path / "system.data", z, positions, cell)
     one = run0(fresh(tmp_path, "1"), TINY_MODEL)
     assert stress_sum_error(one) <= max(1e-9, TOLERANCE)
+    ghosts = {}
     for ranks, newton in [(1, "off"), (2, "on"), (2, "off"), (3, "on"), (3, "off"), (4, "on"), (4, "off")]:
-        many = run0(fresh(tmp_path, f"{ranks}-{newton}"), TINY_MODEL, ranks=ranks, newton=newton)
-        assert relative(many["energy"], one["energy"]) <= max(1e-10, TOLERANCE), (ranks, newton)
-        assert relative(many["forces"], one["forces"]) <= max(1e-10, TOLERANCE), (ranks, newton)
-        keys = ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")
-        pressures = [[result[k] for k in keys] for result in (many, one)]
-        assert relative(*pressures) <= max(1e-9, TOLERANCE)
-        # Per-atom virials (ghosts' shares returned to their owners, newton on or off) sum
-        # to the virial.
-        assert stress_sum_error(many) <= max(1e-9, TOLERANCE), (ranks, newton)
-        if ranks == 1:
-            continue
-        assert "ghost cutoff set to" in many["stdout"]
-        # 192 atoms: every rank's ghost shell holds several times its own atoms, and the
-        # plugin says that fewer ranks are faster.
-        assert "fewer ranks are faster" in many["stdout"], many["stdout"]
+        # auto: the per-layer exchange on the CPU, the thick halo on a GPU.
+        for halo in ("auto", "thick") if ranks > 1 else ("auto",):
+            many = run0(fresh(tmp_path, f"{ranks}-{newton}-{halo}"), TINY_MODEL, ranks=ranks, newton=newton,
+                        halo=halo)
+            case = (ranks, newton, halo)
+            assert relative(many["energy"], one["energy"]) <= max(1e-10, TOLERANCE), case
+            assert relative(many["forces"], one["forces"]) <= max(1e-10, TOLERANCE), case
+            keys = ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")
+            pressures = [[result[k] for k in keys] for result in (many, one)]
+            assert relative(*pressures) <= max(1e-9, TOLERANCE), case
+            # Per-atom virials (ghosts' shares returned to their owners, newton on or off) sum
+            # to the virial.
+            assert stress_sum_error(many) <= max(1e-9, TOLERANCE), case
+            if ranks == 1:
+                continue
+            ghosts[case] = float(re.search(r"Nghost:\s+(\S+) ave", many["stdout"]).group(1))
+            if halo == "thick" or DEVICE != "cpu":
+                assert "thick halo" in many["stdout"] and "ghost cutoff set to" in many["stdout"], case
+                # 192 atoms: every rank's ghost shell holds several times its own atoms, and
+                # the plugin says that fewer ranks are faster.
+                assert "fewer ranks are faster" in many["stdout"], many["stdout"]
+            else:
+                assert "layer halo" in many["stdout"] and "ghost cutoff set to" not in many["stdout"], case
+    if DEVICE == "cpu":
+        # One cutoff + skin of ghosts instead of L cutoffs + skin.
+        assert ghosts[(4, "on", "auto")] < 0.6 * ghosts[(4, "on", "thick")], ghosts
     assert "fewer ranks are faster" not in one["stdout"]
 
     # A molecule in a large open box on 4 ranks: three of them own nothing.
@@ -333,7 +346,8 @@ def test_md_without_a_lammps_neighbour_list(tmp_path):
     none ("Neighbor list info" is not printed, "Total # of neighbors = 0"), while `neighbor` /
     `neigh_modify` still decide when atoms are migrated and the ghosts rebuilt: MD on a periodic
     water box hot enough that atoms move more than half the skin, on 1 and 4 ranks (ghost
-    shell of L x rc + skin), re-neighbours (check yes: some builds; every 5 check no: exactly
+    features exchanged after each layer on the CPU; a ghost shell of L x rc + skin on a
+    GPU), re-neighbours (check yes: some builds; every 5 check no: exactly
     one build per 5 steps) and gives the same trajectory on both, with final forces equal to
     `painn eval`'s on the final coordinates."""
     _require()
@@ -364,7 +378,10 @@ write_dump all custom final.dump id type x y z fx fy fz modify sort id format fl
         builds = [int(line.split("=")[1]) for line in log.splitlines() if line.startswith("Neighbor list builds")]
         assert builds[0] > 0 and builds[1] == 2, (ranks, builds)
         assert "Dangerous builds = 0" in log
-        if ranks > 1:
+        if ranks > 1 and DEVICE == "cpu":
+            # The per-layer exchange: LAMMPS's own ghost cutoff (cutoff + skin).
+            assert "layer halo" in log and "ghost cutoff set to" not in log, log[-3000:]
+        elif ranks > 1:
             assert "ghost cutoff set to 9 Angstrom" in log, log[-3000:]
         rows = []
         for line in log.splitlines():

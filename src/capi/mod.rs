@@ -20,7 +20,7 @@
 
 mod status;
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -275,6 +275,26 @@ pub unsafe extern "C" fn painn_model_layers(
 ) -> painn_status_t {
     // SAFETY: per the contract.
     unsafe { query(model, layers, "layers", |m| Ok(m.layers() as i32)) }
+}
+
+/// The width of the rows a ghost exchange (`painn_compute_exchanging`) passes: 4 H (the
+/// scalar and the three vector components of H features per atom), for sizing
+/// communication buffers ahead.
+///
+/// # Safety
+/// `model` is a live model; `width` points to a writable int32.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn painn_model_exchange_width(
+    model: *const painn_model_t,
+    width: *mut i32,
+) -> painn_status_t {
+    // SAFETY: per the contract.
+    unsafe {
+        query(model, width, "width", |m| {
+            i32::try_from(4 * m.hidden_features())
+                .map_err(|_| Error::invalid("model", "its feature width does not fit 32 bits"))
+        })
+    }
 }
 
 /// The largest atomic number the model accepts (atomic numbers run 1..=max_z).
@@ -638,16 +658,98 @@ unsafe fn evaluate(
         Geometry::Local { owned } => {
             calculator.compute_local(atomic_numbers, positions, owned, request)
         }
+        Geometry::Exchanging { owned, exchange } => {
+            let mut exchange = CallerExchange { exchange };
+            calculator.compute_local_exchanging(
+                atomic_numbers,
+                positions,
+                owned,
+                request,
+                &mut exchange,
+            )
+        }
     }?;
     // SAFETY: output sizes per the contract.
     unsafe { outputs.write(&results, atomic_numbers.len()) };
     Ok(())
 }
 
+/// One function of a caller's ghost exchange: called with the caller's `context`, the rows
+/// `[n_atoms][width]` (float64, the first `n_owned` owned) and their shape; returns 0 on
+/// success. It must not throw (C++) or unwind.
+pub type painn_exchange_fn = Option<
+    unsafe extern "C" fn(context: *mut c_void, rows: *mut f64, n_atoms: i64, width: i64) -> i32,
+>;
+
+/// A caller's per-layer ghost exchange (domain decomposition, `painn_compute_exchanging`):
+/// `forward` fills the ghost rows of `rows` from the rows of their owners (after each layer:
+/// the next layer's features); `reverse` adds the ghost rows into the rows of their owners
+/// (in the backward pass: gradients; the engine clears the ghost rows afterwards). Both run
+/// on the thread that called the engine.
+#[repr(C)]
+pub struct painn_ghost_exchange_t {
+    pub context: *mut c_void,
+    pub forward: painn_exchange_fn,
+    pub reverse: painn_exchange_fn,
+}
+
+/// The C caller's exchange as the engine's.
+struct CallerExchange<'a> {
+    exchange: &'a painn_ghost_exchange_t,
+}
+
+impl CallerExchange<'_> {
+    fn call(
+        &self,
+        which: &str,
+        function: painn_exchange_fn,
+        rows: &mut [f64],
+        width: usize,
+    ) -> crate::Result<()> {
+        let function = function
+            .ok_or_else(|| Error::invalid("exchange", format!("its {which} function is NULL")))?;
+        let n_atoms = (rows.len() / width.max(1)) as i64;
+        // SAFETY: the caller's function, with its own context and a buffer of
+        // n_atoms x width doubles that lives through the call.
+        let status = unsafe {
+            function(
+                self.exchange.context,
+                rows.as_mut_ptr(),
+                n_atoms,
+                width as i64,
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "exchange",
+                format!("the caller's {which} ghost exchange returned {status}"),
+            ))
+        }
+    }
+}
+
+impl crate::GhostExchange for CallerExchange<'_> {
+    fn forward(&mut self, rows: &mut [f64], width: usize) -> crate::Result<()> {
+        self.call("forward", self.exchange.forward, rows, width)
+    }
+
+    fn reverse(&mut self, rows: &mut [f64], width: usize) -> crate::Result<()> {
+        self.call("reverse", self.exchange.reverse, rows, width)
+    }
+}
+
 /// A whole system in a cell, or a domain-decomposed part of one.
-enum Geometry {
+enum Geometry<'a> {
     Cell(Cell),
-    Local { owned: usize },
+    Local {
+        owned: usize,
+    },
+    Exchanging {
+        owned: usize,
+        exchange: &'a painn_ghost_exchange_t,
+    },
 }
 
 /// Shared body of `painn_compute` and `painn_compute_float`.
@@ -773,6 +875,47 @@ pub unsafe extern "C" fn painn_compute_local(
         let positions = unsafe { positions_argument(positions, n) }?;
         let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
         let geometry = Geometry::Local { owned };
+        // SAFETY: output sizes per the contract.
+        unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
+    })
+}
+
+/// Domain-decomposed evaluation with per-layer ghost exchange: as `painn_compute_local`, but
+/// ghosts are needed only within one cutoff (plus the neighbour-list skin) of the owned
+/// atoms, not L cutoffs: after each layer the engine calls `exchange->forward` to fill the
+/// ghost rows of the features from their owners, and in the backward pass
+/// `exchange->reverse` to add the ghost rows' gradients into their owners. A nonzero return
+/// from either stops the evaluation with PAINN_INVALID_ARGUMENT naming it. CPU devices only
+/// for now (a GPU calculator returns PAINN_UNSUPPORTED).
+///
+/// # Safety
+/// As `painn_compute_local`; `exchange` points to a valid `painn_ghost_exchange_t` whose
+/// functions are valid for its context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn painn_compute_exchanging(
+    calculator: *mut painn_calculator_t,
+    n_atoms: i64,
+    n_owned: i64,
+    atomic_numbers: *const i32,
+    positions: *const f64,
+    exchange: *const painn_ghost_exchange_t,
+    energy: *mut f64,
+    forces: *mut f64,
+    virial: *mut f64,
+    energies: *mut f64,
+    atom_virials: *mut f64,
+) -> painn_status_t {
+    catch(|| {
+        let n = atom_count(n_atoms, "n_atoms")?;
+        let owned = atom_count(n_owned, "n_owned")?;
+        // SAFETY (all four): per the contract.
+        let exchange =
+            unsafe { exchange.as_ref() }.ok_or_else(|| invalid("exchange", "is NULL"))?;
+        let guard = unsafe { acquire(calculator) }?;
+        let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
+        let positions = unsafe { positions_argument(positions, n) }?;
+        let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
+        let geometry = Geometry::Exchanging { owned, exchange };
         // SAFETY: output sizes per the contract.
         unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
     })
