@@ -269,7 +269,8 @@ def test_run0_matches_painn_eval(tmp_path, boundary):
 
 
 def test_ranks_agree(tmp_path):
-    """1, 2, 3 and 4 ranks (newton on and off) give the same energy, forces and pressure, and
+    """1, 2, 3, 4 and 8 ranks (newton on and off; per-layer exchange and thick halo) give the
+    same energy, forces and pressure, and
     compute stress/atom sums to the virial (with newton off the ghosts' per-atom virials
     reach their owners only if the style sends them); layouts in which ranks own no atoms
     (a molecule on 4 ranks, two blocks with an empty rank between them on 3) work."""
@@ -279,7 +280,8 @@ def test_ranks_agree(tmp_path):
     one = run0(fresh(tmp_path, "1"), TINY_MODEL)
     assert stress_sum_error(one) <= max(1e-9, TOLERANCE)
     ghosts = {}
-    for ranks, newton in [(1, "off"), (2, "on"), (2, "off"), (3, "on"), (3, "off"), (4, "on"), (4, "off")]:
+    for ranks, newton in [(1, "off"), (2, "on"), (2, "off"), (3, "on"), (3, "off"), (4, "on"), (4, "off"),
+                          (8, "on"), (8, "off")]:
         # auto: the per-layer exchange on the CPU, the thick halo on a GPU.
         for halo in ("auto", "thick") if ranks > 1 else ("auto",):
             many = run0(fresh(tmp_path, f"{ranks}-{newton}-{halo}"), TINY_MODEL, ranks=ranks, newton=newton,
@@ -728,3 +730,44 @@ def test_engine_uses_the_skin_of_a_later_neighbor_command(tmp_path):
     done = run_lammps(directory, header(TINY_MODEL) + "neighbor 0.5 bin\nrun 0\n")
     skins = [line for line in done.stdout.splitlines() if "rank 0 uses" in line]
     assert skins and "skin 0.5 Angstrom" in skins[-1], skins
+
+
+def test_copper_md_on_one_and_eight_ranks_ends_on_the_same_positions(tmp_path):
+    """200 MD steps of the shipped copper model (f64, 500 atoms, 2 fs, re-neighbouring every
+    10 steps: migration and new ghosts) on 1 rank and on 8 ranks (per-layer ghost exchange on the CPU) end on the same
+    positions to 1e-8 A."""
+    _require()
+    if DEVICE != "cpu":
+        pytest.skip("float64 trajectories: the GPU computes float32")
+    final = {}
+    for ranks in (1, 8):
+        script = f"""
+units metal
+boundary p p p
+atom_style atomic
+atom_modify map array
+lattice fcc 3.615
+region box block 0 5 0 5 0 5
+create_box 1 box
+create_atoms 1 box
+mass 1 63.546
+reset_atoms id sort yes
+plugin load {_plugin()}
+pair_style painn {REPO / 'examples/cu_student.safetensors'} device cpu precision f64
+pair_coeff * * Cu
+neighbor 1.0 bin
+neigh_modify every 10 delay 0 check no
+velocity all create 600.0 87287 mom yes rot yes dist gaussian
+timestep 0.002
+fix nve all nve
+run 200
+write_dump all custom final.dump id xu yu zu modify sort id format float %.17g
+"""
+        directory = tmp_path / str(ranks)
+        done = run_lammps(directory, script, ranks)
+        if ranks > 1:
+            assert "layer halo" in done.stdout
+        builds = int(re.search(r"Neighbor list builds = (\d+)", done.stdout).group(1))
+        assert builds == 20, builds
+        final[ranks] = np.loadtxt(directory / "final.dump", skiprows=9)[:, 1:4]
+    assert np.abs(final[8] - final[1]).max() <= 1e-8, np.abs(final[8] - final[1]).max()
