@@ -526,19 +526,23 @@ int32_t PairPaiNN::exchange_reverse(void *context, double *rows, int64_t n, int6
   return static_cast<PairPaiNN *>(context)->exchange(rows, n, width, true);
 }
 
+// The exchange row of LAMMPS atom `i` into `to` (zeros for an atom of a NULL type).
+void PairPaiNN::copy_exchange_row(int i, double *to) const
+{
+  const int width = exchange_row_width;
+  const int row = engine_index[i];
+  if (row < 0)
+    std::fill(to, to + width, 0.0);
+  else
+    std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
+}
+
 // Forward: the rows of the atoms in `list` (owners, or ghosts filled in an earlier swap).
 int PairPaiNN::pack_forward_comm(int n, int *list, double *buffer, int, int *)
 {
-  const int width = exchange_row_width;
-  for (int k = 0; k < n; ++k) {
-    const int row = engine_index[list[k]];
-    double *to = buffer + static_cast<size_t>(width) * k;
-    if (row < 0)
-      std::fill(to, to + width, 0.0);
-    else
-      std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
-  }
-  return width * n;
+  for (int k = 0; k < n; ++k)
+    copy_exchange_row(list[k], buffer + static_cast<size_t>(exchange_row_width) * k);
+  return exchange_row_width * n;
 }
 
 void PairPaiNN::unpack_forward_comm(int n, int first, double *buffer)
@@ -556,16 +560,9 @@ int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 {
   if (exchange_rows) {
     // Exchange: the ghost rows first..first+n, to be added into their owners.
-    const int width = exchange_row_width;
-    for (int k = 0; k < n; ++k) {
-      const int row = engine_index[first + k];
-      double *to = buffer + static_cast<size_t>(width) * k;
-      if (row < 0)
-        std::fill(to, to + width, 0.0);
-      else
-        std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
-    }
-    return width * n;
+    for (int k = 0; k < n; ++k)
+      copy_exchange_row(first + k, buffer + static_cast<size_t>(exchange_row_width) * k);
+    return exchange_row_width * n;
   }
   const double *from = reverse.data() + reverse_size * static_cast<size_t>(first);
   std::copy(from, from + reverse_size * static_cast<size_t>(n), buffer);

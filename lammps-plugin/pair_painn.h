@@ -44,6 +44,7 @@ class PairPaiNN : public Pair {
   int exchange(double *rows, int64_t n_rows, int64_t width, bool reverse);
   static int32_t exchange_forward(void *context, double *rows, int64_t n, int64_t width);
   static int32_t exchange_reverse(void *context, double *rows, int64_t n, int64_t width);
+  void copy_exchange_row(int i, double *to) const;
   double memory_usage() override;
 
  protected:

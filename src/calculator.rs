@@ -209,15 +209,7 @@ impl Calculator {
         n_owned: usize,
         request: Request,
     ) -> Result<Results> {
-        if n_owned > atomic_numbers.len() {
-            return Err(Error::invalid(
-                "n_owned",
-                format!(
-                    "{n_owned} owned atoms but only {} atoms given",
-                    atomic_numbers.len()
-                ),
-            ));
-        }
+        check_owned(n_owned, atomic_numbers.len())?;
         self.evaluate(
             atomic_numbers,
             positions,
@@ -244,15 +236,7 @@ impl Calculator {
         request: Request,
         exchange: &mut dyn GhostExchange,
     ) -> Result<Results> {
-        if n_owned > atomic_numbers.len() {
-            return Err(Error::invalid(
-                "n_owned",
-                format!(
-                    "{n_owned} owned atoms but only {} atoms given",
-                    atomic_numbers.len()
-                ),
-            ));
-        }
+        check_owned(n_owned, atomic_numbers.len())?;
         let cell = Cell::open();
         self.evaluate(
             atomic_numbers,
@@ -337,6 +321,17 @@ impl Calculator {
         check_finite(&results)?;
         Ok(results)
     }
+}
+
+/// The owned atoms of a domain-decomposed evaluation are among the atoms given.
+fn check_owned(n_owned: usize, n_atoms: usize) -> Result<()> {
+    if n_owned > n_atoms {
+        return Err(Error::invalid(
+            "n_owned",
+            format!("{n_owned} owned atoms but only {n_atoms} atoms given"),
+        ));
+    }
+    Ok(())
 }
 
 /// The one sequence of stages, the same for every backend.
