@@ -161,7 +161,7 @@ variable energy_sum equal c_pe_sum
 variable volume equal vol
 thermo_style custom step pe press
 {extra}
-dump out all custom 1 atoms.dump id type x y z fx fy fz
+dump out all custom 1 atoms.dump id type x y z fx fy fz c_pe_atom c_stress[1] c_stress[2] c_stress[3] c_stress[4] c_stress[5] c_stress[6]
 dump_modify out format float %.17g sort id
 run 0
 print "RESULT $(pe:%.17g) $(c_pe_sum:%.17g) $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) $(pxy:%.17g) $(pxz:%.17g) $(pyz:%.17g) $(vol:%.17g) $(c_stress_sum[1]:%.17g) $(c_stress_sum[2]:%.17g) $(c_stress_sum[3]:%.17g) $(c_stress_sum[4]:%.17g) $(c_stress_sum[5]:%.17g) $(c_stress_sum[6]:%.17g) $(xy:%.17g) $(xz:%.17g) $(yz:%.17g) $(lx:%.17g) $(ly:%.17g) $(lz:%.17g)"
@@ -176,6 +176,8 @@ print "RESULT $(pe:%.17g) $(c_pe_sum:%.17g) $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17
     result["types"] = table[:, 1].astype(int)
     result["positions"] = table[:, 2:5]
     result["forces"] = table[:, 5:8]
+    result["energies"] = table[:, 8]
+    result["stresses"] = table[:, 9:15]
     result["stdout"] = done.stdout
     return result
 
@@ -289,6 +291,9 @@ def test_ranks_agree(tmp_path):
             case = (ranks, newton, halo)
             assert relative(many["energy"], one["energy"]) <= max(1e-10, TOLERANCE), case
             assert relative(many["forces"], one["forces"]) <= max(1e-10, TOLERANCE), case
+            # Atom by atom: per-atom energies and virials (compute pe/atom, stress/atom).
+            assert relative(many["energies"], one["energies"]) <= max(1e-10, TOLERANCE), case
+            assert relative(many["stresses"], one["stresses"]) <= max(1e-9, TOLERANCE), case
             keys = ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")
             pressures = [[result[k] for k in keys] for result in (many, one)]
             assert relative(*pressures) <= max(1e-9, TOLERANCE), case
@@ -771,3 +776,45 @@ write_dump all custom final.dump id xu yu zu modify sort id format float %.17g
         assert builds == 20, builds
         final[ranks] = np.loadtxt(directory / "final.dump", skiprows=9)[:, 1:4]
     assert np.abs(final[8] - final[1]).max() <= 1e-8, np.abs(final[8] - final[1]).max()
+
+
+def test_copper_slab_on_several_ranks(tmp_path):
+    """A copper slab (periodic in x and y, open in z), the shipped model: energy, forces and
+    per-atom energies and virials on 2, 4 and 8 ranks (newton on and off) equal one rank's."""
+    _require()
+    results = {}
+    for ranks, newton in ((1, "on"), (2, "on"), (4, "off"), (8, "on")):
+        script = f"""
+units metal
+boundary p p f
+atom_style atomic
+atom_modify map array
+newton {newton}
+lattice fcc 3.615
+region box block 0 4 0 4 -1 5
+region slab block 0 4 0 4 0 4
+create_box 1 box
+create_atoms 1 region slab
+mass 1 63.546
+reset_atoms id sort yes
+plugin load {_plugin()}
+pair_style painn {REPO / 'examples/cu_student.safetensors'} device {DEVICE} precision {PRECISION}
+pair_coeff * * Cu
+compute pe_atom all pe/atom
+compute stress all stress/atom NULL virial
+dump out all custom 1 atoms.dump id fx fy fz c_pe_atom c_stress[1] c_stress[2] c_stress[3] c_stress[4] c_stress[5] c_stress[6]
+dump_modify out format float %.17g sort id
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+        directory = tmp_path / f"{ranks}-{newton}"
+        done = run_lammps(directory, script, ranks)
+        energy = float([l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1].split()[1])
+        results[ranks] = (energy, np.loadtxt(directory / "atoms.dump", skiprows=9)[:, 1:])
+    energy, table = results[1]
+    assert np.abs(table[:, :3]).max() > 0.05  # the surfaces feel forces
+    for ranks in (2, 4, 8):
+        assert relative(results[ranks][0], energy) <= max(1e-10, TOLERANCE), ranks
+        assert relative(results[ranks][1][:, :3], table[:, :3]) <= max(1e-10, TOLERANCE), ranks
+        assert relative(results[ranks][1][:, 3], table[:, 3]) <= max(1e-10, TOLERANCE), ranks
+        assert relative(results[ranks][1][:, 4:], table[:, 4:]) <= max(1e-9, TOLERANCE), ranks
