@@ -655,10 +655,14 @@ unsafe fn evaluate(
     let request = outputs.request();
     let results = match geometry {
         Geometry::Cell(cell) => calculator.compute(atomic_numbers, positions, &cell, request),
-        Geometry::Local { owned } => {
-            calculator.compute_local(atomic_numbers, positions, owned, request)
-        }
-        Geometry::Exchanging { owned, exchange } => {
+        Geometry::Local {
+            owned,
+            exchange: None,
+        } => calculator.compute_local(atomic_numbers, positions, owned, request),
+        Geometry::Local {
+            owned,
+            exchange: Some(exchange),
+        } => {
             let mut exchange = CallerExchange { exchange };
             calculator.compute_local_exchanging(
                 atomic_numbers,
@@ -743,13 +747,42 @@ impl crate::GhostExchange for CallerExchange<'_> {
 /// A whole system in a cell, or a domain-decomposed part of one.
 enum Geometry<'a> {
     Cell(Cell),
+    /// Owned atoms first, then ghosts; with a per-layer ghost exchange or without.
     Local {
         owned: usize,
+        exchange: Option<&'a painn_ghost_exchange_t>,
     },
-    Exchanging {
-        owned: usize,
-        exchange: &'a painn_ghost_exchange_t,
-    },
+}
+
+/// Shared body of `painn_compute_local` and `painn_compute_exchanging`.
+///
+/// # Safety
+/// As `painn_compute_local`; `exchange`, when given, as in `painn_compute_exchanging`.
+unsafe fn compute_local(
+    calculator: *mut painn_calculator_t,
+    (n_atoms, n_owned): (i64, i64),
+    atomic_numbers: *const i32,
+    positions: *const f64,
+    exchange: Option<*const painn_ghost_exchange_t>,
+    outputs: Outputs,
+) -> painn_status_t {
+    catch(|| {
+        let n = atom_count(n_atoms, "n_atoms")?;
+        let owned = atom_count(n_owned, "n_owned")?;
+        // SAFETY (all four): per the contract.
+        let exchange = match exchange {
+            Some(pointer) => {
+                Some(unsafe { pointer.as_ref() }.ok_or_else(|| invalid("exchange", "is NULL"))?)
+            }
+            None => None,
+        };
+        let guard = unsafe { acquire(calculator) }?;
+        let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
+        let positions = unsafe { positions_argument(positions, n) }?;
+        let geometry = Geometry::Local { owned, exchange };
+        // SAFETY: output sizes per the contract.
+        unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
+    })
 }
 
 /// Shared body of `painn_compute` and `painn_compute_float`.
@@ -866,18 +899,17 @@ pub unsafe extern "C" fn painn_compute_local(
     energies: *mut f64,
     atom_virials: *mut f64,
 ) -> painn_status_t {
-    catch(|| {
-        let n = atom_count(n_atoms, "n_atoms")?;
-        let owned = atom_count(n_owned, "n_owned")?;
-        // SAFETY (all three): per the contract.
-        let guard = unsafe { acquire(calculator) }?;
-        let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
-        let positions = unsafe { positions_argument(positions, n) }?;
-        let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
-        let geometry = Geometry::Local { owned };
-        // SAFETY: output sizes per the contract.
-        unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        compute_local(
+            calculator,
+            (n_atoms, n_owned),
+            atomic_numbers,
+            positions,
+            None,
+            Outputs::new(energy, forces, virial, energies, atom_virials),
+        )
+    }
 }
 
 /// Domain-decomposed evaluation with per-layer ghost exchange: as `painn_compute_local`, but
@@ -905,18 +937,15 @@ pub unsafe extern "C" fn painn_compute_exchanging(
     energies: *mut f64,
     atom_virials: *mut f64,
 ) -> painn_status_t {
-    catch(|| {
-        let n = atom_count(n_atoms, "n_atoms")?;
-        let owned = atom_count(n_owned, "n_owned")?;
-        // SAFETY (all four): per the contract.
-        let exchange =
-            unsafe { exchange.as_ref() }.ok_or_else(|| invalid("exchange", "is NULL"))?;
-        let guard = unsafe { acquire(calculator) }?;
-        let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
-        let positions = unsafe { positions_argument(positions, n) }?;
-        let outputs = Outputs::new(energy, forces, virial, energies, atom_virials);
-        let geometry = Geometry::Exchanging { owned, exchange };
-        // SAFETY: output sizes per the contract.
-        unsafe { evaluate(guard.calculator, z, &positions, geometry, outputs) }
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        compute_local(
+            calculator,
+            (n_atoms, n_owned),
+            atomic_numbers,
+            positions,
+            Some(exchange),
+            Outputs::new(energy, forces, virial, energies, atom_virials),
+        )
+    }
 }

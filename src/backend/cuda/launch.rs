@@ -552,19 +552,13 @@ impl Kernels {
     ) -> Result<()> {
         let (m, n, k) = (rows as i32, n_out as i32, n_in as i32);
         let activated = activated.map_or(DevicePtr::null(), DeviceBuffer::ptr);
-        let shape = if rows <= GEMM_FEW_ROWS_MAX {
-            gemm_nt_few_rows_shape(rows, n_out)
-        } else {
-            gemm(rows, n_out)
-        };
-        let launch = if rows <= GEMM_FEW_ROWS_MAX {
-            Self::gemm_nt_few_rows
-        } else {
-            Self::gemm_nt
-        };
-        launch(
-            self, shape, m, n, k, input, weight, bias, 0i32, output, activated,
-        )
+        if rows <= GEMM_FEW_ROWS_MAX {
+            let shape = gemm_nt_few_rows_shape(rows, n_out);
+            return self
+                .gemm_nt_few_rows(shape, m, n, k, input, weight, bias, 0i32, output, activated);
+        }
+        let shape = gemm(rows, n_out);
+        self.gemm_nt(shape, m, n, k, input, weight, bias, 0i32, output, activated)
     }
 
     /// Backward through a Linear layer's weight: `g_input[rows][n_in] = g_output[rows][n_out]
