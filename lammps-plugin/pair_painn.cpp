@@ -343,9 +343,6 @@ void PairPaiNN::init_style()
   // for now) an atom's energy depends on atoms up to `layers` cutoffs away, so the shell
   // must hold them all.
   const bool on_gpu = opened_device.rfind("cpu", 0) != 0;
-  if (halo == "layer" && on_gpu)
-    error->all(FLERR, "pair_style painn: halo layer runs on the CPU only for now; use halo "
-                      "thick (or auto) with a GPU");
   layer_halo = comm->nprocs > 1 && (halo == "layer" || (halo == "auto" && !on_gpu));
   if (layer_halo) {
     if (painn_model_exchange_width(model, &exchange_width) != PAINN_SUCCESS)

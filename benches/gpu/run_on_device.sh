@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (after benches/gpu/prepare.sh here):
-#   bash benches/gpu/run_on_device.sh [tests|sanitize|bench|ab|lammps|ase|all ...] [max atoms]
+#   bash benches/gpu/run_on_device.sh [tests|sanitize|bench|ab|lammps|halo|ase|all ...] [max atoms]
 #   tests     the Rust GPU tests (test binaries, ignored GPU instances included)
 #   sanitize  compute-sanitizer memcheck and racecheck on benzene and a periodic water box
 #   bench     painn bench and the PyTorch implementation of the same weights, one GPU
@@ -9,6 +9,10 @@
 #   bits      painn eval of .device/bin/painn-base and .device/bin/painn on the GPU: same numbers?
 #   profile   painn bench --profile (per-stage GPU times) up to 10^5 atoms
 #   lammps  the LAMMPS tests with device cuda (two ranks on two GPUs when present) and speed
+#   halo    LAMMPS strong scaling on 1-16 CPU ranks, one thread each: halo layer against halo
+#           thick (python/scripts/halo_scaling.py; HALO_STEPS timed steps, default 3; HALO_BUDGET
+#           seconds after which no further run starts, default 0: no limit)
+#   halo_gpu  the same with 1, 2 and 4 ranks sharing one GPU (device cuda)
 #   ase     ASE MD speed through the calculator (benzene)
 #   copper  the main job (python/scripts/copper_md.py) with device cuda
 set -uo pipefail
@@ -122,6 +126,23 @@ if has lammps; then
     PAINN_TEST_DEVICE=cuda python3 -m pytest -q -rs -p no:cacheprovider python/tests/test_lammps.py -k "not address_sanitizer" 2>&1 | tee "$out/lammps-tests.log" | tail -15
     echo "== LAMMPS speed, device cuda =="
     python3 python/scripts/lammps_speed.py "$PAINN_STUDENT_MODEL" --device cuda --steps 200 | tee "$out/lammps-speed.jsonl"
+fi
+if has halo; then
+    python_setup
+    lammps_setup
+    # CPU only (no GPU used). MPICH's hydra starts any number of ranks on this host.
+    echo "== LAMMPS strong scaling, CPU ranks with one thread each: halo layer against halo thick =="
+    python3 python/scripts/halo_scaling.py "$PAINN_STUDENT_MODEL" --device cpu --precision f32 \
+        --ranks 1,2,4,8,16 --systems water_10k,water_100k --steps "${HALO_STEPS:-3}" \
+        --budget "${HALO_BUDGET:-0}" --markdown "$out/halo-scaling.md" | tee "$out/halo-scaling.jsonl"
+fi
+if has halo_gpu; then
+    python_setup
+    lammps_setup
+    echo "== LAMMPS, ranks sharing one GPU: halo layer against halo thick =="
+    python3 python/scripts/halo_scaling.py "$PAINN_STUDENT_MODEL" --device cuda --precision f32 \
+        --ranks 1,2,4 --systems water_10k,water_100k --steps "${HALO_STEPS:-3}" \
+        --budget "${HALO_BUDGET:-0}" --markdown "$out/halo-gpu.md" | tee "$out/halo-gpu.jsonl"
 fi
 if has copper; then
     python_setup

@@ -285,7 +285,8 @@ def test_ranks_agree(tmp_path):
     for ranks, newton in [(1, "off"), (2, "on"), (2, "off"), (3, "on"), (3, "off"), (4, "on"), (4, "off"),
                           (8, "on"), (8, "off")]:
         # auto: the per-layer exchange on the CPU, the thick halo on a GPU.
-        for halo in ("auto", "thick") if ranks > 1 else ("auto",):
+        layer = "auto" if DEVICE == "cpu" else "layer"
+        for halo in (layer, "thick") if ranks > 1 else ("auto",):
             many = run0(fresh(tmp_path, f"{ranks}-{newton}-{halo}"), TINY_MODEL, ranks=ranks, newton=newton,
                         halo=halo)
             case = (ranks, newton, halo)
@@ -303,16 +304,15 @@ def test_ranks_agree(tmp_path):
             if ranks == 1:
                 continue
             ghosts[case] = float(re.search(r"Nghost:\s+(\S+) ave", many["stdout"]).group(1))
-            if halo == "thick" or DEVICE != "cpu":
+            if halo == "thick":
                 assert "thick halo" in many["stdout"] and "ghost cutoff set to" in many["stdout"], case
                 # 192 atoms: every rank's ghost shell holds several times its own atoms, and
                 # the plugin says that fewer ranks are faster.
                 assert "fewer ranks are faster" in many["stdout"], many["stdout"]
             else:
                 assert "layer halo" in many["stdout"] and "ghost cutoff set to" not in many["stdout"], case
-    if DEVICE == "cpu":
-        # One cutoff + skin of ghosts instead of L cutoffs + skin.
-        assert ghosts[(4, "on", "auto")] < 0.6 * ghosts[(4, "on", "thick")], ghosts
+    # One cutoff + skin of ghosts instead of L cutoffs + skin.
+    assert ghosts[(4, "on", layer)] < 0.6 * ghosts[(4, "on", "thick")], ghosts
     assert "fewer ranks are faster" not in one["stdout"]
 
     # A molecule in a large open box on 4 ranks: three of them own nothing.

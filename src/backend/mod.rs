@@ -314,6 +314,40 @@ pub trait GhostExchange {
     fn reverse(&mut self, rows: &mut [f64], width: usize) -> Result<()>;
 }
 
+/// Packs each atom's `[s, v]` (`s [k][H]`, `v [k][3][H]`) into exchange rows `[k][4H]`
+/// (float64, through `to_f64`), replacing `rows`.
+pub fn pack_exchange_rows<T: Copy>(
+    h: usize,
+    s: &[T],
+    v: &[T],
+    rows: &mut Vec<f64>,
+    to_f64: impl Fn(T) -> f64,
+) {
+    rows.clear();
+    for (s, v) in s.chunks_exact(h).zip(v.chunks_exact(3 * h)) {
+        rows.extend(s.iter().chain(v).map(|&x| to_f64(x)));
+    }
+}
+
+/// The inverse of [`pack_exchange_rows`]: rows `[k][4H]` into `s [k][H]`, `v [k][3][H]`.
+pub fn unpack_exchange_rows<T>(
+    h: usize,
+    rows: &[f64],
+    s: &mut [T],
+    v: &mut [T],
+    from_f64: impl Fn(f64) -> T,
+) {
+    for ((row, s), v) in rows
+        .chunks_exact(4 * h)
+        .zip(s.chunks_exact_mut(h))
+        .zip(v.chunks_exact_mut(3 * h))
+    {
+        for (out, &x) in s.iter_mut().chain(v.iter_mut()).zip(row) {
+            *out = from_f64(x);
+        }
+    }
+}
+
 /// The exchange of one evaluation, if any.
 pub type Exchange<'a> = Option<&'a mut dyn GhostExchange>;
 

@@ -81,8 +81,8 @@ impl<T: Real> MessageLayer<'_, T> {
     }
 }
 
-/// `body(scratch, i, s_row, v_row, concat_row, de_dr_row)` for every atom `i`, in tasks of a
-/// few atoms: `s_row` (`[H]`), `v_row` (`[3][H]`) and `concat_row` (`[2H]`) are atom `i`'s rows
+/// `body(scratch, i, s_row, v_row, concat_row, de_dr_row)` for every atom `i` that
+/// `s_rows` holds a row of (all atoms, or the first few), in tasks of a few atoms: `s_row` (`[H]`), `v_row` (`[3][H]`) and `concat_row` (`[2H]`) are atom `i`'s rows
 /// of `s_rows`, `v_rows` and `concat_rows` (empty without one), `de_dr_row` its edges' rows
 /// of `de_dr` (empty without one).
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
@@ -96,7 +96,8 @@ fn for_each_row<T: Real>(
     de_dr: &mut [[T; 3]],
     body: impl Fn(&mut Scratch<T>, usize, &mut [T], &mut [T], &mut [T], &mut [[T; 3]]) + Sync + Send,
 ) {
-    let n = graph.n_atoms();
+    let n = s_rows.len() / h;
+    debug_assert!(n <= graph.n_atoms());
     let per_task = atoms_per_task(n);
     let with_edges = !de_dr.is_empty();
     let concat_width = if concat_rows.is_empty() { 0 } else { 2 * h };
@@ -138,7 +139,7 @@ fn for_each_row<T: Real>(
 }
 
 /// `s_mid = s_i + sum_e s_j ws`, `v_mid = v_i + sum_e (v_j wv1 + u wv2)` over each row
-/// (outputs `[n][H]`, `[n][3][H]`), and in the norm half of `concat` (`[n][2H]`, read and
+/// (outputs `[rows][H]`, `[rows][3][H]`: all atoms, or the first `rows`), and in the norm half of `concat` (`[n][2H]`, read and
 /// replaced by [`norm_concat`](super::update::norm_concat)) `v_mid`'s round-off estimate
 /// per feature: `eps sum_x |v_i| + sum_e (|wv1| sum_x |v_j| + |wv2|) (eps + edge_round_off
 /// / d)` ([`NORM_ROUND_OFF_FACTOR`](crate::backend::NORM_ROUND_OFF_FACTOR)).

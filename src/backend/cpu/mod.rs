@@ -36,7 +36,8 @@ pub use real::Real;
 
 use super::{
     Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
-    StageOutput, StageTime, Stages, System, inspected_layer, not_kept,
+    StageOutput, StageTime, Stages, System, inspected_layer, not_kept, pack_exchange_rows,
+    unpack_exchange_rows,
 };
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
@@ -354,6 +355,12 @@ impl<T: Real> CpuBackend<T> {
         mut exchange: Exchange<'_>,
     ) -> Result<()> {
         let n = self.n_atoms();
+        // With an exchange the ghost rows of each layer's output are overwritten (and the
+        // ghosts' energies not counted): only the owned rows are computed.
+        let rows = match exchange {
+            Some(_) => self.system.n_energy_atoms,
+            None => n,
+        };
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let table = (self.filter_mode == FilterMode::Table).then(|| self.model.filter_table());
@@ -387,11 +394,11 @@ impl<T: Real> CpuBackend<T> {
             let lw = &weights.layers[l];
             let (done, rest) = layers.split_at_mut(l + 1);
             let layer = &mut done[l];
-            layer.s_mid.resize(n * h, T::zero());
-            layer.v_mid.resize(n * 3 * h, T::zero());
+            layer.s_mid.resize(rows * h, T::zero());
+            layer.v_mid.resize(rows * 3 * h, T::zero());
             let inputs = (&layer.s_in[..], &layer.v_in[..]);
             let message = MessageLayer::new(h, l, &self.graph, &filter, &self.filters, inputs);
-            self.concat.resize(n * 2 * h, T::zero());
+            self.concat.resize(rows * 2 * h, T::zero());
             message::message_forward(
                 schedule,
                 &message,
@@ -400,7 +407,7 @@ impl<T: Real> CpuBackend<T> {
                 &mut self.concat,
             );
             profile.mark(|| format!("message {l}"), now)?;
-            layer.norm.resize(n * h, T::zero());
+            layer.norm.resize(rows * h, T::zero());
             update::norm_concat(
                 schedule,
                 h,
@@ -420,13 +427,16 @@ impl<T: Real> CpuBackend<T> {
             );
             // Gate into the next layer's input (or the final scalars).
             let (s_next, v_next) = if l + 1 == n_layers {
-                self.s_final.resize(n * h, T::zero());
-                (&mut self.s_final, None)
+                self.s_final.resize(rows * h, T::zero());
+                (&mut self.s_final[..], None)
             } else {
                 let next = &mut rest[0];
                 next.s_in.resize(n * h, T::zero());
                 next.v_in.resize(n * 3 * h, T::zero());
-                (&mut next.s_in, Some(&mut next.v_in[..]))
+                (
+                    &mut next.s_in[..rows * h],
+                    Some(&mut next.v_in[..rows * 3 * h]),
+                )
             };
             update::gate_forward(
                 schedule,
@@ -453,11 +463,19 @@ impl<T: Real> CpuBackend<T> {
             &mut self.head,
             &mut self.energies,
         );
+        // The ghosts' energies are not counted (readout reports them as 0).
+        self.energies.resize(n, T::zero());
         profile.mark(|| "head".into(), now)
     }
 
     fn backward_stages(&mut self, schedule: Schedule, mut exchange: Exchange<'_>) -> Result<()> {
         let n = self.n_atoms();
+        // The rows the forward pass computed (see `forward_stages`); the ghost rows of the
+        // gradients of each layer's outputs are zero.
+        let rows = match exchange {
+            Some(_) => self.system.n_energy_atoms,
+            None => n,
+        };
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let filter = row_filter(self.filter_mode, &self.model, &self.weights);
@@ -466,11 +484,12 @@ impl<T: Real> CpuBackend<T> {
         head::head_backward(
             schedule,
             &weights.head,
-            n,
+            rows,
             self.system.n_energy_atoms,
             &mut self.head,
             &mut g.gs,
         );
+        g.gs.resize(n * h, T::zero());
         let profile = &mut self.profile;
         profile.mark(|| "head backward".into(), now)?;
         let keep = self.keep_stage_outputs;
@@ -488,7 +507,7 @@ impl<T: Real> CpuBackend<T> {
             let lw = &weights.layers[l];
             let layer = &self.layers[l];
             let a_width = lw.update_out.n_out;
-            g.g_update.resize(n * a_width, T::zero());
+            g.g_update.resize(rows * a_width, T::zero());
             g.gv_mid.resize(n * 3 * h, T::zero());
             update::gate_backward(
                 schedule,
@@ -501,7 +520,7 @@ impl<T: Real> CpuBackend<T> {
                 &g.gs,
                 &g.gv,
                 &mut g.g_update,
-                &mut g.gv_mid,
+                &mut g.gv_mid[..rows * 3 * h],
             );
             update::update_mlp_backward(
                 schedule,
@@ -520,9 +539,11 @@ impl<T: Real> CpuBackend<T> {
                 &g.g_concat,
                 &layer.norm,
                 &layer.v_mid,
-                &mut g.gs_mid,
-                &mut g.gv_mid,
+                &mut g.gs_mid[..rows * h],
+                &mut g.gv_mid[..rows * 3 * h],
             );
+            g.gs_mid[rows * h..].fill(T::zero());
+            g.gv_mid[rows * 3 * h..].fill(T::zero());
             if keep {
                 kept.update[l] = (g.gs_mid.clone(), g.gv_mid.clone());
             }
@@ -790,10 +811,15 @@ fn exchange_forward<T: Real>(
     v: &mut [T],
     rows: &mut Vec<f64>,
 ) -> Result<()> {
-    pack_rows(h, s, v, rows);
+    pack_exchange_rows(h, s, v, rows, T::f64);
     exchange.forward(rows, 4 * h)?;
-    let n = s.len() / h;
-    unpack_rows(h, owned..n, rows, s, v);
+    unpack_exchange_rows(
+        h,
+        &rows[owned * 4 * h..],
+        &mut s[owned * h..],
+        &mut v[owned * 3 * h..],
+        T::of,
+    );
     Ok(())
 }
 
@@ -807,35 +833,10 @@ fn exchange_reverse<T: Real>(
     gv: &mut [T],
     rows: &mut Vec<f64>,
 ) -> Result<()> {
-    pack_rows(h, gs, gv, rows);
+    pack_exchange_rows(h, gs, gv, rows, T::f64);
     exchange.reverse(rows, 4 * h)?;
-    unpack_rows(h, 0..owned, rows, gs, gv);
+    unpack_exchange_rows(h, &rows[..owned * 4 * h], gs, gv, T::of);
     gs[owned * h..].fill(T::zero());
     gv[owned * 3 * h..].fill(T::zero());
     Ok(())
-}
-
-fn pack_rows<T: Real>(h: usize, s: &[T], v: &[T], rows: &mut Vec<f64>) {
-    rows.clear();
-    for (s, v) in s.chunks_exact(h).zip(v.chunks_exact(3 * h)) {
-        rows.extend(s.iter().chain(v).map(|x| x.f64()));
-    }
-}
-
-fn unpack_rows<T: Real>(
-    h: usize,
-    atoms: std::ops::Range<usize>,
-    rows: &[f64],
-    s: &mut [T],
-    v: &mut [T],
-) {
-    for i in atoms {
-        let row = &rows[i * 4 * h..(i + 1) * 4 * h];
-        for (out, &x) in s[i * h..(i + 1) * h].iter_mut().zip(&row[..h]) {
-            *out = T::of(x);
-        }
-        for (out, &x) in v[i * 3 * h..(i + 1) * 3 * h].iter_mut().zip(&row[h..]) {
-            *out = T::of(x);
-        }
-    }
 }

@@ -141,6 +141,18 @@ impl Device {
         .map_err(|e| driver("copy to the GPU", e))
     }
 
+    /// Copies `values` to `destination`, which holds at least `values.len()` elements; queued
+    /// in stream order (pageable host memory, staged by the driver before this returns).
+    pub fn write<T: Copy>(&self, destination: DevicePtr<T>, values: &[T]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller reserved the range; `values` is pageable, so the driver copies it
+        // out before returning.
+        unsafe { result::memcpy_htod_async(destination.address(), values, self.stream.cu_stream()) }
+            .map_err(|e| driver("copy to the GPU", e))
+    }
+
     /// Copies `out.len()` elements from `source` to the host, waiting for the stream.
     pub fn download<T: Copy>(&self, source: DevicePtr<T>, out: &mut [T]) -> Result<()> {
         if out.is_empty() {

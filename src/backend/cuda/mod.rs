@@ -40,8 +40,8 @@ use std::sync::Arc;
 use cudarc::driver::CudaEvent;
 
 use super::{
-    Backend, DeviceFacts, Exchange, Request, Results, Stage, StageMarks, StageOutput, StageTime,
-    Stages, System,
+    Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
+    StageOutput, StageTime, Stages, System, pack_exchange_rows, unpack_exchange_rows,
 };
 use crate::calculator::Precision;
 use crate::cell::Cell;
@@ -99,6 +99,8 @@ pub struct CudaBackend {
     /// The round-off of the graph's edge vectors, Angstrom (`edge_round_off_angstrom`).
     edge_round_off_angstrom: f64,
     results_host: Vec<f64>,
+    /// Host copies of the rows a ghost exchange reads and writes.
+    exchange_staging: ExchangeStaging,
     /// Events between the stages while profiling.
     profile: StageMarks<CudaEvent>,
     /// The steady-state stages recorded as CUDA graphs (not while profiling or keeping stage
@@ -167,6 +169,7 @@ impl CudaBackend {
             list_atoms: None,
             edge_round_off_angstrom: 0.0,
             results_host: Vec::new(),
+            exchange_staging: ExchangeStaging::default(),
             profile: StageMarks::default(),
             graphs: StageGraphs::new(),
             gpu,
@@ -228,11 +231,24 @@ impl CudaBackend {
         done
     }
 
-    fn forward_stages(&self, profile: &mut StageMarks<CudaEvent>) -> Result<()> {
+    /// The forward pass; with an `exchange`, the ghost rows of each layer's input are filled
+    /// between the layers.
+    fn forward_stages(
+        &self,
+        profile: &mut StageMarks<CudaEvent>,
+        mut exchange: Exchange<'_>,
+        staging: &mut ExchangeStaging,
+    ) -> Result<()> {
         let n = self.n_atoms();
         let h = self.hidden;
         let (gpu, w, b) = (&self.gpu, &self.weights, &self.buffers);
         let n_layers = b.layers.len();
+        // With an exchange the ghost rows of each layer's output are overwritten (and the
+        // ghosts' energies not counted): only the owned rows are computed.
+        let rows = match exchange {
+            Some(_) => self.system.n_energy_atoms,
+            None => n,
+        };
         let first = &b.layers[0];
         update::embed(
             gpu,
@@ -249,33 +265,51 @@ impl CudaBackend {
             let (layer, lw) = (&b.layers[l], &w.layers[l]);
             let table = w.filter_table(l);
             let edge_round_off = self.edge_round_off_angstrom as f32;
-            message::message_forward(
-                gpu,
-                n,
-                h,
-                &b.graph,
-                table,
-                layer,
-                l == 0,
-                edge_round_off,
-                &b.concat,
-            )?;
-            profile.mark(|| format!("message {l}"), now)?;
-            update::norm_concat(gpu, n, h, layer, &b.concat)?;
-            update::update_mlp(gpu, n, h, lw, &b.concat, layer, &b.hidden)?;
-            // Gate into the next layer's input (or the final scalars).
-            let (s_next, v_next) = match b.layers.get(l + 1) {
-                Some(next) => (next.s_in.ptr(), next.v_in.ptr()),
-                None => (b.s_final.ptr(), DevicePtr::null()),
-            };
-            update::gate_forward(gpu, n, h, lw, layer, s_next, v_next)?;
-            profile.mark(|| format!("update {l}"), now)?;
+            // A rank that owns no atoms still takes part in every exchange.
+            if rows > 0 {
+                message::message_forward(
+                    gpu,
+                    rows,
+                    h,
+                    &b.graph,
+                    table,
+                    layer,
+                    l == 0,
+                    edge_round_off,
+                    &b.concat,
+                )?;
+                profile.mark(|| format!("message {l}"), now)?;
+                update::norm_concat(gpu, rows, h, layer, &b.concat)?;
+                update::update_mlp(gpu, rows, h, lw, &b.concat, layer, &b.hidden)?;
+                // Gate into the next layer's input (or the final scalars).
+                let (s_next, v_next) = match b.layers.get(l + 1) {
+                    Some(next) => (next.s_in.ptr(), next.v_in.ptr()),
+                    None => (b.s_final.ptr(), DevicePtr::null()),
+                };
+                update::gate_forward(gpu, rows, h, lw, layer, s_next, v_next)?;
+                profile.mark(|| format!("update {l}"), now)?;
+            }
+            if let (Some(exchange), Some(next)) = (exchange.as_deref_mut(), b.layers.get(l + 1)) {
+                let owned = self.system.n_energy_atoms;
+                let rows = (&next.s_in, &next.v_in);
+                exchange_forward(&gpu.device, exchange, n, owned, h, rows, staging)?;
+                profile.mark(|| format!("exchange {l}"), now)?;
+            }
         }
-        head::head_energy(gpu, n, h, &w.head, &b.s_final, &b.head)?;
+        if rows > 0 {
+            head::head_energy(gpu, rows, h, &w.head, &b.s_final, &b.head)?;
+        }
         profile.mark(|| "head".into(), now)
     }
 
-    fn backward_stages(&mut self, profile: &mut StageMarks<CudaEvent>) -> Result<()> {
+    /// The backward pass; with an `exchange`, the ghost rows of each layer's input gradient
+    /// are added into their owners between the layers.
+    fn backward_stages(
+        &mut self,
+        profile: &mut StageMarks<CudaEvent>,
+        mut exchange: Exchange<'_>,
+        staging: &mut ExchangeStaging,
+    ) -> Result<()> {
         let n = self.n_atoms();
         let h = self.hidden;
         let (gpu, w, b) = (&self.gpu, &self.weights, &self.buffers);
@@ -289,7 +323,16 @@ impl CudaBackend {
         let device = &gpu.device;
         let g = &b.gradients;
         let n_energy_atoms = self.system.n_energy_atoms;
-        head::head_backward(gpu, n, n_energy_atoms, h, &w.head, &b.head, &g.gs)?;
+        // The rows the forward pass computed (see `forward_stages`); the ghost rows of the
+        // gradients of each layer's outputs are zero.
+        let rows = match exchange {
+            Some(_) => n_energy_atoms,
+            None => n,
+        };
+        if rows > 0 {
+            head::head_backward(gpu, rows, n_energy_atoms, h, &w.head, &b.head, &g.gs)?;
+        }
+        device.fill_zero(g.gs.offset(rows * h), (n - rows) * h)?;
         let now = || gpu.device.timing_event();
         if keep {
             device.copy(kept.head_gs.ptr(), g.gs.ptr(), n * h)?;
@@ -300,9 +343,13 @@ impl CudaBackend {
         let spacing_angstrom = w.filter_spacing_angstrom as f32;
         for l in (0..n_layers).rev() {
             let (layer, lw) = (&b.layers[l], &w.layers[l]);
-            update::gate_backward(gpu, n, h, lw, layer, l + 1 == n_layers, g)?;
-            update::update_mlp_backward(gpu, n, h, lw, layer, g)?;
-            update::norm_backward(gpu, n, h, layer, g)?;
+            if rows > 0 {
+                update::gate_backward(gpu, rows, h, lw, layer, l + 1 == n_layers, g)?;
+                update::update_mlp_backward(gpu, rows, h, lw, layer, g)?;
+                update::norm_backward(gpu, rows, h, layer, g)?;
+            }
+            device.fill_zero(g.gs_mid.offset(rows * h), (n - rows) * h)?;
+            device.fill_zero(g.gv_mid.offset(3 * rows * h), 3 * (n - rows) * h)?;
             if keep {
                 keep_pair(device, &kept.update[l], (&g.gs_mid, &g.gv_mid), n * h)?;
             }
@@ -319,6 +366,11 @@ impl CudaBackend {
                 g,
                 l > 0,
             )?;
+            if let (Some(exchange), true) = (exchange.as_deref_mut(), l > 0) {
+                let owned = n_energy_atoms;
+                let rows = (&g.gs, &g.gv);
+                exchange_reverse(device, exchange, n, owned, h, rows, staging)?;
+            }
             if keep && l > 0 {
                 keep_pair(device, &kept.message[l], (&g.gs, &g.gv), n * h)?;
             }
@@ -331,16 +383,76 @@ impl CudaBackend {
     }
 }
 
-/// The per-layer ghost exchange runs on the CPU backend only, for now.
-fn refuse_exchange(exchange: &Exchange<'_>) -> Result<()> {
-    match exchange {
-        Some(_) => Err(Error::Unsupported(
-            "the per-layer ghost exchange runs on the CPU backend only for now; on the GPU \
-             use the thick halo (LAMMPS: halo thick)"
-                .into(),
-        )),
-        None => Ok(()),
-    }
+/// Host copies of the rows of a ghost exchange: `s [n][H]`, `v [n][3][H]` as the GPU holds
+/// them (float32) and the `[n][4H]` float64 rows handed to the exchange.
+#[derive(Default)]
+struct ExchangeStaging {
+    s: Vec<f32>,
+    v: Vec<f32>,
+    rows: Vec<f64>,
+}
+
+/// Fills the ghost rows of a layer's input `(s [n][H], v [n][3][H])` through `exchange`:
+/// the owned rows go to the host, the ghost rows come back (one copy each way of n rows of
+/// 4H floats).
+fn exchange_forward(
+    device: &Device,
+    exchange: &mut dyn GhostExchange,
+    n: usize,
+    owned: usize,
+    h: usize,
+    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+    staging: &mut ExchangeStaging,
+) -> Result<()> {
+    let ExchangeStaging {
+        s: s_host,
+        v: v_host,
+        rows,
+    } = staging;
+    s_host.resize(n * h, 0.0);
+    v_host.resize(3 * n * h, 0.0);
+    device.download(s.ptr(), &mut s_host[..owned * h])?;
+    device.download(v.ptr(), &mut v_host[..3 * owned * h])?;
+    // The ghost rows are the exchange's to fill.
+    s_host[owned * h..].fill(0.0);
+    v_host[3 * owned * h..].fill(0.0);
+    pack_exchange_rows(h, s_host, v_host, rows, f64::from);
+    exchange.forward(rows, 4 * h)?;
+    let (s_ghosts, v_ghosts) = (&mut s_host[owned * h..], &mut v_host[3 * owned * h..]);
+    unpack_exchange_rows(h, &rows[owned * 4 * h..], s_ghosts, v_ghosts, |x| x as f32);
+    device.write(s.offset(owned * h), s_ghosts)?;
+    device.write(v.offset(3 * owned * h), v_ghosts)
+}
+
+/// Adds the ghost rows of a layer's input gradient `(gs [n][H], gv [n][3][H])` into their
+/// owners through `exchange` and clears them: all rows go to the host, the owned rows come
+/// back.
+fn exchange_reverse(
+    device: &Device,
+    exchange: &mut dyn GhostExchange,
+    n: usize,
+    owned: usize,
+    h: usize,
+    (gs, gv): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+    staging: &mut ExchangeStaging,
+) -> Result<()> {
+    let ExchangeStaging {
+        s: s_host,
+        v: v_host,
+        rows,
+    } = staging;
+    s_host.resize(n * h, 0.0);
+    v_host.resize(3 * n * h, 0.0);
+    device.download(gs.ptr(), s_host)?;
+    device.download(gv.ptr(), v_host)?;
+    pack_exchange_rows(h, s_host, v_host, rows, f64::from);
+    exchange.reverse(rows, 4 * h)?;
+    let (s_owned, v_owned) = (&mut s_host[..owned * h], &mut v_host[..3 * owned * h]);
+    unpack_exchange_rows(h, &rows[..owned * 4 * h], s_owned, v_owned, |x| x as f32);
+    device.write(gs.ptr(), s_owned)?;
+    device.write(gv.ptr(), v_owned)?;
+    device.fill_zero(gs.offset(owned * h), (n - owned) * h)?;
+    device.fill_zero(gv.offset(3 * owned * h), 3 * (n - owned) * h)
 }
 
 /// Queues copies of a gradient pair `(gs [n][H], gv [n][3][H])` (`scalars` = n H) into `kept`.
@@ -456,16 +568,24 @@ impl Backend for CudaBackend {
     /// The GPU computes the same forward pass whether or not the backward pass follows.
     fn forward(&mut self, _backward_follows: bool, exchange: Exchange<'_>) -> Result<()> {
         self.require(Progress::Graph, "forward")?;
-        refuse_exchange(&exchange)?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
             let edge_round_off = self.edge_round_off_angstrom.to_bits();
-            self.replayed(GraphStage::Forward, edge_round_off, |backend| {
+            let run = |backend: &mut Self, exchange| {
                 let mut profile = std::mem::take(&mut backend.profile);
-                let done = backend.forward_stages(&mut profile);
+                let mut staging = std::mem::take(&mut backend.exchange_staging);
+                let done = backend.forward_stages(&mut profile, exchange, &mut staging);
                 backend.profile = profile;
+                backend.exchange_staging = staging;
                 done
-            })?;
+            };
+            match exchange {
+                // The exchange calls back to the host between the layers: no graph.
+                Some(exchange) => run(self, Some(exchange))?,
+                None => self.replayed(GraphStage::Forward, edge_round_off, |backend| {
+                    run(backend, None)
+                })?,
+            }
         }
         self.progress = Progress::Forward;
         Ok(())
@@ -473,15 +593,20 @@ impl Backend for CudaBackend {
 
     fn backward(&mut self, exchange: Exchange<'_>) -> Result<()> {
         self.require(Progress::Forward, "backward")?;
-        refuse_exchange(&exchange)?;
         if self.n_atoms() > 0 {
             self.gpu.device.bind()?;
-            self.replayed(GraphStage::Backward, 0, |backend| {
+            let run = |backend: &mut Self, exchange| {
                 let mut profile = std::mem::take(&mut backend.profile);
-                let done = backend.backward_stages(&mut profile);
+                let mut staging = std::mem::take(&mut backend.exchange_staging);
+                let done = backend.backward_stages(&mut profile, exchange, &mut staging);
                 backend.profile = profile;
+                backend.exchange_staging = staging;
                 done
-            })?;
+            };
+            match exchange {
+                Some(exchange) => run(self, Some(exchange))?,
+                None => self.replayed(GraphStage::Backward, 0, |backend| run(backend, None))?,
+            }
         }
         self.progress = Progress::Backward;
         Ok(())
