@@ -813,8 +813,12 @@ print "RESULT $(pe:%.17g)"
         results[ranks] = (energy, np.loadtxt(directory / "atoms.dump", skiprows=9)[:, 1:])
     energy, table = results[1]
     assert np.abs(table[:, :3]).max() > 0.05  # the surfaces feel forces
+    # In float32 the slab's forces (at most 0.1 eV/A against 3.5 eV per atom) carry a larger
+    # relative round-off: on the CPU in f32, one rank is 9e-5 from float64 and two ranks
+    # (either halo) 2.0e-4 from one rank.
+    tolerance = max(1e-10, 0 if PRECISION == "f64" else 5e-4)
     for ranks in (2, 4, 8):
         assert relative(results[ranks][0], energy) <= max(1e-10, TOLERANCE), ranks
-        assert relative(results[ranks][1][:, :3], table[:, :3]) <= max(1e-10, TOLERANCE), ranks
+        assert relative(results[ranks][1][:, :3], table[:, :3]) <= tolerance, ranks
         assert relative(results[ranks][1][:, 3], table[:, 3]) <= max(1e-10, TOLERANCE), ranks
-        assert relative(results[ranks][1][:, 4:], table[:, 4:]) <= max(1e-9, TOLERANCE), ranks
+        assert relative(results[ranks][1][:, 4:], table[:, 4:]) <= max(1e-9, tolerance), ranks
