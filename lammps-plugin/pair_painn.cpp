@@ -339,9 +339,10 @@ void PairPaiNN::init_style()
   // (init_one) + skin, or the larger comm->cutghostuser set below: Neighbor::init takes
   // cutneighmax from the pair style's cutsq, not from the requests.
   // Several ranks: with the per-layer exchange (halo layer, the CPU's default) ghosts are
-  // needed one cutoff + skin deep, LAMMPS's own ghost cutoff; with the thick halo (the GPU,
-  // for now) an atom's energy depends on atoms up to `layers` cutoffs away, so the shell
-  // must hold them all.
+  // needed one cutoff + skin deep, LAMMPS's own ghost cutoff; with the thick halo (a GPU's
+  // default: there each exchange goes through host memory, measured slower than evaluating
+  // the thick shell) an atom's energy depends on atoms up to `layers` cutoffs away, so the
+  // shell must hold them all.
   const bool on_gpu = opened_device.rfind("cpu", 0) != 0;
   layer_halo = comm->nprocs > 1 && (halo == "layer" || (halo == "auto" && !on_gpu));
   if (layer_halo) {
