@@ -292,7 +292,8 @@ impl CudaBackend {
             if let (Some(exchange), Some(next)) = (exchange.as_deref_mut(), b.layers.get(l + 1)) {
                 let owned = self.system.n_energy_atoms;
                 let rows = (&next.s_in, &next.v_in);
-                exchange_forward(&gpu.device, exchange, n, owned, h, rows, staging)?;
+                let forward = Direction::Forward;
+                exchange_rows(&gpu.device, exchange, forward, n, owned, h, rows, staging)?;
                 profile.mark(|| format!("exchange {l}"), now)?;
             }
         }
@@ -369,7 +370,8 @@ impl CudaBackend {
             if let (Some(exchange), true) = (exchange.as_deref_mut(), l > 0) {
                 let owned = n_energy_atoms;
                 let rows = (&g.gs, &g.gv);
-                exchange_reverse(device, exchange, n, owned, h, rows, staging)?;
+                let reverse = Direction::Reverse;
+                exchange_rows(device, exchange, reverse, n, owned, h, rows, staging)?;
             }
             if keep && l > 0 {
                 keep_pair(device, &kept.message[l], (&g.gs, &g.gv), n * h)?;
@@ -392,67 +394,66 @@ struct ExchangeStaging {
     rows: Vec<f64>,
 }
 
-/// Fills the ghost rows of a layer's input `(s [n][H], v [n][3][H])` through `exchange`:
-/// the owned rows go to the host, the ghost rows come back (one copy each way of n rows of
-/// 4H floats).
-fn exchange_forward(
+/// Which way a ghost exchange goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    /// Fill the ghost rows of a layer's input from their owners: the owned rows go to the
+    /// host, the ghost rows come back.
+    Forward,
+    /// Add the ghost rows of a layer's input gradient into their owners and clear them: all
+    /// rows go to the host, the owned rows come back.
+    Reverse,
+}
+
+/// One ghost exchange of the rows `(s [n][H], v [n][3][H])` (atoms `0..owned` owned), through
+/// the host: float32 on the GPU, the `[n][4H]` float64 rows for `exchange`.
+#[allow(clippy::too_many_arguments)]
+fn exchange_rows(
     device: &Device,
     exchange: &mut dyn GhostExchange,
+    direction: Direction,
     n: usize,
     owned: usize,
     h: usize,
     (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
     staging: &mut ExchangeStaging,
 ) -> Result<()> {
+    let (sent, returned) = match direction {
+        Direction::Forward => (0..owned, owned..n),
+        Direction::Reverse => (0..n, 0..owned),
+    };
     let ExchangeStaging {
         s: s_host,
         v: v_host,
         rows,
     } = staging;
+    s_host.clear();
     s_host.resize(n * h, 0.0);
+    v_host.clear();
     v_host.resize(3 * n * h, 0.0);
-    device.download(s.ptr(), &mut s_host[..owned * h])?;
-    device.download(v.ptr(), &mut v_host[..3 * owned * h])?;
-    // The ghost rows are the exchange's to fill.
-    s_host[owned * h..].fill(0.0);
-    v_host[3 * owned * h..].fill(0.0);
+    device.download(s.ptr(), &mut s_host[..sent.end * h])?;
+    device.download(v.ptr(), &mut v_host[..3 * sent.end * h])?;
     pack_exchange_rows(h, s_host, v_host, rows, f64::from);
-    exchange.forward(rows, 4 * h)?;
-    let (s_ghosts, v_ghosts) = (&mut s_host[owned * h..], &mut v_host[3 * owned * h..]);
-    unpack_exchange_rows(h, &rows[owned * 4 * h..], s_ghosts, v_ghosts, |x| x as f32);
-    device.write(s.offset(owned * h), s_ghosts)?;
-    device.write(v.offset(3 * owned * h), v_ghosts)
-}
-
-/// Adds the ghost rows of a layer's input gradient `(gs [n][H], gv [n][3][H])` into their
-/// owners through `exchange` and clears them: all rows go to the host, the owned rows come
-/// back.
-fn exchange_reverse(
-    device: &Device,
-    exchange: &mut dyn GhostExchange,
-    n: usize,
-    owned: usize,
-    h: usize,
-    (gs, gv): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
-    staging: &mut ExchangeStaging,
-) -> Result<()> {
-    let ExchangeStaging {
-        s: s_host,
-        v: v_host,
-        rows,
-    } = staging;
-    s_host.resize(n * h, 0.0);
-    v_host.resize(3 * n * h, 0.0);
-    device.download(gs.ptr(), s_host)?;
-    device.download(gv.ptr(), v_host)?;
-    pack_exchange_rows(h, s_host, v_host, rows, f64::from);
-    exchange.reverse(rows, 4 * h)?;
-    let (s_owned, v_owned) = (&mut s_host[..owned * h], &mut v_host[..3 * owned * h]);
-    unpack_exchange_rows(h, &rows[..owned * 4 * h], s_owned, v_owned, |x| x as f32);
-    device.write(gs.ptr(), s_owned)?;
-    device.write(gv.ptr(), v_owned)?;
-    device.fill_zero(gs.offset(owned * h), (n - owned) * h)?;
-    device.fill_zero(gv.offset(3 * owned * h), 3 * (n - owned) * h)
+    match direction {
+        Direction::Forward => exchange.forward(rows, 4 * h)?,
+        Direction::Reverse => exchange.reverse(rows, 4 * h)?,
+    }
+    let (start, end) = (returned.start, returned.end);
+    let (s_back, v_back) = (
+        &mut s_host[start * h..end * h],
+        &mut v_host[3 * start * h..3 * end * h],
+    );
+    unpack_exchange_rows(h, &rows[start * 4 * h..end * 4 * h], s_back, v_back, |x| {
+        x as f32
+    });
+    device.write(s.offset(start * h), s_back)?;
+    device.write(v.offset(3 * start * h), v_back)?;
+    if direction == Direction::Reverse {
+        // The ghosts' share has moved to their owners.
+        device.fill_zero(s.offset(owned * h), (n - owned) * h)?;
+        device.fill_zero(v.offset(3 * owned * h), 3 * (n - owned) * h)?;
+    }
+    Ok(())
 }
 
 /// Queues copies of a gradient pair `(gs [n][H], gv [n][3][H])` (`scalars` = n H) into `kept`.
