@@ -298,6 +298,7 @@ impl Calculator {
             positions,
             cell,
             n_energy_atoms,
+            exchanging: exchange.is_some(),
         };
         let cutoff = self.model.cutoff_angstrom();
         let skin = &mut self.skin;

@@ -72,7 +72,7 @@ if has sanitize; then
         # The per-layer ghost exchange (no graphs; host copies between the layers), 1-3 ranks.
         echo "== compute-sanitizer $tool, tests/ghost_exchange.rs on the GPU =="
         compute-sanitizer --tool $tool --error-exitcode 9 .device/bin/test-ghost_exchange \
-            --include-ignored --test-threads=1 cuda > "$out/sanitize-$tool-exchange.log" 2>&1
+            --include-ignored --test-threads=1 "${SANITIZE_FILTER:-cuda}" > "$out/sanitize-$tool-exchange.log" 2>&1
         echo "exit status $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error|test result" "$out/sanitize-$tool-exchange.log" | head -5
     done
 fi
@@ -146,7 +146,7 @@ if has halo; then
     # CPU only (no GPU used). MPICH's hydra starts any number of ranks on this host.
     echo "== LAMMPS strong scaling, CPU ranks with one thread each: halo layer against halo thick =="
     python3 python/scripts/halo_scaling.py "$PAINN_STUDENT_MODEL" --device cpu --precision f32 \
-        --ranks 1,2,4,8,16 --systems "${HALO_SYSTEMS:-water_10k,water_100k}" --steps "${HALO_STEPS:-3}" \
+        --ranks "${HALO_RANKS:-1,2,4,8,16}" --halos "${HALO_HALOS:-layer,thick}" --systems "${HALO_SYSTEMS:-water_10k,water_100k}" --steps "${HALO_STEPS:-3}" \
         --budget "${HALO_BUDGET:-0}" --markdown "$out/halo-scaling.md" | tee "$out/halo-scaling.jsonl"
 fi
 if has halo_gpu; then

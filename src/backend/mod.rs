@@ -128,6 +128,9 @@ pub struct System<'a> {
     /// Atoms `0..n_energy_atoms` count towards the energy (the owned atoms of an MPI rank);
     /// all atoms do in a whole system.
     pub n_energy_atoms: usize,
+    /// The ghost rows of each layer's input come from a [`GhostExchange`]: a backend may then
+    /// leave out the edges between two ghosts, which reach no owned atom's energy.
+    pub exchanging: bool,
 }
 
 impl System<'_> {

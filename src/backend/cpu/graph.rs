@@ -51,12 +51,14 @@ impl<T> Graph<T> {
 
 /// Fills `graph` with the edges of `list` within `cutoff` (inclusive) for `positions` in
 /// `cell`, their reverse edges and their geometry (`table` locates each distance in the
-/// filter table of the float32 engine).
+/// filter table of the float32 engine). Edges between two atoms from `first_ghost` on are
+/// left out (pass the atom count to keep all).
 pub fn build_graph<T: Real>(
     list: &NeighborList,
     positions: &[[f64; 3]],
     cell: &Cell,
     cutoff_angstrom: f64,
+    first_ghost: usize,
     table: Option<&FilterTable>,
     graph: &mut Graph<T>,
 ) {
@@ -71,6 +73,9 @@ pub fn build_graph<T: Real>(
     for i in 0..list.n_atoms() {
         let (sources, shifts) = list.row(i);
         for (&j, &n) in sources.iter().zip(shifts) {
+            if i >= first_ghost && j as usize >= first_ghost {
+                continue;
+            }
             let r = edge_vector(positions, cell, i, j as usize, n);
             if r[0] * r[0] + r[1] * r[1] + r[2] * r[2] <= cutoff_squared {
                 graph.sources.push(j);

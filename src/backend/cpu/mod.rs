@@ -187,6 +187,8 @@ struct LoadedSystem {
     positions: Vec<[f64; 3]>,
     cell: Option<Cell>,
     n_energy_atoms: usize,
+    /// See [`System::exchanging`].
+    exchanging: bool,
 }
 
 /// How the current evaluation runs its loops.
@@ -593,6 +595,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         loaded.positions.extend_from_slice(system.positions);
         loaded.cell = Some(*system.cell);
         loaded.n_energy_atoms = system.n_energy_atoms;
+        loaded.exchanging = system.exchanging;
         self.begin_run(system.n_atoms())?;
         self.profile.mark(|| "load".into(), now)
     }
@@ -622,11 +625,17 @@ impl<T: Real> Backend for CpuBackend<T> {
         };
         let cell = self.system.cell.unwrap_or_else(Cell::open);
         let table = (self.filter_mode == FilterMode::Table).then(|| self.model.filter_table());
+        // With an exchange, pairs of two ghosts are left out (see `System::exchanging`).
+        let first_ghost = match self.system.exchanging {
+            true => self.system.n_energy_atoms,
+            false => self.n_atoms(),
+        };
         graph::build_graph(
             list,
             &self.system.positions,
             &cell,
             cutoff_angstrom,
+            first_ghost,
             table,
             &mut self.graph,
         );

@@ -587,6 +587,11 @@ impl Backend for CudaBackend {
                     run(backend, None)
                 })?,
             }
+        } else if let Some(exchange) = exchange {
+            // A rank with no atoms still takes part in every exchange.
+            for _ in 1..self.weights.layers.len() {
+                exchange.forward(&mut [], 4 * self.hidden)?;
+            }
         }
         self.progress = Progress::Forward;
         Ok(())
@@ -607,6 +612,10 @@ impl Backend for CudaBackend {
             match exchange {
                 Some(exchange) => run(self, Some(exchange))?,
                 None => self.replayed(GraphStage::Backward, 0, |backend| run(backend, None))?,
+            }
+        } else if let Some(exchange) = exchange {
+            for _ in 1..self.weights.layers.len() {
+                exchange.reverse(&mut [], 4 * self.hidden)?;
             }
         }
         self.progress = Progress::Backward;
