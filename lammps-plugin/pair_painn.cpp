@@ -366,6 +366,10 @@ void PairPaiNN::init_style()
                        need, layers, cutoff, neighbor->skin, need);
     }
   }
+  if (layer_halo && on_gpu && comm->me == 0)
+    utils::logmesg(lmp, "pair_style painn: halo layer on a GPU copies each exchange through "
+                        "host memory; with ranks sharing a GPU it measured 2-6x slower than "
+                        "halo thick (docs/design.md)\n");
   if (comm->nprocs > 1 && comm->me == 0)
     utils::logmesg(lmp, "pair_style painn: {} halo ({})\n", layer_halo ? "layer" : "thick",
                    layer_halo ? "ghost features exchanged after each layer, ghost cutoff "
