@@ -324,8 +324,8 @@ painn_status_t painn_compute_local(painn_calculator_t *calculator,
  * atoms, not L cutoffs: after each layer the engine calls `exchange->forward` to fill the
  * ghost rows of the features from their owners, and in the backward pass
  * `exchange->reverse` to add the ghost rows' gradients into their owners. A nonzero return
- * from either stops the evaluation with PAINN_INVALID_ARGUMENT naming it. CPU devices only
- * for now (a GPU calculator returns PAINN_UNSUPPORTED).
+ * from either stops the evaluation with PAINN_INVALID_ARGUMENT naming it. On a GPU each
+ * exchange copies the rows through host memory.
  *
  * # Safety
  * As `painn_compute_local`; `exchange` points to a valid `painn_ghost_exchange_t` whose

@@ -227,7 +227,7 @@ impl Calculator {
     /// exact features, so ghosts are needed only within one cutoff (plus the skin) of the
     /// owned atoms, not L cutoffs. Energies count owned atoms; forces come back for every
     /// atom, and the caller adds ghost forces to their owners. The callbacks run on the
-    /// calling thread. CPU backend only, for now.
+    /// calling thread. On a GPU each exchange copies the rows through host memory.
     pub fn compute_local_exchanging(
         &mut self,
         atomic_numbers: &[i32],

@@ -354,6 +354,17 @@ pub fn unpack_exchange_rows<T>(
 /// The exchange of one evaluation, if any.
 pub type Exchange<'a> = Option<&'a mut dyn GhostExchange>;
 
+/// The atoms whose rows each layer and the energy head compute, `0..rows`: with an exchange
+/// the ghost rows of a layer's output are overwritten and the ghosts' energies not counted,
+/// so the owned atoms (`n_energy_atoms`); else all `n_atoms`. The backward pass runs its
+/// update stages on the same rows (the ghost rows of those gradients are zero).
+pub fn computed_rows(exchange: &Exchange<'_>, n_atoms: usize, n_energy_atoms: usize) -> usize {
+    match exchange {
+        Some(_) => n_energy_atoms,
+        None => n_atoms,
+    }
+}
+
 /// `exchange` lent for a shorter while (one stage).
 pub fn reborrow<'b>(exchange: &'b mut Exchange<'_>) -> Exchange<'b> {
     match exchange {

@@ -36,8 +36,8 @@ pub use real::Real;
 
 use super::{
     Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
-    StageOutput, StageTime, Stages, System, inspected_layer, not_kept, pack_exchange_rows,
-    unpack_exchange_rows,
+    StageOutput, StageTime, Stages, System, computed_rows, inspected_layer, not_kept,
+    pack_exchange_rows, unpack_exchange_rows,
 };
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
@@ -357,12 +357,7 @@ impl<T: Real> CpuBackend<T> {
         mut exchange: Exchange<'_>,
     ) -> Result<()> {
         let n = self.n_atoms();
-        // With an exchange the ghost rows of each layer's output are overwritten (and the
-        // ghosts' energies not counted): only the owned rows are computed.
-        let rows = match exchange {
-            Some(_) => self.system.n_energy_atoms,
-            None => n,
-        };
+        let rows = computed_rows(&exchange, n, self.system.n_energy_atoms);
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let table = (self.filter_mode == FilterMode::Table).then(|| self.model.filter_table());
@@ -472,12 +467,7 @@ impl<T: Real> CpuBackend<T> {
 
     fn backward_stages(&mut self, schedule: Schedule, mut exchange: Exchange<'_>) -> Result<()> {
         let n = self.n_atoms();
-        // The rows the forward pass computed (see `forward_stages`); the ghost rows of the
-        // gradients of each layer's outputs are zero.
-        let rows = match exchange {
-            Some(_) => self.system.n_energy_atoms,
-            None => n,
-        };
+        let rows = computed_rows(&exchange, n, self.system.n_energy_atoms);
         let h = self.weights.hidden;
         let n_layers = self.weights.layers.len();
         let filter = row_filter(self.filter_mode, &self.model, &self.weights);

@@ -41,7 +41,8 @@ use cudarc::driver::CudaEvent;
 
 use super::{
     Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
-    StageOutput, StageTime, Stages, System, pack_exchange_rows, unpack_exchange_rows,
+    StageOutput, StageTime, Stages, System, computed_rows, pack_exchange_rows,
+    unpack_exchange_rows,
 };
 use crate::calculator::Precision;
 use crate::cell::Cell;
@@ -243,12 +244,7 @@ impl CudaBackend {
         let h = self.hidden;
         let (gpu, w, b) = (&self.gpu, &self.weights, &self.buffers);
         let n_layers = b.layers.len();
-        // With an exchange the ghost rows of each layer's output are overwritten (and the
-        // ghosts' energies not counted): only the owned rows are computed.
-        let rows = match exchange {
-            Some(_) => self.system.n_energy_atoms,
-            None => n,
-        };
+        let rows = computed_rows(&exchange, n, self.system.n_energy_atoms);
         let first = &b.layers[0];
         update::embed(
             gpu,
@@ -324,12 +320,7 @@ impl CudaBackend {
         let device = &gpu.device;
         let g = &b.gradients;
         let n_energy_atoms = self.system.n_energy_atoms;
-        // The rows the forward pass computed (see `forward_stages`); the ghost rows of the
-        // gradients of each layer's outputs are zero.
-        let rows = match exchange {
-            Some(_) => n_energy_atoms,
-            None => n,
-        };
+        let rows = computed_rows(&exchange, n, n_energy_atoms);
         if rows > 0 {
             head::head_backward(gpu, rows, n_energy_atoms, h, &w.head, &b.head, &g.gs)?;
         }
