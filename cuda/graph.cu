@@ -2,14 +2,17 @@
 // model runs on: the edges within the cutoff for the current positions, their geometry in
 // float32 ([d, u_x, u_y, u_z, r_x, r_y, r_z, k, t], u = r / (d + U_EPSILON), and the filter-table
 // interval k and position t with d = (k + t) h, all computed in float64 as on the CPU), and
-// the reverse of each edge (the backward pass gathers through it).
+// the reverse of each edge (the backward pass gathers through it). Pairs of two atoms from
+// first_ghost on are left out (an evaluation with a per-layer ghost exchange computes no
+// ghost row; first_ghost = n keeps every pair), as on the CPU.
 
 extern "C" __global__ void graph_count(int n, const double* __restrict__ positions,
                                        const double* __restrict__ lattice,
                                        const i64* __restrict__ offsets,
                                        const int* __restrict__ sources,
                                        const int* __restrict__ shifts, double cutoff2,
-                                       i64* __restrict__ counts, int* __restrict__ status) {
+                                       int first_ghost, i64* __restrict__ counts,
+                                       int* __restrict__ status) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     if (status[STATUS_OVERFLOW]) {
@@ -19,6 +22,7 @@ extern "C" __global__ void graph_count(int n, const double* __restrict__ positio
     }
     i64 count = 0;
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        if (i >= first_ghost && sources[e] >= first_ghost) continue;
         double r[3];
         edge_vector(positions, lattice, i, sources[e], shifts[3 * e], shifts[3 * e + 1],
                     shifts[3 * e + 2], r);
@@ -34,7 +38,7 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
                                       const i64* __restrict__ offsets,
                                       const int* __restrict__ sources,
                                       const int* __restrict__ shifts, double cutoff2,
-                                      const i64* __restrict__ graph_offsets,
+                                      int first_ghost, const i64* __restrict__ graph_offsets,
                                       int* __restrict__ graph_sources,
                                       int* __restrict__ graph_shifts,
                                       float* __restrict__ geometry, double spacing,
@@ -43,6 +47,7 @@ extern "C" __global__ void graph_fill(int n, const double* __restrict__ position
     if (i >= n || status[STATUS_OVERFLOW]) return;
     i64 out = graph_offsets[i];
     for (i64 e = offsets[i]; e < offsets[i + 1]; ++e) {
+        if (i >= first_ghost && sources[e] >= first_ghost) continue;
         double r[3];
         edge_vector(positions, lattice, i, sources[e], shifts[3 * e], shifts[3 * e + 1],
                     shifts[3 * e + 2], r);

@@ -58,11 +58,19 @@ typedef int32_t (*painn_exchange_fn)(void *context, double *rows, int64_t n_atom
  * the next layer's features); `reverse` adds the ghost rows into the rows of their owners
  * (in the backward pass: gradients; the engine clears the ghost rows afterwards). Both run
  * on the thread that called the engine.
+ *
+ * `sent_rows` (optional, NULL with `n_sent_rows` 0 for none) lists the owned rows other
+ * ranks read, the union of the caller's send lists: ascending, without repeats, each below
+ * `n_owned`. With it, `forward` is given meaningful values only in these rows and the ghost
+ * rows, and `reverse` may add only into these rows; on a GPU only these rows and the ghost
+ * rows then travel between the GPU and the host. Without it every owned row travels.
  */
 typedef struct {
   void *context;
   painn_exchange_fn forward;
   painn_exchange_fn reverse;
+  const int64_t *sent_rows;
+  int64_t n_sent_rows;
 } painn_ghost_exchange_t;
 
 

@@ -22,6 +22,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 using namespace LAMMPS_NS;
@@ -117,11 +118,23 @@ PairPaiNN::PairPaiNN(LAMMPS *lmp) : Pair(lmp)
   // it sends (one owning no atoms) overran its send buffer.
   comm_reverse = REVERSE_MAX;
   comm_reverse_off = REVERSE_MAX;
+  const char *timing_variable = std::getenv("PAINN_TIMING");
+  timing.on = timing_variable && std::strcmp(timing_variable, "0") != 0;
 }
 
 PairPaiNN::~PairPaiNN()
 {
   if (copymode) return;
+  if (timing.on && timing.evaluations > 0) {
+    const double evaluations = static_cast<double>(timing.evaluations);
+    std::fprintf(stderr,
+                 "painn timing, rank %d: %ld evaluations, %.3f ms each; %ld exchanges, %.3f ms "
+                 "each in LAMMPS communication; per evaluation %.0f owned rows sent, %.0f "
+                 "ghosts\n",
+                 comm->me, timing.evaluations, 1e3 * timing.evaluation_s / evaluations,
+                 timing.exchanges, 1e3 * timing.exchange_s / std::max(1.0, 1.0 * timing.exchanges),
+                 timing.sent_rows / evaluations, timing.ghosts / evaluations);
+  }
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -396,6 +409,15 @@ void PairPaiNN::warn_about_ghosts(int owned, int ghosts)
                    comm->nprocs, total[1], total[0], total[1] / std::max(total[0], 1.0), layers);
 }
 
+void PairPaiNN::setup()
+{
+  // The timing starts after the first evaluation of a run that is set up.
+  const bool on = timing.on;
+  timing = Timing();
+  timing.on = on;
+  timing.skip_next = true;
+}
+
 double PairPaiNN::init_one(int, int)
 {
   return cutoff;
@@ -441,6 +463,9 @@ void PairPaiNN::compute(int eflag, int vflag)
   atom_virials.assign(want_atom_virials ? 9 * static_cast<size_t>(n) : 0, 0.0);
   double energy = 0.0, w[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
 
+  timing.timed = timing.on && !timing.skip_next;
+  timing.skip_next = false;
+  const double started = MPI_Wtime();
   painn_status_t status;
   if (single_rank) {
     const double *h = domain->h;    // xprd yprd zprd yz xz xy
@@ -450,7 +475,10 @@ void PairPaiNN::compute(int eflag, int vflag)
                            forces.data(), w, want_energies ? energies.data() : nullptr,
                            want_atom_virials ? atom_virials.data() : nullptr);
   } else if (layer_halo) {
-    painn_ghost_exchange_t exchange_functions = {this, exchange_forward, exchange_reverse};
+    collect_sent_rows(owned);
+    painn_ghost_exchange_t exchange_functions = {this, exchange_forward, exchange_reverse,
+                                                 sent_rows.data(),
+                                                 static_cast<int64_t>(sent_rows.size())};
     status = painn_compute_exchanging(calculator, n, owned, numbers.data(), positions.data(),
                                       &exchange_functions, &energy, forces.data(), w,
                                       want_energies ? energies.data() : nullptr,
@@ -462,6 +490,12 @@ void PairPaiNN::compute(int eflag, int vflag)
   }
   if (status != PAINN_SUCCESS)
     error->one(FLERR, "pair_style painn: step {}: {}", update->ntimestep, painn_last_error());
+  if (timing.timed) {
+    timing.evaluation_s += MPI_Wtime() - started;
+    timing.evaluations += 1;
+    timing.sent_rows += layer_halo ? static_cast<double>(sent_rows.size()) : 0.0;
+    timing.ghosts += n - owned;
+  }
   if (!single_rank && !layer_halo && !ghosts_checked) warn_about_ghosts(owned, n - owned);
 
   if (eflag_global) eng_vdwl += energy;
@@ -506,10 +540,15 @@ int PairPaiNN::exchange(double *rows, int64_t, int64_t width, bool reverse_direc
   try {
     exchange_rows = rows;
     exchange_row_width = static_cast<int>(width);
+    const double started = MPI_Wtime();
     if (reverse_direction)
       comm->reverse_comm(this, exchange_row_width);
     else
       comm->forward_comm(this, exchange_row_width);
+    if (timing.timed) {
+      timing.exchange_s += MPI_Wtime() - started;
+      timing.exchanges += 1;
+    }
   } catch (...) {
     exchange_rows = nullptr;
     return 2;
@@ -539,9 +578,31 @@ void PairPaiNN::copy_exchange_row(int i, double *to) const
     std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
 }
 
+/* The owned rows LAMMPS's forward communication reads (its send lists, periodic images on
+   this rank included): one forward communication of a marker per atom. The engine then
+   moves only these rows and the ghost rows between a GPU and the host. */
+void PairPaiNN::collect_sent_rows(int owned)
+{
+  sent_marks.assign(owned, 0);
+  collecting_sent_rows = true;
+  comm->forward_comm(this, 1);
+  collecting_sent_rows = false;
+  sent_rows.clear();
+  for (int k = 0; k < owned; ++k)
+    if (sent_marks[k]) sent_rows.push_back(k);
+}
+
 // Forward: the rows of the atoms in `list` (owners, or ghosts filled in an earlier swap).
 int PairPaiNN::pack_forward_comm(int n, int *list, double *buffer, int, int *)
 {
+  if (collecting_sent_rows) {
+    for (int k = 0; k < n; ++k) {
+      const int i = list[k];
+      if (i < atom->nlocal && engine_index[i] >= 0) sent_marks[engine_index[i]] = 1;
+      buffer[k] = 0.0;
+    }
+    return n;
+  }
   for (int k = 0; k < n; ++k)
     copy_exchange_row(list[k], buffer + static_cast<size_t>(exchange_row_width) * k);
   return exchange_row_width * n;
@@ -549,6 +610,7 @@ int PairPaiNN::pack_forward_comm(int n, int *list, double *buffer, int, int *)
 
 void PairPaiNN::unpack_forward_comm(int n, int first, double *buffer)
 {
+  if (collecting_sent_rows) return;
   const int width = exchange_row_width;
   for (int k = 0; k < n; ++k) {
     const int row = engine_index[first + k];

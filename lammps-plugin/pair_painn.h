@@ -34,6 +34,7 @@ class PairPaiNN : public Pair {
   void settings(int, char **) override;
   void coeff(int, char **) override;
   void init_style() override;
+  void setup() override;
   double init_one(int, int) override;
   int pack_forward_comm(int, int *, double *, int, int *) override;
   void unpack_forward_comm(int, int, double *) override;
@@ -45,6 +46,7 @@ class PairPaiNN : public Pair {
   static int32_t exchange_forward(void *context, double *rows, int64_t n, int64_t width);
   static int32_t exchange_reverse(void *context, double *rows, int64_t n, int64_t width);
   void copy_exchange_row(int i, double *to) const;
+  void collect_sent_rows(int owned);
   double memory_usage() override;
 
  protected:
@@ -62,6 +64,10 @@ class PairPaiNN : public Pair {
   int exchange_width = 0;       // the model's exchange row width (4 H)
   double *exchange_rows = nullptr;    // during an exchange: the engine's rows [n][width]
   int exchange_row_width = 0;
+  // The owned engine rows LAMMPS's send lists read, ascending (collect_sent_rows).
+  bool collecting_sent_rows = false;
+  std::vector<char> sent_marks;
+  std::vector<int64_t> sent_rows;
 
   painn_model_t *model = nullptr;
   painn_calculator_t *calculator = nullptr;
@@ -84,6 +90,18 @@ class PairPaiNN : public Pair {
   int reverse_size = 3;
   std::vector<int32_t> model_elements;    // atomic numbers the model accepts, ascending
   bool ghosts_checked = false;    // warn_about_ghosts ran in this run
+
+  // PAINN_TIMING=1: wall time of the evaluations and of the exchanges' LAMMPS communication,
+  // from the second evaluation of a run set up on (the first builds and records), printed
+  // by every rank when the style is deleted.
+  struct Timing {
+    bool on = false;
+    bool skip_next = false;
+    bool timed = false;    // the evaluation under way is timed
+    long evaluations = 0, exchanges = 0;
+    double evaluation_s = 0.0, exchange_s = 0.0;
+    double sent_rows = 0.0, ghosts = 0.0;
+  } timing;
 };
 
 }    // namespace LAMMPS_NS

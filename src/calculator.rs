@@ -237,6 +237,9 @@ impl Calculator {
         exchange: &mut dyn GhostExchange,
     ) -> Result<Results> {
         check_owned(n_owned, atomic_numbers.len())?;
+        if let Some(sent_rows) = exchange.sent_rows() {
+            backend::check_sent_rows(sent_rows, n_owned)?;
+        }
         let cell = Cell::open();
         self.evaluate(
             atomic_numbers,

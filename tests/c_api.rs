@@ -696,6 +696,8 @@ fn ghost_exchange_through_the_c_abi() {
         context: &mut calls as *mut Calls as *mut c_void,
         forward: Some(forward),
         reverse: Some(reverse),
+        sent_rows: std::ptr::null(),
+        n_sent_rows: 0,
     };
     let mut forces = Vec::new();
     let (status, message, energy) = compute(&exchange, &mut forces);
@@ -713,10 +715,48 @@ fn ghost_exchange_through_the_c_abi() {
         "{message}"
     );
 
+    // Sent rows: a valid list changes nothing here (no ghosts); bad lists are refused
+    // with the field named, before anything is evaluated.
+    let sent: Vec<i64> = (0..n).step_by(2).collect();
+    let with_sent = painn_ghost_exchange_t {
+        sent_rows: sent.as_ptr(),
+        n_sent_rows: sent.len() as i64,
+        ..exchange
+    };
+    calls.fail_with = 0;
+    let (status, message, energy) = compute(&with_sent, &mut forces);
+    assert_eq!(status, PAINN_SUCCESS, "{message}");
+    assert_eq!(energy, reference);
+    let descending: Vec<i64> = vec![3, 1];
+    let out_of_range: Vec<i64> = vec![0, n];
+    let negative: Vec<i64> = vec![-1];
+    for (rows, count, expected) in [
+        (descending.as_ptr(), 2, "ascending"),
+        (out_of_range.as_ptr(), 2, "not an owned row"),
+        (negative.as_ptr(), 1, "holds -1"),
+        (std::ptr::null(), 3, "is NULL"),
+        (sent.as_ptr(), -1, "n_sent_rows"),
+        (sent.as_ptr(), n + 1, "more than"),
+    ] {
+        let bad = painn_ghost_exchange_t {
+            sent_rows: rows,
+            n_sent_rows: count,
+            ..exchange
+        };
+        let (status, message, _) = compute(&bad, &mut forces);
+        assert_eq!(status, PAINN_INVALID_ARGUMENT, "{expected}");
+        assert!(
+            message.contains("sent_rows") && message.contains(expected),
+            "{message}"
+        );
+    }
+
     let missing = painn_ghost_exchange_t {
         context: null_mut(),
         forward: Some(forward),
         reverse: None,
+        sent_rows: std::ptr::null(),
+        n_sent_rows: 0,
     };
     calls.fail_with = 0;
     let missing = painn_ghost_exchange_t {

@@ -4,7 +4,8 @@
 //! cutoffs); the ranks exchange ghost rows after each layer through shared memory. The
 //! total energy, the forces (ghost forces added to their owners) and the virial equal one
 //! periodic evaluation to round-off in float64 (to float32's tolerance on float32 and the
-//! GPU, where the ranks share one GPU), also with a rank that owns no atoms.
+//! GPU, where the ranks share one GPU), also with a rank that owns no atoms, and with each
+//! rank saying which of its owned rows other ranks read (`GhostExchange::sent_rows`).
 
 #[macro_use]
 mod common;
@@ -108,6 +109,8 @@ struct RankExchange {
     rank: usize,
     shared: Arc<Shared>,
     calls: usize,
+    /// The owned rows some rank's ghost copies, when the exchange says which.
+    sent_rows: Option<Vec<usize>>,
 }
 
 impl RankExchange {
@@ -149,6 +152,10 @@ impl GhostExchange for RankExchange {
         self.calls += 1;
         Ok(())
     }
+
+    fn sent_rows(&self) -> Option<&[usize]> {
+        self.sent_rows.as_deref()
+    }
 }
 
 /// Energy, forces (ghosts' added to their owners, in the global order) and virial of the
@@ -161,6 +168,7 @@ fn split_evaluation(
     positions: &[[f64; 3]],
     lattice: [[f64; 3]; 3],
     bounds: &[f64],
+    with_sent_rows: bool,
 ) -> Option<(f64, Vec<[f64; 3]>, [[f64; 3]; 3], Vec<usize>)> {
     let reach = model.cutoff_angstrom() + 1.0;
     let split = domains(numbers, positions, lattice, bounds, reach);
@@ -171,6 +179,20 @@ fn split_evaluation(
         n_owned: split.iter().map(|d| d.n_owned).collect(),
         barrier: Barrier::new(ranks),
     });
+    // Each rank's owned rows that some ghost copies (a rank's own periodic images too).
+    let mut sent = vec![vec![false; 0]; ranks];
+    for (rank, domain) in split.iter().enumerate() {
+        sent[rank] = vec![false; domain.n_owned];
+    }
+    for domain in &split {
+        for &(rank, index) in &domain.owner[domain.n_owned..] {
+            sent[rank][index] = true;
+        }
+    }
+    let sent_rows: Vec<Vec<usize>> = sent
+        .iter()
+        .map(|marks| (0..marks.len()).filter(|&i| marks[i]).collect())
+        .collect();
     let calculators: Vec<Calculator> = (0..ranks)
         .map(|_| platform.calculator(model))
         .collect::<Option<_>>()?;
@@ -181,11 +203,13 @@ fn split_evaluation(
             .enumerate()
             .map(|(rank, (domain, mut calculator))| {
                 let shared = Arc::clone(&shared);
+                let sent_rows = with_sent_rows.then(|| sent_rows[rank].clone());
                 scope.spawn(move || {
                     let mut exchange = RankExchange {
                         rank,
                         shared,
                         calls: 0,
+                        sent_rows,
                     };
                     let results = calculator
                         .compute_local_exchanging(
@@ -240,6 +264,7 @@ fn check_against_periodic(
     numbers: &[i32],
     positions: &[[f64; 3]],
     lattice: [[f64; 3]; 3],
+    with_sent_rows: bool,
 ) {
     let model = Arc::new(model);
     let cell = Cell::new(lattice, [true; 3]).unwrap();
@@ -254,9 +279,15 @@ fn check_against_periodic(
         vec![0.0, 0.3, 0.55, 1.0],
         vec![0.0, 0.0, 0.6, 1.0],
     ] {
-        let Some((energy, forces, virial, calls)) =
-            split_evaluation(platform, &model, numbers, positions, lattice, &bounds)
-        else {
+        let Some((energy, forces, virial, calls)) = split_evaluation(
+            platform,
+            &model,
+            numbers,
+            positions,
+            lattice,
+            &bounds,
+            with_sent_rows,
+        ) else {
             return;
         };
         let scale = rms(&reference.forces);
@@ -264,7 +295,7 @@ fn check_against_periodic(
         let energy_error = (energy - reference.energy).abs();
         let virial_error = max_abs_difference(&virial, &reference.virial);
         println!(
-            "{platform:?}, {} ranks (bounds {bounds:?}): |dE| = {energy_error:.1e} eV, max |dF| = \
+            "{platform:?}, {} ranks (bounds {bounds:?}), sent rows listed: {with_sent_rows}: |dE| = {energy_error:.1e} eV, max |dF| = \
              {force_error:.1e} eV/A, max |dW| = {virial_error:.1e} eV, exchanges {calls:?}",
             bounds.len() - 1
         );
@@ -279,7 +310,16 @@ fn check_against_periodic(
 
 fn split_evaluation_equals_one_periodic_evaluation_tiny_model(platform: Platform) {
     let (numbers, positions, lattice) = random_system(21, 40, 10);
-    check_against_periodic(platform, tiny_model(), &numbers, &positions, lattice);
+    for with_sent_rows in [false, true] {
+        check_against_periodic(
+            platform,
+            tiny_model(),
+            &numbers,
+            &positions,
+            lattice,
+            with_sent_rows,
+        );
+    }
 }
 
 fn split_evaluation_equals_one_periodic_evaluation_student_model(platform: Platform) {
@@ -295,5 +335,6 @@ fn split_evaluation_equals_one_periodic_evaluation_student_model(platform: Platf
         &water.atomic_numbers,
         &water.positions,
         water.cell.unwrap(),
+        true,
     );
 }

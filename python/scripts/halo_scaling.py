@@ -95,6 +95,24 @@ def parse(stdout: str, steps: int) -> dict:
             "device": last(r"rank 0 uses (.*)", stdout)}
 
 
+def plugin_timing(text: str) -> dict:
+    """The plugin's per-rank `painn timing` lines (PAINN_TIMING=1): the slowest rank's
+    evaluation, the mean time of one exchange's LAMMPS communication, and the mean owned rows
+    sent and ghosts per rank."""
+    found = re.findall(r"^painn timing, rank (\d+): (\d+) evaluations, ([0-9.]+) ms each; (\d+) exchanges, "
+                       r"([0-9.]+) ms each in LAMMPS communication; per evaluation ([0-9.]+) owned rows sent, "
+                       r"([0-9.]+) ghosts", text, re.MULTILINE)
+    if not found:
+        return {}
+    ranks = [(int(e), float(ms), int(x), float(xms), float(sent), float(g)) for _, e, ms, x, xms, sent, g in found]
+    exchanging = [r for r in ranks if r[2] > 0]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {"evaluation_ms_max": max(r[1] for r in ranks),
+            "exchanges_per_evaluation": exchanging[0][2] / exchanging[0][0] if exchanging else 0,
+            "exchange_ms_avg": mean([r[3] for r in exchanging]) if exchanging else None,
+            "sent_rows_avg": mean([r[4] for r in ranks]), "plugin_ghosts_avg": mean([r[5] for r in ranks])}
+
+
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
@@ -114,6 +132,7 @@ def run_one(directory: Path, data: Path, args, halo: str, ranks: int) -> dict:
         return result
     try:
         result.update(parse(done.stdout, args.steps))
+        result.update(plugin_timing(done.stderr + "\n" + done.stdout))
     except ValueError as failure:
         result["error"] = str(failure)
         result["stdout_tail"] = tail(done.stdout)
@@ -165,6 +184,8 @@ def table(args, records) -> str:
         if both:
             header.append("speed-up layer vs thick")
         header += [f"efficiency {h}" for h in halos]
+        if "layer" in halos:
+            header.append("ms per exchange in LAMMPS comm (layer)")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         base = min(args.rank_list)
         baseline = {h: runs.get((base, halos[0] if base == 1 else h), {}).get("seconds_per_step") for h in halos}
@@ -190,12 +211,16 @@ def table(args, records) -> str:
                 ok = baseline[h] and seconds[h]
                 # Against the smallest rank count (one rank unless --ranks leaves it out).
                 cells.append(f"{100 * baseline[h] * base / (ranks * seconds[h]):.0f}%" if ok else "-")
+            if "layer" in halos:
+                cells.append(figure(row["layer"].get("exchange_ms_avg") if ranks > 1 else None))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     base = min(args.rank_list)
     efficiency = "t_1 / (k t_k)" if base == 1 else f"{base} t_{base} / (k t_k), against {base} ranks"
     lines.append(f"Speed-up: t_thick / t_layer. Efficiency: {efficiency}. One rank: the ghosts are the periodic "
-                 "images LAMMPS keeps; the engine does not evaluate them (it takes the box).")
+                 "images LAMMPS keeps; the engine does not evaluate them (it takes the box). Per exchange: the "
+                 "plugin's wall time inside LAMMPS's forward or reverse communication (packing, MPI, unpacking, "
+                 "and waiting for the slowest rank), mean over ranks (PAINN_TIMING=1).")
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +248,8 @@ def main():
     # Strong scaling: one thread per rank, one rank included (run_lammps takes the variable
     # from the environment for one rank and sets it to 1 for several).
     os.environ["RAYON_NUM_THREADS"] = "1"
+    # The plugin's per-rank evaluation and exchange times (printed when LAMMPS exits).
+    os.environ["PAINN_TIMING"] = "1"
     started = time.monotonic()
     records = []
     with tempfile.TemporaryDirectory(prefix="painn-halo-scaling-") as work:

@@ -315,39 +315,36 @@ pub trait GhostExchange {
     /// Adds the ghost rows of `rows` into the rows of their owners (the engine clears the
     /// ghost rows afterwards).
     fn reverse(&mut self, rows: &mut [f64], width: usize) -> Result<()>;
-}
-
-/// Packs each atom's `[s, v]` (`s [k][H]`, `v [k][3][H]`) into exchange rows `[k][4H]`
-/// (float64, through `to_f64`), replacing `rows`.
-pub fn pack_exchange_rows<T: Copy>(
-    h: usize,
-    s: &[T],
-    v: &[T],
-    rows: &mut Vec<f64>,
-    to_f64: impl Fn(T) -> f64,
-) {
-    rows.clear();
-    for (s, v) in s.chunks_exact(h).zip(v.chunks_exact(3 * h)) {
-        rows.extend(s.iter().chain(v).map(|&x| to_f64(x)));
+    /// The owned rows other ranks read (the union of the caller's send lists), ascending,
+    /// each below `n_owned`; `None` (the default): every owned row. With a list, `forward`
+    /// is given meaningful values only in these rows and the ghost rows, and `reverse` may
+    /// add only into these rows; a GPU then moves only these rows and the ghost rows
+    /// between its memory and the host.
+    fn sent_rows(&self) -> Option<&[usize]> {
+        None
     }
 }
 
-/// The inverse of [`pack_exchange_rows`]: rows `[k][4H]` into `s [k][H]`, `v [k][3][H]`.
-pub fn unpack_exchange_rows<T>(
-    h: usize,
-    rows: &[f64],
-    s: &mut [T],
-    v: &mut [T],
-    from_f64: impl Fn(f64) -> T,
-) {
-    for ((row, s), v) in rows
-        .chunks_exact(4 * h)
-        .zip(s.chunks_exact_mut(h))
-        .zip(v.chunks_exact_mut(3 * h))
-    {
-        for (out, &x) in s.iter_mut().chain(v.iter_mut()).zip(row) {
-            *out = from_f64(x);
-        }
+/// Checks a [`GhostExchange::sent_rows`] list: ascending, without repeats, each below
+/// `n_owned`.
+pub fn check_sent_rows(sent_rows: &[usize], n_owned: usize) -> Result<()> {
+    if let Some(k) = sent_rows.windows(2).position(|pair| pair[0] >= pair[1]) {
+        return Err(Error::invalid(
+            "exchange.sent_rows",
+            format!(
+                "must be ascending without repeats: entry {} is {} after {}",
+                k + 1,
+                sent_rows[k + 1],
+                sent_rows[k]
+            ),
+        ));
+    }
+    match sent_rows.last() {
+        Some(&last) if last >= n_owned => Err(Error::invalid(
+            "exchange.sent_rows",
+            format!("row {last} is not an owned row (n_owned = {n_owned})"),
+        )),
+        _ => Ok(()),
     }
 }
 

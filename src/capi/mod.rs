@@ -661,17 +661,14 @@ unsafe fn evaluate(
         } => calculator.compute_local(atomic_numbers, positions, owned, request),
         Geometry::Local {
             owned,
-            exchange: Some(exchange),
-        } => {
-            let mut exchange = CallerExchange { exchange };
-            calculator.compute_local_exchanging(
-                atomic_numbers,
-                positions,
-                owned,
-                request,
-                &mut exchange,
-            )
-        }
+            exchange: Some(mut exchange),
+        } => calculator.compute_local_exchanging(
+            atomic_numbers,
+            positions,
+            owned,
+            request,
+            &mut exchange,
+        ),
     }?;
     // SAFETY: output sizes per the contract.
     unsafe { outputs.write(&results, atomic_numbers.len()) };
@@ -690,16 +687,67 @@ pub type painn_exchange_fn = Option<
 /// the next layer's features); `reverse` adds the ghost rows into the rows of their owners
 /// (in the backward pass: gradients; the engine clears the ghost rows afterwards). Both run
 /// on the thread that called the engine.
+///
+/// `sent_rows` (optional, NULL with `n_sent_rows` 0 for none) lists the owned rows other
+/// ranks read, the union of the caller's send lists: ascending, without repeats, each below
+/// `n_owned`. With it, `forward` is given meaningful values only in these rows and the ghost
+/// rows, and `reverse` may add only into these rows; on a GPU only these rows and the ghost
+/// rows then travel between the GPU and the host. Without it every owned row travels.
 #[repr(C)]
 pub struct painn_ghost_exchange_t {
     pub context: *mut c_void,
     pub forward: painn_exchange_fn,
     pub reverse: painn_exchange_fn,
+    pub sent_rows: *const i64,
+    pub n_sent_rows: i64,
 }
 
-/// The C caller's exchange as the engine's.
+/// The C caller's exchange as the engine's, with its sent rows checked and converted.
 struct CallerExchange<'a> {
     exchange: &'a painn_ghost_exchange_t,
+    sent_rows: Option<Vec<usize>>,
+}
+
+impl<'a> CallerExchange<'a> {
+    /// Reads `exchange.sent_rows` (checked against `n_owned` before it is read).
+    ///
+    /// # Safety
+    /// A non-null `exchange.sent_rows` holds `exchange.n_sent_rows` values.
+    unsafe fn new(exchange: &'a painn_ghost_exchange_t, n_owned: usize) -> Result<Self, Error> {
+        let count = exchange.n_sent_rows;
+        let name = "exchange.n_sent_rows";
+        let count = usize::try_from(count).map_err(|_| invalid(name, format!("is {count}")))?;
+        if count > n_owned {
+            return Err(invalid(
+                name,
+                format!("is {count}, more than the {n_owned} owned atoms"),
+            ));
+        }
+        let sent_rows = if exchange.sent_rows.is_null() {
+            if count > 0 {
+                return Err(invalid(
+                    "exchange.sent_rows",
+                    format!("is NULL ({count} rows)"),
+                ));
+            }
+            None
+        } else {
+            // SAFETY: per the contract.
+            let rows = unsafe { input(exchange.sent_rows, count, "exchange.sent_rows") }?;
+            let rows = rows
+                .iter()
+                .map(|&row| {
+                    usize::try_from(row)
+                        .map_err(|_| invalid("exchange.sent_rows", format!("holds {row}")))
+                })
+                .collect::<Result<Vec<usize>, Error>>()?;
+            Some(rows)
+        };
+        Ok(CallerExchange {
+            exchange,
+            sent_rows,
+        })
+    }
 }
 
 impl CallerExchange<'_> {
@@ -742,6 +790,10 @@ impl crate::GhostExchange for CallerExchange<'_> {
     fn reverse(&mut self, rows: &mut [f64], width: usize) -> crate::Result<()> {
         self.call("reverse", self.exchange.reverse, rows, width)
     }
+
+    fn sent_rows(&self) -> Option<&[usize]> {
+        self.sent_rows.as_deref()
+    }
 }
 
 /// A whole system in a cell, or a domain-decomposed part of one.
@@ -750,7 +802,7 @@ enum Geometry<'a> {
     /// Owned atoms first, then ghosts; with a per-layer ghost exchange or without.
     Local {
         owned: usize,
-        exchange: Option<&'a painn_ghost_exchange_t>,
+        exchange: Option<CallerExchange<'a>>,
     },
 }
 
@@ -769,10 +821,12 @@ unsafe fn compute_local(
     catch(|| {
         let n = atom_count(n_atoms, "n_atoms")?;
         let owned = atom_count(n_owned, "n_owned")?;
-        // SAFETY (all four): per the contract.
+        // SAFETY (all five): per the contract.
         let exchange = match exchange {
             Some(pointer) => {
-                Some(unsafe { pointer.as_ref() }.ok_or_else(|| invalid("exchange", "is NULL"))?)
+                let exchange =
+                    unsafe { pointer.as_ref() }.ok_or_else(|| invalid("exchange", "is NULL"))?;
+                Some(unsafe { CallerExchange::new(exchange, owned) }?)
             }
             None => None,
         };
@@ -801,7 +855,7 @@ unsafe fn compute_periodic<T: Copy + Into<f64>>(
 ) -> painn_status_t {
     catch(|| {
         let n = atom_count(n_atoms, "n_atoms")?;
-        // SAFETY (all four): per the contract.
+        // SAFETY (all five): per the contract.
         let guard = unsafe { acquire(calculator) }?;
         let z = unsafe { input(atomic_numbers, n, "atomic_numbers") }?;
         let positions = unsafe { positions_argument(positions, n) }?;

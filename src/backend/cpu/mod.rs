@@ -37,7 +37,6 @@ pub use real::Real;
 use super::{
     Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
     StageOutput, StageTime, Stages, System, computed_rows, inspected_layer, not_kept,
-    pack_exchange_rows, unpack_exchange_rows,
 };
 use crate::calculator::{CalculatorOptions, Precision};
 use crate::cell::Cell;
@@ -800,8 +799,61 @@ fn push_reals<T: Real>(
     output.push(name, shape, &values);
 }
 
-/// Packs each atom's `[s, v]` (`s [n][H]`, `v [n][3][H]`) into `rows [n][4H]`, hands them to
-/// `exchange` to fill the ghost rows, and takes the ghost rows back.
+/// The owned rows an exchange sends: the caller's list, or every owned row.
+fn sent_rows(exchange: &dyn GhostExchange, owned: usize) -> Vec<usize> {
+    match exchange.sent_rows() {
+        Some(list) => list.to_vec(),
+        None => (0..owned).collect(),
+    }
+}
+
+/// Sizes `rows` to `[n][4H]` for an exchange: the owned rows not sent are NaN (a caller that
+/// reads one sees it), the `sent` rows and the rows `ghosts` hold atom's `[s, v]`.
+fn pack_rows<T: Real>(
+    h: usize,
+    (s, v): (&[T], &[T]),
+    owned: usize,
+    sent: &[usize],
+    ghosts: std::ops::Range<usize>,
+    rows: &mut Vec<f64>,
+) {
+    let width = 4 * h;
+    rows.resize(s.len() / h * width, 0.0);
+    if sent.len() < owned {
+        rows[..owned * width].fill(f64::NAN);
+    }
+    for atom in sent.iter().copied().chain(ghosts) {
+        let row = &mut rows[atom * width..(atom + 1) * width];
+        let features = s[atom * h..(atom + 1) * h]
+            .iter()
+            .chain(&v[3 * atom * h..3 * (atom + 1) * h]);
+        for (to, &x) in row.iter_mut().zip(features) {
+            *to = x.f64();
+        }
+    }
+}
+
+/// The rows of `atoms` of `rows [n][4H]` back into `s [n][H]`, `v [n][3][H]`.
+fn unpack_rows<T: Real>(
+    h: usize,
+    rows: &[f64],
+    atoms: impl Iterator<Item = usize>,
+    (s, v): (&mut [T], &mut [T]),
+) {
+    let width = 4 * h;
+    for atom in atoms {
+        let row = &rows[atom * width..(atom + 1) * width];
+        let features = s[atom * h..(atom + 1) * h]
+            .iter_mut()
+            .chain(&mut v[3 * atom * h..3 * (atom + 1) * h]);
+        for (out, &x) in features.zip(row) {
+            *out = T::of(x);
+        }
+    }
+}
+
+/// Packs the sent rows of `[s, v]` (`s [n][H]`, `v [n][3][H]`) into `rows [n][4H]`, hands
+/// them to `exchange` to fill the ghost rows, and takes the ghost rows back.
 fn exchange_forward<T: Real>(
     exchange: &mut dyn GhostExchange,
     h: usize,
@@ -810,20 +862,17 @@ fn exchange_forward<T: Real>(
     v: &mut [T],
     rows: &mut Vec<f64>,
 ) -> Result<()> {
-    pack_exchange_rows(h, s, v, rows, T::f64);
+    let n = s.len() / h;
+    let sent = sent_rows(exchange, owned);
+    pack_rows(h, (s, v), owned, &sent, 0..0, rows);
     exchange.forward(rows, 4 * h)?;
-    unpack_exchange_rows(
-        h,
-        &rows[owned * 4 * h..],
-        &mut s[owned * h..],
-        &mut v[owned * 3 * h..],
-        T::of,
-    );
+    unpack_rows(h, rows, owned..n, (s, v));
     Ok(())
 }
 
-/// Hands the gradient rows `[gs, gv]` to `exchange` to add the ghost rows into their owners,
-/// then takes the owned rows back and clears the ghost rows (their share has moved).
+/// Hands the gradient rows `[gs, gv]` (the sent and the ghost rows) to `exchange` to add the
+/// ghost rows into their owners, then takes the sent rows back and clears the ghost rows
+/// (their share has moved).
 fn exchange_reverse<T: Real>(
     exchange: &mut dyn GhostExchange,
     h: usize,
@@ -832,9 +881,11 @@ fn exchange_reverse<T: Real>(
     gv: &mut [T],
     rows: &mut Vec<f64>,
 ) -> Result<()> {
-    pack_exchange_rows(h, gs, gv, rows, T::f64);
+    let n = gs.len() / h;
+    let sent = sent_rows(exchange, owned);
+    pack_rows(h, (gs, gv), owned, &sent, owned..n, rows);
     exchange.reverse(rows, 4 * h)?;
-    unpack_exchange_rows(h, &rows[..owned * 4 * h], gs, gv, T::of);
+    unpack_rows(h, rows, sent.iter().copied(), (gs, gv));
     gs[owned * h..].fill(T::zero());
     gv[owned * 3 * h..].fill(T::zero());
     Ok(())

@@ -24,7 +24,7 @@ use crate::model::filter::NODE_VECTORS;
 use crate::neighbors::MINIMUM_DISTANCE_ANGSTROM;
 
 /// The header and the kernel families, in the order they are concatenated.
-const SOURCES: [(&str, &str); 9] = [
+const SOURCES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../../../cuda/common.cuh")),
     ("scan.cu", include_str!("../../../cuda/scan.cu")),
     ("neighbors.cu", include_str!("../../../cuda/neighbors.cu")),
@@ -34,6 +34,7 @@ const SOURCES: [(&str, &str); 9] = [
     ("update.cu", include_str!("../../../cuda/update.cu")),
     ("head.cu", include_str!("../../../cuda/head.cu")),
     ("readout.cu", include_str!("../../../cuda/readout.cu")),
+    ("exchange.cu", include_str!("../../../cuda/exchange.cu")),
 ];
 
 /// A float64 constant as a C literal that reads back as the same double (Rust prints the

@@ -9,11 +9,13 @@ use super::launch::{per_atom, warp_per_atom};
 use crate::error::Result;
 
 /// Builds the graph of `n` atoms within `cutoff_angstrom` into `buffers.graph`, locating each
-/// distance in the filter table of `weights`.
+/// distance in the filter table of `weights`. Pairs of two atoms from `first_ghost` on are
+/// left out (`n` keeps all).
 pub fn build_graph(
     gpu: &Gpu,
     buffers: &mut Buffers,
     n: usize,
+    first_ghost: usize,
     cutoff_angstrom: f64,
     weights: &Weights,
 ) -> Result<()> {
@@ -39,6 +41,7 @@ pub fn build_graph(
         &list.sources,
         &list.shifts,
         cutoff2,
+        first_ghost as i32,
         &graph.offsets,
         &system.status,
     )?;
@@ -57,6 +60,7 @@ pub fn build_graph(
         &list.sources,
         &list.shifts,
         cutoff2,
+        first_ghost as i32,
         &graph.offsets,
         &graph.sources,
         &graph.shifts,

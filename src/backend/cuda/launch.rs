@@ -213,6 +213,7 @@ kernels! {
         sources: DevicePtr<i32>,
         shifts: DevicePtr<i32>,
         cutoff2: f64,
+        first_ghost: i32,
         counts: DevicePtr<i64>,
         status: DevicePtr<i32>,
     );
@@ -225,6 +226,7 @@ kernels! {
         sources: DevicePtr<i32>,
         shifts: DevicePtr<i32>,
         cutoff2: f64,
+        first_ghost: i32,
         graph_offsets: DevicePtr<i64>,
         graph_sources: DevicePtr<i32>,
         graph_shifts: DevicePtr<i32>,
@@ -429,6 +431,29 @@ kernels! {
     );
     /// Resets the status words.
     fn status_reset(status: DevicePtr<i32>);
+
+    // exchange.cu
+    /// Rows of `s`, `v` (atoms `rows[..count]`, or `first..first + count` with `rows` null)
+    /// into `packed [count][4H]`.
+    fn exchange_gather(
+        h: i32,
+        count: i32,
+        rows: DevicePtr<i32>,
+        first: i32,
+        s: DevicePtr<f32>,
+        v: DevicePtr<f32>,
+        packed: DevicePtr<f32>,
+    );
+    /// The inverse of `exchange_gather`.
+    fn exchange_scatter(
+        h: i32,
+        count: i32,
+        rows: DevicePtr<i32>,
+        first: i32,
+        packed: DevicePtr<f32>,
+        s: DevicePtr<f32>,
+        v: DevicePtr<f32>,
+    );
 }
 
 fn shape(grid: (u32, u32, u32), block: u32) -> LaunchConfig {

@@ -14,6 +14,7 @@
 //! - `launch.rs`: one typed launch method per kernel;
 //! - `buffers.rs`: device buffers, the registry that counts their bytes, the backend's
 //!   buffers by stage;
+//! - `exchange.rs`: the per-layer ghost exchange of a domain-decomposed evaluation;
 //! - `grid.rs`: host arithmetic (binning frame, block sizes, grid sizes);
 //! - the stages, named as on the CPU: `neighbors.rs` (`build_neighbor_list`), `graph.rs`
 //!   (`build_graph`), `message.rs` (`message_forward`, `message_backward`), `update.rs`
@@ -24,6 +25,7 @@
 mod buffers;
 pub mod compile;
 mod device;
+mod exchange;
 mod graph;
 pub mod grid;
 mod head;
@@ -40,9 +42,8 @@ use std::sync::Arc;
 use cudarc::driver::CudaEvent;
 
 use super::{
-    Backend, DeviceFacts, Exchange, GhostExchange, Request, Results, Stage, StageMarks,
-    StageOutput, StageTime, Stages, System, computed_rows, pack_exchange_rows,
-    unpack_exchange_rows,
+    Backend, DeviceFacts, Exchange, Request, Results, Stage, StageMarks, StageOutput, StageTime,
+    Stages, System, computed_rows,
 };
 use crate::calculator::Precision;
 use crate::cell::Cell;
@@ -51,6 +52,7 @@ use crate::model::Model;
 use buffers::{Buffers, DeviceBuffer, DevicePtr, KeptGradients, LayerBuffers, Registry, Weights};
 pub use device::device_count;
 use device::{Device, driver};
+use exchange::{Direction, ExchangeStaging, exchange_rows};
 use grid::MAX_HIDDEN;
 use launch::Kernels;
 use readout::STATUS_WORDS;
@@ -81,6 +83,8 @@ struct LoadedSystem {
     positions: Vec<[f64; 3]>,
     cell: Option<Cell>,
     n_energy_atoms: usize,
+    /// See [`System::exchanging`].
+    exchanging: bool,
     /// What the device holds, to upload only what changed.
     uploaded_atomic_numbers: Vec<i32>,
     uploaded_cell: Option<Cell>,
@@ -289,7 +293,7 @@ impl CudaBackend {
                 let owned = self.system.n_energy_atoms;
                 let rows = (&next.s_in, &next.v_in);
                 let forward = Direction::Forward;
-                exchange_rows(&gpu.device, exchange, forward, n, owned, h, rows, staging)?;
+                exchange_rows(gpu, exchange, forward, n, owned, h, rows, staging)?;
                 profile.mark(|| format!("exchange {l}"), now)?;
             }
         }
@@ -362,7 +366,7 @@ impl CudaBackend {
                 let owned = n_energy_atoms;
                 let rows = (&g.gs, &g.gv);
                 let reverse = Direction::Reverse;
-                exchange_rows(device, exchange, reverse, n, owned, h, rows, staging)?;
+                exchange_rows(gpu, exchange, reverse, n, owned, h, rows, staging)?;
             }
             if keep && l > 0 {
                 keep_pair(device, &kept.message[l], (&g.gs, &g.gv), n * h)?;
@@ -374,77 +378,6 @@ impl CudaBackend {
         }
         Ok(())
     }
-}
-
-/// Host copies of the rows of a ghost exchange: `s [n][H]`, `v [n][3][H]` as the GPU holds
-/// them (float32) and the `[n][4H]` float64 rows handed to the exchange.
-#[derive(Default)]
-struct ExchangeStaging {
-    s: Vec<f32>,
-    v: Vec<f32>,
-    rows: Vec<f64>,
-}
-
-/// Which way a ghost exchange goes.
-#[derive(Clone, Copy, PartialEq)]
-enum Direction {
-    /// Fill the ghost rows of a layer's input from their owners: the owned rows go to the
-    /// host, the ghost rows come back.
-    Forward,
-    /// Add the ghost rows of a layer's input gradient into their owners and clear them: all
-    /// rows go to the host, the owned rows come back.
-    Reverse,
-}
-
-/// One ghost exchange of the rows `(s [n][H], v [n][3][H])` (atoms `0..owned` owned), through
-/// the host: float32 on the GPU, the `[n][4H]` float64 rows for `exchange`.
-#[allow(clippy::too_many_arguments)]
-fn exchange_rows(
-    device: &Device,
-    exchange: &mut dyn GhostExchange,
-    direction: Direction,
-    n: usize,
-    owned: usize,
-    h: usize,
-    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
-    staging: &mut ExchangeStaging,
-) -> Result<()> {
-    let (sent, returned) = match direction {
-        Direction::Forward => (0..owned, owned..n),
-        Direction::Reverse => (0..n, 0..owned),
-    };
-    let ExchangeStaging {
-        s: s_host,
-        v: v_host,
-        rows,
-    } = staging;
-    s_host.clear();
-    s_host.resize(n * h, 0.0);
-    v_host.clear();
-    v_host.resize(3 * n * h, 0.0);
-    device.download(s.ptr(), &mut s_host[..sent.end * h])?;
-    device.download(v.ptr(), &mut v_host[..3 * sent.end * h])?;
-    pack_exchange_rows(h, s_host, v_host, rows, f64::from);
-    match direction {
-        Direction::Forward => exchange.forward(rows, 4 * h)?,
-        Direction::Reverse => exchange.reverse(rows, 4 * h)?,
-    }
-    let (start, end) = (returned.start, returned.end);
-    let (s_back, v_back) = (
-        &mut s_host[start * h..end * h],
-        &mut v_host[3 * start * h..3 * end * h],
-    );
-    unpack_exchange_rows(h, &rows[start * 4 * h..end * 4 * h], s_back, v_back, |x| {
-        x as f32
-    });
-    device.write(s.offset(start * h), s_back)?;
-    device.write(v.offset(3 * start * h), v_back)?;
-    if direction == Direction::Reverse {
-        // The ghosts' share has moved to their owners.
-        device.fill_zero(s.offset(owned * h), (n - owned) * h)?;
-        device.fill_zero(v.offset(3 * owned * h), 3 * (n - owned) * h)?;
-    }
-    Ok(())
 }
 
 /// Queues copies of a gradient pair `(gs [n][H], gv [n][3][H])` (`scalars` = n H) into `kept`.
@@ -485,6 +418,7 @@ impl Backend for CudaBackend {
         loaded.positions.extend_from_slice(system.positions);
         loaded.cell = Some(*system.cell);
         loaded.n_energy_atoms = system.n_energy_atoms;
+        loaded.exchanging = system.exchanging;
         if n == 0 {
             return Ok(());
         }
@@ -544,11 +478,19 @@ impl Backend for CudaBackend {
         self.gpu.device.bind()?;
         self.edge_round_off_angstrom =
             crate::backend::edge_round_off_angstrom(&self.system.positions, cutoff_angstrom);
-        self.replayed(GraphStage::Graph, cutoff_angstrom.to_bits(), |backend| {
+        // With an exchange, pairs of two ghosts are left out (see `System::exchanging`); the
+        // recorded graph's key tells the two apart by the sign bit of the (positive) cutoff.
+        let first_ghost = match self.system.exchanging {
+            true => self.system.n_energy_atoms,
+            false => n,
+        };
+        let key = cutoff_angstrom.to_bits() | (u64::from(self.system.exchanging) << 63);
+        self.replayed(GraphStage::Graph, key, |backend| {
             graph::build_graph(
                 &backend.gpu,
                 &mut backend.buffers,
                 n,
+                first_ghost,
                 cutoff_angstrom,
                 &backend.weights,
             )

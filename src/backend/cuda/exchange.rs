@@ -1,0 +1,205 @@
+//! The per-layer ghost exchange of a domain-decomposed evaluation (kernels in
+//! `cuda/exchange.cu`). It runs between the stages, outside the CUDA graphs, through host
+//! memory: only the rows that travel cross, packed on the GPU into one array per direction.
+//! Forward: the owned rows other ranks read go to the host, the ghost rows come back.
+//! Reverse: the ghost rows and the owned rows that receive go to the host, those owned rows
+//! come back, and the ghost rows are cleared. Without the caller's list of sent rows
+//! ([`GhostExchange::sent_rows`]) every owned row counts as sent.
+
+use super::Gpu;
+use super::buffers::{DeviceBuffer, DevicePtr};
+use super::launch::grid_stride;
+use crate::backend::GhostExchange;
+use crate::error::Result;
+
+/// Which way a ghost exchange goes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Direction {
+    /// Fill the ghost rows of a layer's input from their owners.
+    Forward,
+    /// Add the ghost rows of a layer's input gradient into their owners and clear them.
+    Reverse,
+}
+
+/// What an exchange stages, kept between exchanges and calls.
+#[derive(Default)]
+pub struct ExchangeStaging {
+    /// The sent rows' atom indices on the GPU, and on the host.
+    sent_rows: DeviceBuffer<i32>,
+    sent_rows_host: Vec<i32>,
+    /// The travelling rows packed `[k][4H]` on the GPU, and on the host.
+    packed: DeviceBuffer<f32>,
+    packed_host: Vec<f32>,
+    /// The `[n][4H]` float64 rows handed to the exchange (rows that do not travel hold
+    /// whatever an earlier exchange left there).
+    rows: Vec<f64>,
+}
+
+/// Atoms given as a list on the GPU or as a range `first..first + count`.
+#[derive(Clone, Copy)]
+struct Atoms {
+    list: DevicePtr<i32>,
+    first: usize,
+    count: usize,
+}
+
+impl Atoms {
+    fn range(first: usize, count: usize) -> Atoms {
+        Atoms {
+            list: DevicePtr::null(),
+            first,
+            count,
+        }
+    }
+}
+
+/// The rows of `atoms` of `(s [n][H], v [n][3][H])` into `packed`, from row `at` on.
+fn gather(
+    gpu: &Gpu,
+    h: usize,
+    atoms: Atoms,
+    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+    packed: DevicePtr<f32>,
+) -> Result<()> {
+    if atoms.count == 0 {
+        return Ok(());
+    }
+    gpu.kernels.exchange_gather(
+        grid_stride(atoms.count * 4 * h),
+        h as i32,
+        atoms.count as i32,
+        atoms.list,
+        atoms.first as i32,
+        s,
+        v,
+        packed,
+    )
+}
+
+/// The inverse of [`gather`].
+fn scatter(
+    gpu: &Gpu,
+    h: usize,
+    atoms: Atoms,
+    packed: DevicePtr<f32>,
+    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+) -> Result<()> {
+    if atoms.count == 0 {
+        return Ok(());
+    }
+    gpu.kernels.exchange_scatter(
+        grid_stride(atoms.count * 4 * h),
+        h as i32,
+        atoms.count as i32,
+        atoms.list,
+        atoms.first as i32,
+        packed,
+        s,
+        v,
+    )
+}
+
+/// One ghost exchange of the rows `(s [n][H], v [n][3][H])` (atoms `0..owned` owned): the
+/// travelling rows through the host, float32 on the GPU, float64 for `exchange`.
+#[allow(clippy::too_many_arguments)]
+pub fn exchange_rows(
+    gpu: &Gpu,
+    exchange: &mut dyn GhostExchange,
+    direction: Direction,
+    n: usize,
+    owned: usize,
+    h: usize,
+    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+    staging: &mut ExchangeStaging,
+) -> Result<()> {
+    let device = &gpu.device;
+    let width = 4 * h;
+    let ghosts = n - owned;
+    let ExchangeStaging {
+        sent_rows,
+        sent_rows_host,
+        packed,
+        packed_host,
+        rows,
+    } = staging;
+    // The owned rows that travel; the calculator checked the caller's list (ascending,
+    // below `owned`).
+    let list = exchange.sent_rows().map(<[usize]>::to_vec);
+    let sent = match &list {
+        Some(list) => {
+            sent_rows_host.clear();
+            sent_rows_host.extend(list.iter().map(|&i| i as i32));
+            device.upload(&gpu.registry, sent_rows, sent_rows_host)?;
+            Atoms {
+                list: sent_rows.ptr(),
+                first: 0,
+                count: list.len(),
+            }
+        }
+        None => Atoms::range(0, owned),
+    };
+    let sent_atom = |k: usize| list.as_ref().map_or(k, |list| list[k]);
+    let ghost_rows = Atoms::range(owned, ghosts);
+    gpu.registry
+        .reserve(packed, (sent.count + ghosts) * width)?;
+    rows.resize(n * width, 0.0);
+
+    // To the host: the sent rows, and (reverse) the ghost rows after them.
+    let arriving = match direction {
+        Direction::Forward => sent.count,
+        Direction::Reverse => sent.count + ghosts,
+    };
+    gather(gpu, h, sent, (s, v), packed.ptr())?;
+    if direction == Direction::Reverse {
+        gather(
+            gpu,
+            h,
+            ghost_rows,
+            (s, v),
+            packed.offset(sent.count * width),
+        )?;
+    }
+    packed_host.resize(arriving * width, 0.0);
+    device.download(packed.ptr(), packed_host)?;
+    for (k, row) in packed_host.chunks_exact(width).enumerate() {
+        let atom = if k < sent.count {
+            sent_atom(k)
+        } else {
+            owned + (k - sent.count)
+        };
+        for (to, &x) in rows[atom * width..(atom + 1) * width].iter_mut().zip(row) {
+            *to = f64::from(x);
+        }
+    }
+
+    match direction {
+        Direction::Forward => exchange.forward(rows, width)?,
+        Direction::Reverse => exchange.reverse(rows, width)?,
+    }
+
+    // Back to the GPU: the ghost rows (forward) or the sent rows (reverse).
+    let returning = match direction {
+        Direction::Forward => ghost_rows,
+        Direction::Reverse => sent,
+    };
+    packed_host.clear();
+    for k in 0..returning.count {
+        let atom = match direction {
+            Direction::Forward => owned + k,
+            Direction::Reverse => sent_atom(k),
+        };
+        packed_host.extend(
+            rows[atom * width..(atom + 1) * width]
+                .iter()
+                .map(|&x| x as f32),
+        );
+    }
+    device.write(packed.ptr(), packed_host)?;
+    scatter(gpu, h, returning, packed.ptr(), (s, v))?;
+    if direction == Direction::Reverse {
+        // The ghosts' share has moved to their owners.
+        device.fill_zero(s.offset(owned * h), ghosts * h)?;
+        device.fill_zero(v.offset(3 * owned * h), 3 * ghosts * h)?;
+    }
+    Ok(())
+}
