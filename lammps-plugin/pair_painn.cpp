@@ -361,6 +361,8 @@ void PairPaiNN::init_style()
   if (layer_halo) {
     if (painn_model_exchange_width(model, &exchange_width) != PAINN_SUCCESS)
       error->all(FLERR, "pair_style painn: {}", painn_last_error());
+    // precision f32: the rows hold float32 values and travel as floats (exchange_comm_width).
+    exchange_as_float = precision == "f32";
     // LAMMPS sizes its communication buffers from these before the run.
     comm_forward = exchange_width;
     comm_reverse = comm_reverse_off = std::max(exchange_width, REVERSE_MAX);
@@ -542,9 +544,9 @@ int PairPaiNN::exchange(double *rows, int64_t, int64_t width, bool reverse_direc
     exchange_row_width = static_cast<int>(width);
     const double started = MPI_Wtime();
     if (reverse_direction)
-      comm->reverse_comm(this, exchange_row_width);
+      comm->reverse_comm(this, exchange_comm_width());
     else
-      comm->forward_comm(this, exchange_row_width);
+      comm->forward_comm(this, exchange_comm_width());
     if (timing.timed) {
       timing.exchange_s += MPI_Wtime() - started;
       timing.exchanges += 1;
@@ -567,15 +569,48 @@ int32_t PairPaiNN::exchange_reverse(void *context, double *rows, int64_t n, int6
   return static_cast<PairPaiNN *>(context)->exchange(rows, n, width, true);
 }
 
-// The exchange row of LAMMPS atom `i` into `to` (zeros for an atom of a NULL type).
+/* Doubles one exchange row takes in LAMMPS's buffers. With precision f32 the engine's rows
+   hold float32 values (in doubles), so they travel as floats, two per double: half the
+   bytes. Nothing is rounded but, in the reverse direction, a partial sum that LAMMPS routes
+   through another ghost (corner atoms), rounded to float32, the engine's own precision. */
+int PairPaiNN::exchange_comm_width() const
+{
+  return exchange_as_float ? (exchange_row_width + 1) / 2 : exchange_row_width;
+}
+
+// The exchange row of LAMMPS atom `i` into `to` (zeros for an atom of a NULL type), packed
+// as exchange_comm_width() doubles.
 void PairPaiNN::copy_exchange_row(int i, double *to) const
 {
   const int width = exchange_row_width;
   const int row = engine_index[i];
-  if (row < 0)
-    std::fill(to, to + width, 0.0);
-  else
-    std::copy_n(exchange_rows + static_cast<size_t>(width) * row, width, to);
+  if (row < 0) {
+    std::fill(to, to + exchange_comm_width(), 0.0);
+    return;
+  }
+  const double *from = exchange_rows + static_cast<size_t>(width) * row;
+  if (!exchange_as_float) {
+    std::copy_n(from, width, to);
+    return;
+  }
+  std::vector<float> &packed = exchange_floats;
+  packed.assign(2 * static_cast<size_t>(exchange_comm_width()), 0.0f);
+  for (int c = 0; c < width; ++c) packed[c] = static_cast<float>(from[c]);
+  std::memcpy(to, packed.data(), sizeof(double) * exchange_comm_width());
+}
+
+// One row of a LAMMPS buffer (exchange_comm_width() doubles) as the engine's doubles.
+void PairPaiNN::read_exchange_row(const double *from, double *row) const
+{
+  const int width = exchange_row_width;
+  if (!exchange_as_float) {
+    std::copy_n(from, width, row);
+    return;
+  }
+  std::vector<float> &packed = exchange_floats;
+  packed.resize(2 * static_cast<size_t>(exchange_comm_width()));
+  std::memcpy(packed.data(), from, sizeof(double) * exchange_comm_width());
+  for (int c = 0; c < width; ++c) row[c] = packed[c];
 }
 
 /* The owned rows LAMMPS's forward communication reads (its send lists, periodic images on
@@ -603,20 +638,20 @@ int PairPaiNN::pack_forward_comm(int n, int *list, double *buffer, int, int *)
     }
     return n;
   }
-  for (int k = 0; k < n; ++k)
-    copy_exchange_row(list[k], buffer + static_cast<size_t>(exchange_row_width) * k);
-  return exchange_row_width * n;
+  const int comm_width = exchange_comm_width();
+  for (int k = 0; k < n; ++k) copy_exchange_row(list[k], buffer + static_cast<size_t>(comm_width) * k);
+  return comm_width * n;
 }
 
 void PairPaiNN::unpack_forward_comm(int n, int first, double *buffer)
 {
   if (collecting_sent_rows) return;
-  const int width = exchange_row_width;
+  const int width = exchange_row_width, comm_width = exchange_comm_width();
   for (int k = 0; k < n; ++k) {
     const int row = engine_index[first + k];
     if (row >= 0)
-      std::copy_n(buffer + static_cast<size_t>(width) * k, width,
-                  exchange_rows + static_cast<size_t>(width) * row);
+      read_exchange_row(buffer + static_cast<size_t>(comm_width) * k,
+                        exchange_rows + static_cast<size_t>(width) * row);
   }
 }
 
@@ -624,9 +659,9 @@ int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 {
   if (exchange_rows) {
     // Exchange: the ghost rows first..first+n, to be added into their owners.
-    for (int k = 0; k < n; ++k)
-      copy_exchange_row(first + k, buffer + static_cast<size_t>(exchange_row_width) * k);
-    return exchange_row_width * n;
+    const int comm_width = exchange_comm_width();
+    for (int k = 0; k < n; ++k) copy_exchange_row(first + k, buffer + static_cast<size_t>(comm_width) * k);
+    return comm_width * n;
   }
   const double *from = reverse.data() + reverse_size * static_cast<size_t>(first);
   std::copy(from, from + reverse_size * static_cast<size_t>(n), buffer);
@@ -636,12 +671,14 @@ int PairPaiNN::pack_reverse_comm(int n, int first, double *buffer)
 void PairPaiNN::unpack_reverse_comm(int n, int *list, double *buffer)
 {
   if (exchange_rows) {
-    const int width = exchange_row_width;
+    const int width = exchange_row_width, comm_width = exchange_comm_width();
+    exchange_scratch.resize(width);
     for (int k = 0; k < n; ++k) {
       const int row = engine_index[list[k]];
       if (row < 0) continue;
+      read_exchange_row(buffer + static_cast<size_t>(comm_width) * k, exchange_scratch.data());
       double *to = exchange_rows + static_cast<size_t>(width) * row;
-      for (int c = 0; c < width; ++c) to[c] += buffer[static_cast<size_t>(width) * k + c];
+      for (int c = 0; c < width; ++c) to[c] += exchange_scratch[c];
     }
     return;
   }

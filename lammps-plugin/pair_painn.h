@@ -45,7 +45,9 @@ class PairPaiNN : public Pair {
   int exchange(double *rows, int64_t n_rows, int64_t width, bool reverse);
   static int32_t exchange_forward(void *context, double *rows, int64_t n, int64_t width);
   static int32_t exchange_reverse(void *context, double *rows, int64_t n, int64_t width);
+  int exchange_comm_width() const;
   void copy_exchange_row(int i, double *to) const;
+  void read_exchange_row(const double *from, double *row) const;
   void collect_sent_rows(int owned);
   double memory_usage() override;
 
@@ -64,6 +66,9 @@ class PairPaiNN : public Pair {
   int exchange_width = 0;       // the model's exchange row width (4 H)
   double *exchange_rows = nullptr;    // during an exchange: the engine's rows [n][width]
   int exchange_row_width = 0;
+  bool exchange_as_float = false;    // precision f32: rows travel as floats, two per double
+  std::vector<double> exchange_scratch;
+  mutable std::vector<float> exchange_floats;
   // The owned engine rows LAMMPS's send lists read, ascending (collect_sent_rows).
   bool collecting_sent_rows = false;
   std::vector<char> sent_marks;

@@ -76,6 +76,8 @@ PRECISION = "f64" if DEVICE == "cpu" else "f32"
 # Relative agreement expected between LAMMPS and painn eval (both float64 on the CPU, or
 # the GPU's float32 against the CPU's float64).
 TOLERANCE = 1e-10 if DEVICE == "cpu" else 2e-5
+# Float32 engines on different rank counts (different summation orders).
+F32_TOLERANCE = 2e-5
 
 
 def run_lammps(directory: Path, script: str, ranks: int = 1, check: bool = True):
@@ -149,9 +151,10 @@ pair_coeff * * O H
 """
 
 
-def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="", processors="", halo=None):
+def run0(directory: Path, model, boundary="p p p", ranks=1, newton="on", extra="", processors="", halo=None,
+         precision=None):
     """run 0: energy, per-atom energy sum, pressure tensor, positions and forces by atom id."""
-    script = header(model, boundary, newton, processors=processors, halo=halo) + f"""
+    script = header(model, boundary, newton, processors=processors, halo=halo, precision=precision) + f"""
 compute pe_atom all pe/atom
 compute pe_sum all reduce sum c_pe_atom
 compute stress all stress/atom NULL virial
@@ -313,6 +316,12 @@ def test_ranks_agree(tmp_path):
                 assert "layer halo" in many["stdout"] and "ghost cutoff set to" not in many["stdout"], case
     # One cutoff + skin of ghosts instead of L cutoffs + skin.
     assert ghosts[(4, "on", layer)] < 0.6 * ghosts[(4, "on", "thick")], ghosts
+    # Precision f32: the exchanged rows travel as floats (half the bytes); 4 ranks, newton
+    # off, agree with one rank to float32's tolerance.
+    one32 = run0(fresh(tmp_path, "1-f32"), TINY_MODEL, precision="f32")
+    many32 = run0(fresh(tmp_path, "4-f32"), TINY_MODEL, ranks=4, newton="off", halo="layer", precision="f32")
+    for key in ("energy", "forces", "energies", "stresses"):
+        assert relative(many32[key], one32[key]) <= F32_TOLERANCE, (key, relative(many32[key], one32[key]))
     assert "fewer ranks are faster" not in one["stdout"]
 
     # A molecule in a large open box on 4 ranks: three of them own nothing.
