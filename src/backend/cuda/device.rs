@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream, result, sys};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits, result, sys,
+};
 
 use super::buffers::{DeviceBuffer, DevicePtr, Registry};
 use super::compile;
@@ -121,8 +123,9 @@ impl Device {
     }
 
     /// Copies `values` into `buffer`, growing it through `registry` when needed. The copy is
-    /// queued in stream order; `values` is ordinary (pageable) host memory, which the driver
-    /// has staged by the time this returns.
+    /// queued in stream order: pageable `values` are staged by the driver before this
+    /// returns; a [`PinnedBuffer`]'s are read later, and it waits for the stream before the
+    /// host touches it again.
     pub fn upload<T: Copy>(
         &self,
         registry: &Registry,
@@ -142,7 +145,8 @@ impl Device {
     }
 
     /// Copies `values` to `destination`, which holds at least `values.len()` elements; queued
-    /// in stream order (pageable host memory, staged by the driver before this returns).
+    /// in stream order (pageable memory staged by the driver before this returns; a
+    /// [`PinnedBuffer`]'s read later, as in [`Device::upload`]).
     pub fn write<T: Copy>(&self, destination: DevicePtr<T>, values: &[T]) -> Result<()> {
         if values.is_empty() {
             return Ok(());
@@ -228,5 +232,61 @@ impl Device {
             )
         }
         .map_err(|e| driver("copy on the GPU", e))
+    }
+}
+
+/// Page-locked host memory for the copies every call makes (positions in, results out): the
+/// driver copies it directly rather than through a staging buffer of its own. It grows to
+/// the largest length asked for.
+pub struct PinnedBuffer<T> {
+    slice: Option<PinnedHostSlice<T>>,
+}
+
+impl<T> Default for PinnedBuffer<T> {
+    fn default() -> Self {
+        PinnedBuffer { slice: None }
+    }
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits + Copy> PinnedBuffer<T> {
+    /// The first `len` elements, zeros where never written. Waits for `device`'s stream
+    /// first: no copy from or into this memory may be pending while the host uses it.
+    pub fn slice(&mut self, device: &Device, len: usize) -> Result<&mut [T]> {
+        device.synchronize()?;
+        if self.slice.as_ref().is_none_or(|slice| slice.len() < len) {
+            self.slice = None;
+            let capacity = len.max(1).checked_next_power_of_two().unwrap_or(len);
+            let bytes = capacity.checked_mul(std::mem::size_of::<T>());
+            if bytes.is_none_or(|bytes| bytes > isize::MAX as usize / 2) {
+                return Err(Error::Cuda(format!(
+                    "{len} elements of page-locked host memory are too many"
+                )));
+            }
+            // SAFETY: plain page-locked memory (no flags: read and written by the host);
+            // zeroed below before any slice of it exists.
+            let mut slice = unsafe { device.context.alloc_pinned_with_flags::<T>(capacity, 0) }
+                .map_err(|e| driver("allocating page-locked host memory", e))?;
+            let pointer = slice
+                .as_mut_ptr()
+                .map_err(|e| driver("page-locked host memory", e))?;
+            // SAFETY: the allocation holds `capacity` elements; all-zero bits are a valid T.
+            unsafe { std::ptr::write_bytes(pointer, 0, capacity) };
+            self.slice = Some(slice);
+        }
+        let slice = self.slice.as_mut().expect("allocated above");
+        let all = slice
+            .as_mut_slice()
+            .map_err(|e| driver("page-locked host memory", e))?;
+        Ok(&mut all[..len])
+    }
+}
+
+impl<T> Drop for PinnedBuffer<T> {
+    fn drop(&mut self) {
+        // cuMemFreeHost runs in the slice's drop; its context must be current (a failure is
+        // only recorded by cudarc, never a panic).
+        if let Some(slice) = &self.slice {
+            let _ = slice.context().bind_to_thread();
+        }
     }
 }

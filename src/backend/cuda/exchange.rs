@@ -8,6 +8,7 @@
 
 use super::Gpu;
 use super::buffers::{DeviceBuffer, DevicePtr};
+use super::device::PinnedBuffer;
 use super::launch::grid_stride;
 use crate::backend::GhostExchange;
 use crate::error::Result;
@@ -27,9 +28,9 @@ pub struct ExchangeStaging {
     /// The sent rows' atom indices on the GPU, and on the host.
     sent_rows: DeviceBuffer<i32>,
     sent_rows_host: Vec<i32>,
-    /// The travelling rows packed `[k][4H]` on the GPU, and on the host.
+    /// The travelling rows packed `[k][4H]` on the GPU, and on the host (page-locked).
     packed: DeviceBuffer<f32>,
-    packed_host: Vec<f32>,
+    packed_host: PinnedBuffer<f32>,
     /// The `[n][4H]` float64 rows handed to the exchange (rows that do not travel hold
     /// whatever an earlier exchange left there).
     rows: Vec<f64>,
@@ -159,9 +160,9 @@ pub fn exchange_rows(
             packed.offset(sent.count * width),
         )?;
     }
-    packed_host.resize(arriving * width, 0.0);
-    device.download(packed.ptr(), packed_host)?;
-    for (k, row) in packed_host.chunks_exact(width).enumerate() {
+    let arrived = packed_host.slice(device, arriving * width)?;
+    device.download(packed.ptr(), arrived)?;
+    for (k, row) in arrived.chunks_exact(width).enumerate() {
         let atom = if k < sent.count {
             sent_atom(k)
         } else {
@@ -182,19 +183,17 @@ pub fn exchange_rows(
         Direction::Forward => ghost_rows,
         Direction::Reverse => sent,
     };
-    packed_host.clear();
-    for k in 0..returning.count {
+    let leaving = packed_host.slice(device, returning.count * width)?;
+    for (k, out) in leaving.chunks_exact_mut(width).enumerate() {
         let atom = match direction {
             Direction::Forward => owned + k,
             Direction::Reverse => sent_atom(k),
         };
-        packed_host.extend(
-            rows[atom * width..(atom + 1) * width]
-                .iter()
-                .map(|&x| x as f32),
-        );
+        for (to, &x) in out.iter_mut().zip(&rows[atom * width..(atom + 1) * width]) {
+            *to = x as f32;
+        }
     }
-    device.write(packed.ptr(), packed_host)?;
+    device.write(packed.ptr(), leaving)?;
     scatter(gpu, h, returning, packed.ptr(), (s, v))?;
     if direction == Direction::Reverse {
         // The ghosts' share has moved to their owners.

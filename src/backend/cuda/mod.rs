@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use buffers::{Buffers, DeviceBuffer, DevicePtr, KeptGradients, LayerBuffers, Registry, Weights};
 pub use device::device_count;
-use device::{Device, driver};
+use device::{Device, PinnedBuffer, driver};
 use exchange::{Direction, ExchangeStaging, exchange_rows};
 use grid::MAX_HIDDEN;
 use launch::Kernels;
@@ -103,7 +103,9 @@ pub struct CudaBackend {
     list_atoms: Option<usize>,
     /// The round-off of the graph's edge vectors, Angstrom (`edge_round_off_angstrom`).
     edge_round_off_angstrom: f64,
-    results_host: Vec<f64>,
+    /// Page-locked host copies of the positions uploaded and the results downloaded.
+    positions_host: PinnedBuffer<f64>,
+    results_host: PinnedBuffer<f64>,
     /// Host copies of the rows a ghost exchange reads and writes.
     exchange_staging: ExchangeStaging,
     /// Events between the stages while profiling.
@@ -173,7 +175,8 @@ impl CudaBackend {
             progress: Progress::Loaded,
             list_atoms: None,
             edge_round_off_angstrom: 0.0,
-            results_host: Vec::new(),
+            positions_host: PinnedBuffer::default(),
+            results_host: PinnedBuffer::default(),
             exchange_staging: ExchangeStaging::default(),
             profile: StageMarks::default(),
             graphs: StageGraphs::new(),
@@ -430,11 +433,9 @@ impl Backend for CudaBackend {
         device.bind()?;
         let b = &mut self.buffers;
         b.reserve_atoms(registry, n, self.hidden, &self.weights)?;
-        device.upload(
-            registry,
-            &mut b.system.positions,
-            system.positions.as_flattened(),
-        )?;
+        let positions = self.positions_host.slice(device, 3 * n)?;
+        positions.copy_from_slice(system.positions.as_flattened());
+        device.upload(registry, &mut b.system.positions, positions)?;
         if loaded.uploaded_atomic_numbers != system.atomic_numbers {
             device.upload(
                 registry,

@@ -8,6 +8,7 @@
 
 use super::Gpu;
 use super::buffers::{Buffers, ListBuffers};
+use super::device::PinnedBuffer;
 use super::launch::{per_atom, reduce};
 use crate::backend::{Request, Results};
 use crate::cell::Cell;
@@ -80,11 +81,11 @@ pub fn download_results(
     request: Request,
     positions: &[[f64; 3]],
     cell: &Cell,
-    host: &mut Vec<f64>,
+    host: &mut PinnedBuffer<f64>,
 ) -> Result<Results> {
     let b = buffers;
     let length = RESULTS_HEADER + 4 * n + if request.atom_virials { 9 * n } else { 0 };
-    host.resize(length, 0.0);
+    let host = host.slice(&gpu.device, length)?;
     gpu.device.download(b.results.ptr(), host)?;
     if host[STATUS_OVERFLOW] != 0.0 {
         return Err(Error::Cuda(
