@@ -11,7 +11,9 @@
 // to their owners, with newton on or off. The virial's off-diagonal components are the ones
 // conjugate to LAMMPS's box tilts (xy: sum y f_x; see add_virial in pair_painn.cpp).
 // The style requests no LAMMPS neighbour list (see init_style): LAMMPS builds none, but still
-// re-neighbours (migration, ghosts) as `neighbor`/`neigh_modify` say.
+// re-neighbours (migration, ghosts) as `neighbor`/`neigh_modify` say. With PAINN_TIMING=1 in
+// the environment every rank prints its evaluation and exchange times when the style is
+// deleted.
 #ifndef PAINN_PAIR_PAINN_H
 #define PAINN_PAIR_PAINN_H
 
