@@ -2,13 +2,17 @@
 // (libpainn.a, C ABI in include/painn.h).
 //
 //   pair_style painn MODEL.safetensors [device auto|cpu|cuda|cuda:N] [precision f64|f32]
+//                    [halo auto|layer|thick]
 //   pair_coeff * * El_1 El_2 ... El_ntypes      (NULL for types painn does not handle)
 //
 // Units must be metal (eV, Angstrom). On one MPI rank the engine builds its own periodic
 // graph from the owned atoms and the box (ghost atoms unused). On several ranks it evaluates
-// owned + ghost atoms without periodicity (the ghost shell is raised to layers x cutoff +
-// skin); only owned atoms' energies count and ghost forces (and per-atom virials) go back
-// to their owners, with newton on or off. The virial's off-diagonal components are the ones
+// owned + ghost atoms without periodicity: with `halo layer` the ghost rows of each layer's
+// features come from their owners through LAMMPS's forward/reverse communication (ghost
+// shell cutoff + skin, only owned atoms computed); with `halo thick` the ghost shell is
+// raised to layers x cutoff + skin and ghosts are evaluated too. Only owned atoms' energies
+// count and ghost forces (and per-atom virials) go back to their owners, with newton on or
+// off. The virial's off-diagonal components are the ones
 // conjugate to LAMMPS's box tilts (xy: sum y f_x; see add_virial in pair_painn.cpp).
 // The style requests no LAMMPS neighbour list (see init_style): LAMMPS builds none, but still
 // re-neighbours (migration, ghosts) as `neighbor`/`neigh_modify` say. With PAINN_TIMING=1 in
