@@ -4,34 +4,21 @@
 // s [n][H] and v [n][3][H] hold it in two pieces. The atoms are `rows[0..count]`, or, with
 // `rows` NULL, the range first..first + count.
 
-// packed[k][4H] = the row of atom k.
-extern "C" __global__ void exchange_gather(int h, int count, const int* __restrict__ rows,
-                                           int first, const float* __restrict__ s,
-                                           const float* __restrict__ v,
-                                           float* __restrict__ packed) {
+// gather != 0: packed[k][4H] = the row of atom k; else the row of atom k = packed[k][4H].
+extern "C" __global__ void exchange_rows(int h, int count, const int* __restrict__ rows,
+                                         int first, int gather, float* __restrict__ s,
+                                         float* __restrict__ v,
+                                         float* __restrict__ packed) {
     const i64 width = 4 * (i64)h;
     const i64 total = (i64)count * width;
     for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (i64)gridDim.x * blockDim.x) {
         const i64 r = k / width, c = k % width;
         const i64 atom = rows ? (i64)rows[r] : (i64)first + r;
-        packed[k] = c < h ? s[atom * h + c] : v[atom * 3 * h + (c - h)];
-    }
-}
-
-// The inverse: the row of atom k = packed[k][4H].
-extern "C" __global__ void exchange_scatter(int h, int count, const int* __restrict__ rows,
-                                            int first, const float* __restrict__ packed,
-                                            float* __restrict__ s, float* __restrict__ v) {
-    const i64 width = 4 * (i64)h;
-    const i64 total = (i64)count * width;
-    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < total;
-         k += (i64)gridDim.x * blockDim.x) {
-        const i64 r = k / width, c = k % width;
-        const i64 atom = rows ? (i64)rows[r] : (i64)first + r;
-        if (c < h)
-            s[atom * h + c] = packed[k];
+        float* feature = c < h ? s + atom * h + c : v + atom * 3 * h + (c - h);
+        if (gather)
+            packed[k] = *feature;
         else
-            v[atom * 3 * h + (c - h)] = packed[k];
+            *feature = packed[k];
     }
 }

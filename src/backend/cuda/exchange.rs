@@ -54,49 +54,37 @@ impl Atoms {
     }
 }
 
-/// The rows of `atoms` of `(s [n][H], v [n][3][H])` into `packed`, from row `at` on.
-fn gather(
-    gpu: &Gpu,
-    h: usize,
-    atoms: Atoms,
-    (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
-    packed: DevicePtr<f32>,
-) -> Result<()> {
-    if atoms.count == 0 {
-        return Ok(());
-    }
-    gpu.kernels.exchange_gather(
-        grid_stride(atoms.count * 4 * h),
-        h as i32,
-        atoms.count as i32,
-        atoms.list,
-        atoms.first as i32,
-        s,
-        v,
-        packed,
-    )
+/// Which way [`move_rows`] copies.
+#[derive(Clone, Copy, PartialEq)]
+enum Move {
+    /// The rows of the atoms into the packed array.
+    Gather,
+    /// The packed array into the rows of the atoms.
+    Scatter,
 }
 
-/// The inverse of [`gather`].
-fn scatter(
+/// Copies the rows of `atoms` of `(s [n][H], v [n][3][H])` to or from `packed`.
+fn move_rows(
     gpu: &Gpu,
     h: usize,
     atoms: Atoms,
-    packed: DevicePtr<f32>,
+    way: Move,
     (s, v): (&DeviceBuffer<f32>, &DeviceBuffer<f32>),
+    packed: DevicePtr<f32>,
 ) -> Result<()> {
     if atoms.count == 0 {
         return Ok(());
     }
-    gpu.kernels.exchange_scatter(
+    gpu.kernels.exchange_rows(
         grid_stride(atoms.count * 4 * h),
         h as i32,
         atoms.count as i32,
         atoms.list,
         atoms.first as i32,
-        packed,
+        i32::from(way == Move::Gather),
         s,
         v,
+        packed,
     )
 }
 
@@ -150,15 +138,10 @@ pub fn exchange_rows(
         Direction::Forward => sent.count,
         Direction::Reverse => sent.count + ghosts,
     };
-    gather(gpu, h, sent, (s, v), packed.ptr())?;
+    move_rows(gpu, h, sent, Move::Gather, (s, v), packed.ptr())?;
     if direction == Direction::Reverse {
-        gather(
-            gpu,
-            h,
-            ghost_rows,
-            (s, v),
-            packed.offset(sent.count * width),
-        )?;
+        let after_sent = packed.offset(sent.count * width);
+        move_rows(gpu, h, ghost_rows, Move::Gather, (s, v), after_sent)?;
     }
     let arrived = packed_host.slice(device, arriving * width)?;
     device.download(packed.ptr(), arrived)?;
@@ -194,7 +177,7 @@ pub fn exchange_rows(
         }
     }
     device.write(packed.ptr(), leaving)?;
-    scatter(gpu, h, returning, packed.ptr(), (s, v))?;
+    move_rows(gpu, h, returning, Move::Scatter, (s, v), packed.ptr())?;
     if direction == Direction::Reverse {
         // The ghosts' share has moved to their owners.
         device.fill_zero(s.offset(owned * h), ghosts * h)?;

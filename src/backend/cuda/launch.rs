@@ -434,25 +434,16 @@ kernels! {
 
     // exchange.cu
     /// Rows of `s`, `v` (atoms `rows[..count]`, or `first..first + count` with `rows` null)
-    /// into `packed [count][4H]`.
-    fn exchange_gather(
+    /// into `packed [count][4H]` (`gather` 1), or back (0).
+    fn exchange_rows(
         h: i32,
         count: i32,
         rows: DevicePtr<i32>,
         first: i32,
+        gather: i32,
         s: DevicePtr<f32>,
         v: DevicePtr<f32>,
         packed: DevicePtr<f32>,
-    );
-    /// The inverse of `exchange_gather`.
-    fn exchange_scatter(
-        h: i32,
-        count: i32,
-        rows: DevicePtr<i32>,
-        first: i32,
-        packed: DevicePtr<f32>,
-        s: DevicePtr<f32>,
-        v: DevicePtr<f32>,
     );
 }
 
