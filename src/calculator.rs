@@ -237,9 +237,7 @@ impl Calculator {
         exchange: &mut dyn GhostExchange,
     ) -> Result<Results> {
         check_owned(n_owned, atomic_numbers.len())?;
-        if let Some(sent_rows) = exchange.sent_rows() {
-            backend::check_sent_rows(sent_rows, n_owned)?;
-        }
+        let mut exchange = CheckedExchange::new(exchange, n_owned)?;
         let cell = Cell::open();
         self.evaluate(
             atomic_numbers,
@@ -247,7 +245,7 @@ impl Calculator {
             &cell,
             n_owned,
             request,
-            Some(exchange),
+            Some(&mut exchange),
         )
     }
 
@@ -385,5 +383,37 @@ fn check_finite(results: &Results) -> Result<()> {
         Err(Error::NonFinite {
             what: "the model's results (energy, forces or virial); refusing to return them".into(),
         })
+    }
+}
+
+/// The caller's exchange with its sent rows read and checked once per evaluation, so that
+/// every exchange of the evaluation uses the list that was checked (a backend indexes its
+/// arrays with it).
+struct CheckedExchange<'a> {
+    caller: &'a mut dyn GhostExchange,
+    sent_rows: Option<Vec<usize>>,
+}
+
+impl<'a> CheckedExchange<'a> {
+    fn new(caller: &'a mut dyn GhostExchange, n_owned: usize) -> Result<Self> {
+        let sent_rows = caller.sent_rows().map(<[usize]>::to_vec);
+        if let Some(sent_rows) = &sent_rows {
+            backend::check_sent_rows(sent_rows, n_owned)?;
+        }
+        Ok(CheckedExchange { caller, sent_rows })
+    }
+}
+
+impl GhostExchange for CheckedExchange<'_> {
+    fn forward(&mut self, rows: &mut [f64], width: usize) -> Result<()> {
+        self.caller.forward(rows, width)
+    }
+
+    fn reverse(&mut self, rows: &mut [f64], width: usize) -> Result<()> {
+        self.caller.reverse(rows, width)
+    }
+
+    fn sent_rows(&self) -> Option<&[usize]> {
+        self.sent_rows.as_deref()
     }
 }

@@ -112,13 +112,24 @@ pub fn exchange_rows(
         rows,
     } = staging;
     // The owned rows that travel; the calculator checked the caller's list (ascending,
-    // below `owned`).
+    // below `owned`) and keeps it for the evaluation, so it is uploaded once.
     let list = exchange.sent_rows().map(<[usize]>::to_vec);
     let sent = match &list {
         Some(list) => {
-            sent_rows_host.clear();
-            sent_rows_host.extend(list.iter().map(|&i| i as i32));
-            device.upload(&gpu.registry, sent_rows, sent_rows_host)?;
+            let uploaded = sent_rows_host.len() == list.len()
+                && sent_rows_host
+                    .iter()
+                    .zip(list)
+                    .all(|(&a, &b)| a as usize == b);
+            if !uploaded {
+                sent_rows_host.clear();
+                sent_rows_host.extend(list.iter().map(|&i| i as i32));
+                if let Err(error) = device.upload(&gpu.registry, sent_rows, sent_rows_host) {
+                    // Not on the GPU: the next exchange uploads again.
+                    sent_rows_host.clear();
+                    return Err(error);
+                }
+            }
             Atoms {
                 list: sent_rows.ptr(),
                 first: 0,
