@@ -599,3 +599,121 @@ fn gpu_out_of_memory_is_an_error_naming_the_sizes() {
         .unwrap();
     assert!(results.energy.is_finite());
 }
+
+/// A case of `gpu_small_system_kernels_match_the_staged_kernels`: name, atomic numbers,
+/// positions, cell, owned atoms.
+type SmallCase<'a> = (&'a str, &'a [i32], &'a [[f64; 3]], Cell, usize);
+
+/// The small-system kernels (two launches, up to 64 atoms) against the staged kernels that
+/// run while stage outputs are kept: same energies, forces and virials to float32
+/// round-off, for open and periodic systems, with ghost atoms, and up to the size limit.
+#[test]
+#[ignore = "needs a CUDA GPU (run with --include-ignored on a GPU host)"]
+fn gpu_small_system_kernels_match_the_staged_kernels() {
+    let test = "gpu_small_system_kernels_match_the_staged_kernels";
+    let mut models = vec![("tiny", Arc::new(tiny_model()))];
+    if let Some(student) = student_model(test) {
+        models.push(("student", Arc::new(student)));
+    }
+    let benzene = painn::structures::benzene();
+    let cluster = painn::structures::water_cluster(21, 4);
+    let water = water_box(2, 9);
+    let water_cell = Cell::new(water.cell.unwrap(), [true; 3]).unwrap();
+    for (name, model) in models {
+        let Some(mut small) = gpu_calculator(test, &model) else {
+            return;
+        };
+        let mut staged = gpu_calculator(test, &model).unwrap();
+        staged.keep_stage_outputs(true);
+        let cases: Vec<SmallCase> = vec![
+            (
+                "benzene",
+                &benzene.atomic_numbers,
+                &benzene.positions,
+                Cell::open(),
+                12,
+            ),
+            (
+                "water cluster of 63 atoms",
+                &cluster.atomic_numbers,
+                &cluster.positions,
+                Cell::open(),
+                63,
+            ),
+            (
+                "periodic water box of 24 atoms",
+                &water.atomic_numbers,
+                &water.positions,
+                water_cell,
+                24,
+            ),
+            (
+                "water cluster, 40 of 63 atoms owned",
+                &cluster.atomic_numbers,
+                &cluster.positions,
+                Cell::open(),
+                40,
+            ),
+        ];
+        for (case, z, positions, cell, owned) in cases {
+            let z: Vec<i32> = z
+                .iter()
+                .map(|&z| if name == "tiny" { z.min(10) } else { z })
+                .collect();
+            let run = |calculator: &mut Calculator| {
+                let mut last = None;
+                // Three calls: the first runs the kernels directly, the third replays graphs.
+                for _ in 0..3 {
+                    last = Some(if owned < z.len() {
+                        calculator
+                            .compute_local(&z, positions, owned, Request::ALL)
+                            .unwrap()
+                    } else {
+                        calculator
+                            .compute(&z, positions, &cell, Request::ALL)
+                            .unwrap()
+                    });
+                }
+                last.unwrap()
+            };
+            let a = run(&mut small);
+            let b = run(&mut staged);
+            let force_scale = b
+                .forces
+                .iter()
+                .flatten()
+                .map(|f| f.abs())
+                .fold(0.0, f64::max);
+            let force_error = max_abs_difference(&a.forces, &b.forces);
+            let energy_error = (a.energy - b.energy).abs();
+            let virial_error = max_abs_difference(&a.virial, &b.virial);
+            println!(
+                "{name}, {case}: |dE| {energy_error:.2e} (E {:.4}), max |dF| {force_error:.2e} \
+                 (max |F| {force_scale:.3}), max |dW| {virial_error:.2e}",
+                b.energy
+            );
+            assert!(
+                energy_error <= 1e-5 * (1.0 + b.energy.abs()),
+                "{name}, {case}: energy"
+            );
+            assert!(
+                force_error <= 1e-5 * (1.0 + force_scale),
+                "{name}, {case}: forces"
+            );
+            assert!(
+                virial_error <= 1e-4 * (1.0 + force_scale),
+                "{name}, {case}: virial"
+            );
+            let energies_error = a
+                .energies
+                .iter()
+                .zip(&b.energies)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                energies_error <= 1e-5 * (1.0 + b.energy.abs()),
+                "{name}, {case}: energies"
+            );
+        }
+    }
+}

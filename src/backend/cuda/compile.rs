@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use super::grid::{
     GEMM_FEW_ROWS, GEMM_THREADS, GEMM_TILE, MAX_HIDDEN, MAX_REACH, REDUCE_THREADS, SCAN_BLOCK,
-    SORT_WARPS,
+    SMALL_EDGE_PARTS, SMALL_MAX_HIDDEN, SMALL_MAX_LAYERS, SMALL_ROWS, SMALL_THREADS, SORT_WARPS,
 };
 use super::readout::{
     NO_CLOSE_EDGE, RESULTS_HEADER, STATUS_CLOSE_EDGE, STATUS_OVERFLOW, STATUS_WORDS,
@@ -24,7 +24,7 @@ use crate::model::filter::NODE_VECTORS;
 use crate::neighbors::MINIMUM_DISTANCE_ANGSTROM;
 
 /// The header and the kernel families, in the order they are concatenated.
-const SOURCES: [(&str, &str); 10] = [
+const SOURCES: [(&str, &str); 11] = [
     ("common.cuh", include_str!("../../../cuda/common.cuh")),
     ("scan.cu", include_str!("../../../cuda/scan.cu")),
     ("neighbors.cu", include_str!("../../../cuda/neighbors.cu")),
@@ -35,6 +35,7 @@ const SOURCES: [(&str, &str); 10] = [
     ("head.cu", include_str!("../../../cuda/head.cu")),
     ("readout.cu", include_str!("../../../cuda/readout.cu")),
     ("exchange.cu", include_str!("../../../cuda/exchange.cu")),
+    ("small.cu", include_str!("../../../cuda/small.cu")),
 ];
 
 /// A float64 constant as a C literal that reads back as the same double (Rust prints the
@@ -62,6 +63,11 @@ pub fn defines() -> Vec<(&'static str, String)> {
         ("GEMM_FEW_ROWS", GEMM_FEW_ROWS),
         ("MAX_HIDDEN", MAX_HIDDEN),
         ("MAX_REACH", MAX_REACH as usize),
+        ("SMALL_THREADS", SMALL_THREADS as usize),
+        ("SMALL_ROWS", SMALL_ROWS),
+        ("SMALL_MAX_LAYERS", SMALL_MAX_LAYERS),
+        ("SMALL_MAX_HIDDEN", SMALL_MAX_HIDDEN),
+        ("SMALL_EDGE_PARTS", SMALL_EDGE_PARTS),
     ];
     let doubles = [
         ("MINIMUM_DISTANCE", MINIMUM_DISTANCE_ANGSTROM),

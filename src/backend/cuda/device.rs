@@ -39,6 +39,7 @@ pub struct Device {
     name: String,
     /// `sm_90`.
     arch: String,
+    has_clusters: bool,
 }
 
 impl Device {
@@ -85,6 +86,7 @@ impl Device {
         Ok(Device {
             name: format!("{gpu_name} ({arch})"),
             arch,
+            has_clusters: major >= 9,
             context,
             stream,
         })
@@ -93,6 +95,11 @@ impl Device {
     /// The GPU's name and architecture, `NVIDIA H200 (sm_90)`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the GPU runs thread-block clusters (compute capability 9.0 and newer).
+    pub fn has_clusters(&self) -> bool {
+        self.has_clusters
     }
 
     /// The architecture the kernels are compiled for, `sm_90`.

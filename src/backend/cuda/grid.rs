@@ -41,6 +41,19 @@ pub(crate) const GEMM_FEW_ROWS: usize = 4;
 /// the few-rows kernels' re-reads of the weights (from L2) stay cheap.
 pub(crate) const GEMM_FEW_ROWS_MAX: usize = 256;
 
+/// The small-system kernels (cuda/small.cu): one cluster of at most `SMALL_CLUSTER_BLOCKS`
+/// blocks (16 is a non-portable cluster size: fewer where the GPU cannot) of `SMALL_THREADS` threads, `SMALL_ROWS` rows per group in their dense layers, models of at
+/// most `SMALL_MAX_LAYERS` layers and `SMALL_MAX_HIDDEN` features (the rows of a group fit
+/// in a block's shared memory). Shared with the kernels.
+pub(crate) const SMALL_CLUSTER_BLOCKS: u32 = 16;
+pub(crate) const SMALL_THREADS: u32 = 512;
+pub(crate) const SMALL_ROWS: usize = 8;
+pub(crate) const SMALL_MAX_LAYERS: usize = 8;
+pub(crate) const SMALL_MAX_HIDDEN: usize = 128;
+/// Lanes sharing one (atom, feature)'s edges in the small-system message stages (a power of
+/// two, at most 8). Shared with the kernels.
+pub(crate) const SMALL_EDGE_PARTS: usize = 4;
+
 /// Largest hidden size H: the message kernels run one thread per feature in one block.
 /// Shared with the kernels.
 pub(crate) const MAX_HIDDEN: usize = 1024;

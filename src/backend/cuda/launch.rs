@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::{self, CUfunction_attribute};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -24,8 +25,10 @@ use super::buffers::{DeviceBuffer, DevicePtr, Registry};
 use super::device::driver;
 use super::grid::{
     ATOM_THREADS, GEMM_FEW_ROWS, GEMM_FEW_ROWS_MAX, GEMM_THREADS, Grid, REDUCE_THREADS, SCAN_BLOCK,
-    SORT_WARPS, STRIDE_THREADS, blocks, gemm_grid, scan_levels, stride_blocks,
+    SMALL_CLUSTER_BLOCKS, SMALL_THREADS, SORT_WARPS, STRIDE_THREADS, blocks, gemm_grid,
+    scan_levels, stride_blocks,
 };
+use super::small::SmallModel;
 use crate::error::Result;
 
 /// A type a kernel parameter can have, with its spelling in the `.cu` sources (for the
@@ -51,6 +54,12 @@ macro_rules! c_types {
 }
 
 c_types!(i32 => "int", i64 => "i64", u64 => "u64", f32 => "float", f64 => "double");
+
+impl KernelParam for SmallModel {
+    fn c_type() -> String {
+        "SmallModel".into()
+    }
+}
 
 impl KernelParam for Grid {
     fn c_type() -> String {
@@ -445,6 +454,14 @@ kernels! {
         v: DevicePtr<f32>,
         packed: DevicePtr<f32>,
     );
+
+    // small.cu (launched as one cluster by `Kernels::launch_small`)
+    /// The whole forward pass of a small system.
+    #[allow(dead_code)]
+    fn small_forward(m: SmallModel);
+    /// The whole backward pass of a small system, to `de_dr`.
+    #[allow(dead_code)]
+    fn small_backward(m: SmallModel);
 }
 
 fn shape(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
@@ -551,6 +568,69 @@ impl Kernels {
 }
 
 impl Kernels {
+    /// Readies the small-system kernels for clusters of up to [`SMALL_CLUSTER_BLOCKS`]
+    /// blocks (allowing the non-portable size) and returns the largest cluster both can run
+    /// as on this GPU (0: none).
+    pub fn small_cluster_blocks(&self) -> Result<u32> {
+        let mut blocks = SMALL_CLUSTER_BLOCKS;
+        for function in [
+            &self.functions.small_forward,
+            &self.functions.small_backward,
+        ] {
+            let allow = CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
+            function
+                .set_attribute(allow, 1)
+                .map_err(|e| driver("allowing 16-block clusters", e))?;
+            let config = shape((SMALL_CLUSTER_BLOCKS, 1, 1), SMALL_THREADS);
+            let largest = function
+                .occupancy_max_potential_cluster_size(config, &self.stream)
+                .map_err(|e| driver("cluster size", e))?;
+            blocks = blocks.min(largest);
+        }
+        Ok(blocks)
+    }
+
+    /// `small_forward` (or `small_backward`) as one cluster of `blocks` blocks: the cluster
+    /// size is a launch attribute (cuLaunchKernelEx), not part of the kernel.
+    pub fn launch_small(&self, backward: bool, blocks: u32, m: SmallModel) -> Result<()> {
+        let (function, name) = match backward {
+            false => (&self.functions.small_forward, "small_forward"),
+            true => (&self.functions.small_backward, "small_backward"),
+        };
+        // SAFETY: a plain-data union; the cluster dimension is the member the id names.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attribute.value.clusterDim.x = blocks;
+        attribute.value.clusterDim.y = 1;
+        attribute.value.clusterDim.z = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: blocks,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: SMALL_THREADS,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        let mut m = m;
+        let mut parameters = [(&mut m as *mut SmallModel).cast::<std::ffi::c_void>()];
+        // SAFETY: the kernel's one parameter is a `SmallModel` by value (same layout, tested);
+        // `config` and `parameters` outlive the call, which copies them.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                function.cu_function(),
+                parameters.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| driver(name, e))
+    }
+
     /// A Linear layer: `output[rows][n_out] = input[rows][n_in] weight^T + bias` (weight
     /// stored `[n_out][n_in]`), and `activated = silu(output)` when given; one `gemm_nt`
     /// (`gemm_nt_few_rows` up to [`GEMM_FEW_ROWS_MAX`] rows).

@@ -35,6 +35,7 @@ mod message;
 mod neighbors;
 mod readout;
 mod replay;
+mod small;
 mod update;
 
 use std::sync::Arc;
@@ -110,6 +111,8 @@ pub struct CudaBackend {
     exchange_staging: ExchangeStaging,
     /// Events between the stages while profiling.
     profile: StageMarks<CudaEvent>,
+    /// Blocks of the small-system kernels' cluster (0: this GPU runs no clusters).
+    small_cluster_blocks: u32,
     /// The steady-state stages recorded as CUDA graphs (not while profiling or keeping stage
     /// outputs).
     graphs: StageGraphs,
@@ -149,6 +152,12 @@ impl CudaBackend {
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .map_err(|e| driver("loading the kernels", e))?;
         let kernels = Kernels::load(&module, device.stream().clone())?;
+        // Without clusters (before sm_90), or where the driver refuses them, every system
+        // takes the staged path.
+        let small_cluster_blocks = match device.has_clusters() {
+            true => kernels.small_cluster_blocks().unwrap_or(0),
+            false => 0,
+        };
         let gpu = Gpu {
             device,
             kernels,
@@ -179,6 +188,7 @@ impl CudaBackend {
             results_host: PinnedBuffer::default(),
             exchange_staging: ExchangeStaging::default(),
             profile: StageMarks::default(),
+            small_cluster_blocks,
             graphs: StageGraphs::new(),
             gpu,
         })
@@ -207,6 +217,20 @@ impl CudaBackend {
     fn mark(&mut self, stage: impl FnOnce() -> String) -> Result<()> {
         let device = &self.gpu.device;
         self.profile.mark(stage, || device.timing_event())
+    }
+
+    /// Whether the forward and backward passes run as the two small-system kernels
+    /// (`small.rs`): a small system, not while profiling or keeping stage outputs (those
+    /// time and read the staged path's stages).
+    fn takes_small_path(&self) -> bool {
+        !self.profile.on
+            && !self.keep_stage_outputs
+            && small::takes_small_path(
+                self.small_cluster_blocks,
+                &self.weights,
+                self.n_atoms(),
+                self.hidden,
+            )
     }
 
     /// Runs `stage` directly while profiling or keeping stage outputs, else through the
@@ -517,6 +541,16 @@ impl Backend for CudaBackend {
             match exchange {
                 // The exchange calls back to the host between the layers: no graph.
                 Some(exchange) => run(self, Some(exchange))?,
+                None if self.takes_small_path() => {
+                    let (n, h) = (self.n_atoms(), self.hidden);
+                    let n_energy = self.system.n_energy_atoms;
+                    let round_off = self.edge_round_off_angstrom as f32;
+                    let blocks = self.small_cluster_blocks;
+                    self.replayed(GraphStage::Forward, edge_round_off, |backend| {
+                        let (gpu, b, w) = (&backend.gpu, &backend.buffers, &backend.weights);
+                        small::small_forward(gpu, blocks, b, w, n, n_energy, h, round_off)
+                    })?
+                }
                 None => self.replayed(GraphStage::Forward, edge_round_off, |backend| {
                     run(backend, None)
                 })?,
@@ -545,6 +579,16 @@ impl Backend for CudaBackend {
             };
             match exchange {
                 Some(exchange) => run(self, Some(exchange))?,
+                None if self.takes_small_path() => {
+                    let (n, h) = (self.n_atoms(), self.hidden);
+                    let n_energy = self.system.n_energy_atoms;
+                    small::reserve_small_backward(&self.gpu, &mut self.buffers, h)?;
+                    let blocks = self.small_cluster_blocks;
+                    self.replayed(GraphStage::Backward, 0, |backend| {
+                        let (gpu, b, w) = (&backend.gpu, &backend.buffers, &backend.weights);
+                        small::small_backward(gpu, blocks, b, w, n, n_energy, h)
+                    })?
+                }
                 None => self.replayed(GraphStage::Backward, 0, |backend| run(backend, None))?,
             }
         } else if let Some(exchange) = exchange {
