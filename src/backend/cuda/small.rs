@@ -15,7 +15,7 @@ use crate::error::Result;
 /// Systems of at most this many atoms (owned and ghost) take the small-system path: up to
 /// here its re-reads of whole weight rows by every warp cost less than the staged path's
 /// launches (measured on an H200: `docs/gpu-bounds.md`).
-pub const SMALL_SYSTEM_MAX_ATOMS: usize = 64;
+pub(crate) const SMALL_SYSTEM_MAX_ATOMS: usize = 64;
 
 /// One layer's weights and buffers, as `struct SmallLayer` of cuda/small.cu.
 #[repr(C)]
