@@ -12,10 +12,12 @@ use super::buffers::{Buffers, DevicePtr, Weights};
 use super::grid::{SMALL_EDGE_PARTS, SMALL_MAX_HIDDEN, SMALL_MAX_LAYERS};
 use crate::error::Result;
 
-/// Systems of at most this many atoms (owned and ghost) take the small-system path: up to
-/// here its re-reads of whole weight rows by every warp cost less than the staged path's
-/// launches (measured on an H200: `docs/gpu-bounds.md`).
-pub(crate) const SMALL_SYSTEM_MAX_ATOMS: usize = 64;
+/// Systems of at most this many atoms (owned and ghost) take the small-system path. On an
+/// H200 it was faster for benzene (12 atoms: 157-160 us per call against 185-186 staged) and
+/// slower for a 48-atom cluster (449-454 against 410-416 us): a few lanes walk every row's
+/// edges, and the dense layers reload their weights per group of rows. The limit stays below
+/// the crossing of the two (about 27 atoms if both grow linearly; `docs/gpu-bounds.md`).
+pub(crate) const SMALL_SYSTEM_MAX_ATOMS: usize = 16;
 
 /// One layer's weights and buffers, as `struct SmallLayer` of cuda/small.cu.
 #[repr(C)]
