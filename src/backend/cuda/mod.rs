@@ -547,8 +547,9 @@ impl Backend for CudaBackend {
                     let round_off = self.edge_round_off_angstrom as f32;
                     let blocks = self.small_cluster_blocks;
                     self.replayed(GraphStage::Forward, edge_round_off, |backend| {
-                        let (gpu, b, w) = (&backend.gpu, &backend.buffers, &backend.weights);
-                        small::small_forward(gpu, blocks, b, w, n, n_energy, h, round_off)
+                        let (b, w) = (&backend.buffers, &backend.weights);
+                        let m = small::kernel_view(b, w, n, n_energy, h, round_off);
+                        backend.gpu.kernels.launch_small(false, blocks, m)
                     })?
                 }
                 None => self.replayed(GraphStage::Forward, edge_round_off, |backend| {
@@ -585,8 +586,9 @@ impl Backend for CudaBackend {
                     small::reserve_small_backward(&self.gpu, &mut self.buffers, h)?;
                     let blocks = self.small_cluster_blocks;
                     self.replayed(GraphStage::Backward, 0, |backend| {
-                        let (gpu, b, w) = (&backend.gpu, &backend.buffers, &backend.weights);
-                        small::small_backward(gpu, blocks, b, w, n, n_energy, h)
+                        let (b, w) = (&backend.buffers, &backend.weights);
+                        let m = small::kernel_view(b, w, n, n_energy, h, 0.0);
+                        backend.gpu.kernels.launch_small(true, blocks, m)
                     })?
                 }
                 None => self.replayed(GraphStage::Backward, 0, |backend| run(backend, None))?,

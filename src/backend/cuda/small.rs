@@ -125,8 +125,12 @@ pub fn takes_small_path(
         && widths_fit
 }
 
-/// The kernels' view of `buffers` and `weights` for `n` atoms (`n_energy` of them owned).
-fn kernel_view(
+/// The kernels' view of `buffers` and `weights` for `n` atoms (`n_energy` of them owned),
+/// for `Kernels::launch_small`: the forward pass (every layer's input, message, update and
+/// gates, the head's activations and the per-atom energies) or the backward pass (from the
+/// head's gradient to every edge's `dE/dr` in `de_dr`, cleared first), in the buffers the
+/// staged path writes. `edge_round_off_angstrom` is read by the forward pass only.
+pub fn kernel_view(
     buffers: &Buffers,
     weights: &Weights,
     n: usize,
@@ -192,52 +196,12 @@ fn kernel_view(
     }
 }
 
-/// The forward pass of `n` atoms (`n_energy` owned) in one launch: every layer's input,
-/// message, update and gates, the head's activations and the per-atom energies, in the
-/// buffers the staged path writes.
-#[allow(clippy::too_many_arguments)]
-pub fn small_forward(
-    gpu: &Gpu,
-    cluster_blocks: u32,
-    buffers: &Buffers,
-    weights: &Weights,
-    n: usize,
-    n_energy: usize,
-    hidden: usize,
-    edge_round_off_angstrom: f32,
-) -> Result<()> {
-    let m = kernel_view(
-        buffers,
-        weights,
-        n,
-        n_energy,
-        hidden,
-        edge_round_off_angstrom,
-    );
-    gpu.kernels.launch_small(false, cluster_blocks, m)
-}
-
 /// Sizes the backward pass's per-edge sums for the graph's edge capacity (before a
 /// recorded launch: a reallocation changes the registry's generation and so the record).
 pub fn reserve_small_backward(gpu: &Gpu, buffers: &mut Buffers, hidden: usize) -> Result<()> {
     // Four sums per edge for each group of 32 / SMALL_EDGE_PARTS features.
     let length = 4 * (hidden * SMALL_EDGE_PARTS / 32) * buffers.edge_capacity.max(1);
     gpu.registry.reserve(&mut buffers.edge_partials, length)
-}
-
-/// The backward pass in one launch: from the head's gradient to every edge's `dE/dr` in
-/// `de_dr` (cleared first), as the staged path leaves it.
-pub fn small_backward(
-    gpu: &Gpu,
-    cluster_blocks: u32,
-    buffers: &Buffers,
-    weights: &Weights,
-    n: usize,
-    n_energy: usize,
-    hidden: usize,
-) -> Result<()> {
-    let m = kernel_view(buffers, weights, n, n_energy, hidden, 0.0);
-    gpu.kernels.launch_small(true, cluster_blocks, m)
 }
 
 #[cfg(test)]
