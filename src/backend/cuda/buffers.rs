@@ -368,8 +368,8 @@ pub struct Buffers {
     pub hidden: DeviceBuffer<f32>,
     pub head: HeadBuffers,
     pub gradients: Gradients,
-    /// The small-system backward pass's per-edge sums `[edges][4][H / 32]` (cuda/small.cu);
-    /// allocated only when that path runs.
+    /// The small-system backward pass's per-edge sums `[edges][4][H SMALL_EDGE_PARTS / 32]`
+    /// (cuda/small.cu); allocated only when that path runs.
     pub edge_partials: DeviceBuffer<f32>,
     /// Per-atom virial rows `[n][9]`, float64.
     pub row_virials: DeviceBuffer<f64>,

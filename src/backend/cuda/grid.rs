@@ -42,9 +42,10 @@ pub(crate) const GEMM_FEW_ROWS: usize = 4;
 pub(crate) const GEMM_FEW_ROWS_MAX: usize = 256;
 
 /// The small-system kernels (cuda/small.cu): one cluster of at most `SMALL_CLUSTER_BLOCKS`
-/// blocks (16 is a non-portable cluster size: fewer where the GPU cannot) of `SMALL_THREADS` threads, `SMALL_ROWS` rows per group in their dense layers, models of at
-/// most `SMALL_MAX_LAYERS` layers and `SMALL_MAX_HIDDEN` features (the rows of a group fit
-/// in a block's shared memory). Shared with the kernels.
+/// blocks (16 is a non-portable cluster size: fewer where the GPU cannot) of `SMALL_THREADS`
+/// threads, `SMALL_ROWS` rows per group in their backward products, models of at most
+/// `SMALL_MAX_LAYERS` layers and `SMALL_MAX_HIDDEN` features (a group's rows fit in a
+/// block's shared memory). Shared with the kernels, except `SMALL_CLUSTER_BLOCKS`.
 pub(crate) const SMALL_CLUSTER_BLOCKS: u32 = 16;
 pub(crate) const SMALL_THREADS: u32 = 512;
 pub(crate) const SMALL_ROWS: usize = 8;
