@@ -1,9 +1,10 @@
 //! The small-system path (kernels in `cuda/small.cu`): the whole forward pass in one launch
 //! and the whole backward pass in another, each one thread-block cluster whose stages are
 //! separated by cluster barriers. A benzene call is bound by the chain of about 40 dependent
-//! kernels of the staged path (`docs/gpu-bounds.md`); these two launches do the same
-//! arithmetic and write the same buffers, so the readout, the stage inspection and the
-//! staged backward pass work after either forward pass.
+//! kernels of the staged path (`docs/gpu-bounds.md`); these two launches compute the same
+//! values (some sums in another fixed order: equal to float32 round-off) into the same
+//! buffers, so the readout, the stage inspection and the staged backward pass work after
+//! either forward pass.
 
 use cudarc::driver::DeviceRepr;
 
